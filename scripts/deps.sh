@@ -18,7 +18,7 @@ mkdir -p "$CACHE" "$BIN"
 export GOFLAGS=-mod=mod
 
 apt_packages=(
-  build-essential pkg-config git curl jq iproute2 iptables psmisc
+  build-essential pkg-config git curl jq iproute2 iptables psmisc socat util-linux
   libseccomp-dev
   libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler libnl-3-dev
   libnet1-dev libcap-dev libgnutls28-dev libnftables-dev libbsd-dev uuid-dev

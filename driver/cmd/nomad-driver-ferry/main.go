@@ -1,6 +1,27 @@
 // Command nomad-driver-ferry is the Ferry task driver for Nomad. Nomad starts
-// it from the client's plugin_dir; the driver re-executes the same binary
-// with the "shim" argument to run one shim process per task.
+// it from the client's plugin_dir; the driver re-executes the same binary as
+// "nomad-driver-ferry shim DIR" to run one shim process per task.
 package main
 
-func main() {}
+import (
+	"fmt"
+	"os"
+
+	"github.com/ferry-nomad/ferry/driver/plugin"
+	"github.com/ferry-nomad/ferry/driver/shim"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/nomad/plugins"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "shim":
+			os.Exit(shim.Main(os.Args[2:]))
+		case "version", "--version":
+			fmt.Println("nomad-driver-ferry", plugin.Version)
+			return
+		}
+	}
+	plugins.Serve(func(logger hclog.Logger) interface{} { return plugin.New(logger) })
+}

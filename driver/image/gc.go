@@ -1,0 +1,108 @@
+package image
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// collect removes an image whose removal timer fired, unless the removal was
+// cancelled or the image is in use again.
+func (s *Store) collect(d v1.Hash, rt *removalTimer) {
+	s.mu.Lock()
+	if s.timers[d] != rt {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.timers, d)
+	meta, ok := s.images[d]
+	if s.closed || !ok || s.refs[d] > 0 || s.pins[d] != nil {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.images, d)
+	dropped := false
+	for k, rd := range s.resolved {
+		if rd == d {
+			delete(s.resolved, k)
+			dropped = true
+		}
+	}
+	done := make(chan struct{})
+	s.removing[d] = done
+	s.mu.Unlock()
+
+	s.logger.Info("removing unused image", "ref", meta.Ref, "digest", d, "size", meta.Size)
+	// Metadata first: a crash half-way leaves an incomplete rootfs, which
+	// the next start removes.
+	if err := os.Remove(s.metaPath(d)); err != nil && !os.IsNotExist(err) {
+		s.logger.Warn("cannot remove image metadata", "path", s.metaPath(d), "error", err)
+	}
+	if err := removeTree(s.rootfsPath(d)); err != nil {
+		s.logger.Warn("cannot remove image rootfs", "path", s.rootfsPath(d), "error", err)
+	}
+	if dropped {
+		s.persistResolved()
+	}
+
+	s.mu.Lock()
+	delete(s.removing, d)
+	close(done)
+	s.sweepBlobsLocked()
+	s.mu.Unlock()
+}
+
+// sweepBlobsLocked removes the blobs that no complete image lists and no pull
+// in progress relies on. That also clears blobs left by failed pulls.
+func (s *Store) sweepBlobsLocked() {
+	keep := map[string]bool{}
+	for _, m := range s.images {
+		for _, b := range m.Blobs {
+			keep[b.Hex] = true
+		}
+	}
+	for b := range s.blobPins {
+		keep[b.Hex] = true
+	}
+	entries, err := os.ReadDir(s.blobDir)
+	if err != nil {
+		s.logger.Warn("cannot list blobs", "dir", s.blobDir, "error", err)
+		return
+	}
+	removed := 0
+	for _, e := range entries {
+		n := e.Name()
+		if strings.HasPrefix(n, tmpPrefix) || keep[n] {
+			continue
+		}
+		if err := os.Remove(s.blobPath(v1.Hash{Algorithm: "sha256", Hex: n})); err != nil && !os.IsNotExist(err) {
+			s.logger.Warn("cannot remove blob", "digest", "sha256:"+n, "error", err)
+			continue
+		}
+		removed++
+	}
+	if removed > 0 {
+		s.logger.Debug("removed unreferenced blobs", "count", removed)
+	}
+}
+
+// removeTree removes a rootfs. Directories without write permission (an
+// image may ship such) are made writable first so their entries can go.
+func removeTree(path string) error {
+	err := os.RemoveAll(path)
+	if err == nil {
+		return nil
+	}
+	// As root this is rarely needed; for unprivileged use make every
+	// directory writable and retry once.
+	_ = filepath.WalkDir(path, func(p string, d fs.DirEntry, _ error) error {
+		if d != nil && d.IsDir() {
+			_ = os.Chmod(p, 0o700)
+		}
+		return nil
+	})
+	return os.RemoveAll(path)
+}

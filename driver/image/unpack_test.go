@@ -1,0 +1,332 @@
+package image
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/ferry-nomad/ferry/driver/testutil"
+	"github.com/hashicorp/go-hclog"
+	"github.com/shoenig/test/must"
+	"golang.org/x/sys/unix"
+)
+
+type entry = testutil.TarEntry
+
+// unpackLayers applies tar layers to a fresh rootfs and returns its path.
+func unpackLayers(t *testing.T, layers ...[]entry) (string, error) {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "rootfs")
+	must.NoError(t, os.Mkdir(root, 0o755))
+	u := newUnpacker(root, hclog.NewNullLogger())
+	for i, l := range layers {
+		b, err := testutil.Tar(l...)
+		must.NoError(t, err)
+		if err := u.apply(context.Background(), i+1, bytes.NewReader(b)); err != nil {
+			return root, err
+		}
+	}
+	return root, nil
+}
+
+func mustUnpack(t *testing.T, layers ...[]entry) string {
+	t.Helper()
+	root, err := unpackLayers(t, layers...)
+	must.NoError(t, err)
+	return root
+}
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	must.NoError(t, err)
+	return string(b)
+}
+
+func TestUnpack_Whiteout(t *testing.T) {
+	root := mustUnpack(t,
+		[]entry{
+			{Name: "a/", Type: tar.TypeDir},
+			{Name: "a/f1", Body: "1"},
+			{Name: "a/f2", Body: "2"},
+			{Name: "b", Body: "b"},
+			{Name: "c/", Type: tar.TypeDir},
+			{Name: "c/deep", Body: "d"},
+		},
+		[]entry{
+			{Name: "a/.wh.f1"},
+			{Name: ".wh.b"},
+			{Name: ".wh.c"},
+			{Name: ".wh.never-existed"},
+			{Name: "missing/.wh.x"},
+			// Recreated in the same layer as its whiteout: the whiteout
+			// only hides lower layers.
+			{Name: "c/", Type: tar.TypeDir},
+			{Name: "c/new", Body: "n"},
+		},
+	)
+	must.False(t, exists(filepath.Join(root, "a/f1")))
+	must.Eq(t, "2", readFile(t, filepath.Join(root, "a/f2")))
+	must.False(t, exists(filepath.Join(root, "b")))
+	must.False(t, exists(filepath.Join(root, "c/deep")))
+	must.Eq(t, "n", readFile(t, filepath.Join(root, "c/new")))
+	must.False(t, exists(filepath.Join(root, ".wh.b")))
+	must.False(t, exists(filepath.Join(root, "missing")))
+}
+
+func TestUnpack_OpaqueDir(t *testing.T) {
+	root := mustUnpack(t,
+		[]entry{
+			{Name: "d/", Type: tar.TypeDir},
+			{Name: "d/old", Body: "old"},
+			{Name: "d/sub/", Type: tar.TypeDir},
+			{Name: "d/sub/x", Body: "x"},
+			{Name: "keep", Body: "k"},
+		},
+		[]entry{
+			// An entry before the marker belongs to this layer and stays.
+			{Name: "d/", Type: tar.TypeDir},
+			{Name: "d/early", Body: "e"},
+			{Name: "d/.wh..wh..opq"},
+			{Name: "d/new", Body: "new"},
+		},
+	)
+	entries, err := os.ReadDir(filepath.Join(root, "d"))
+	must.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	must.Eq(t, []string{"early", "new"}, names)
+	must.Eq(t, "k", readFile(t, filepath.Join(root, "keep")))
+}
+
+func TestUnpack_OpaqueHidesLowerContentOfRedeclaredSubdir(t *testing.T) {
+	root := mustUnpack(t,
+		[]entry{
+			{Name: "d/", Type: tar.TypeDir},
+			{Name: "d/sub/", Type: tar.TypeDir},
+			{Name: "d/sub/lower", Body: "l"},
+		},
+		[]entry{
+			{Name: "d/sub/", Type: tar.TypeDir},
+			{Name: "d/sub/upper", Body: "u"},
+			{Name: "d/.wh..wh..opq"},
+		},
+	)
+	must.False(t, exists(filepath.Join(root, "d/sub/lower")))
+	must.Eq(t, "u", readFile(t, filepath.Join(root, "d/sub/upper")))
+}
+
+func TestUnpack_HardLink(t *testing.T) {
+	root := mustUnpack(t,
+		[]entry{
+			{Name: "bin/", Type: tar.TypeDir},
+			{Name: "bin/tool", Body: "tool", Mode: 0o755},
+			{Name: "bin/alias", Type: tar.TypeLink, Linkname: "bin/tool"},
+			{Name: "link-to-symlink-target", Type: tar.TypeSymlink, Linkname: "/nowhere"},
+		},
+		[]entry{
+			// Hard link to a file of a lower layer, and to a symlink.
+			{Name: "usr/", Type: tar.TypeDir},
+			{Name: "usr/tool", Type: tar.TypeLink, Linkname: "/bin/tool"},
+			{Name: "sym-hardlink", Type: tar.TypeLink, Linkname: "link-to-symlink-target"},
+		},
+	)
+	var a, b, c unix.Stat_t
+	must.NoError(t, unix.Lstat(filepath.Join(root, "bin/tool"), &a))
+	must.NoError(t, unix.Lstat(filepath.Join(root, "bin/alias"), &b))
+	must.NoError(t, unix.Lstat(filepath.Join(root, "usr/tool"), &c))
+	must.Eq(t, a.Ino, b.Ino)
+	must.Eq(t, a.Ino, c.Ino)
+	must.Eq(t, uint64(3), uint64(a.Nlink))
+	target, err := os.Readlink(filepath.Join(root, "sym-hardlink"))
+	must.NoError(t, err)
+	must.Eq(t, "/nowhere", target)
+}
+
+func TestUnpack_Symlinks(t *testing.T) {
+	outside := t.TempDir()
+	root := mustUnpack(t,
+		[]entry{
+			{Name: "usr/", Type: tar.TypeDir},
+			{Name: "usr/lib/", Type: tar.TypeDir},
+			{Name: "lib", Type: tar.TypeSymlink, Linkname: "usr/lib"},
+			{Name: "etc/", Type: tar.TypeDir},
+			{Name: "etc/localtime", Type: tar.TypeSymlink, Linkname: "/usr/share/zoneinfo/UTC"},
+			{Name: "escape", Type: tar.TypeSymlink, Linkname: filepath.Join(outside, "target")},
+		},
+		[]entry{
+			// Writing through a relative symlink that stays inside.
+			{Name: "lib/libx.so", Body: "x"},
+			// A file replacing a symlink must not write through it.
+			{Name: "escape", Body: "inside"},
+		},
+	)
+	target, err := os.Readlink(filepath.Join(root, "etc/localtime"))
+	must.NoError(t, err)
+	must.Eq(t, "/usr/share/zoneinfo/UTC", target)
+	must.Eq(t, "x", readFile(t, filepath.Join(root, "usr/lib/libx.so")))
+	fi, err := os.Lstat(filepath.Join(root, "escape"))
+	must.NoError(t, err)
+	must.True(t, fi.Mode().IsRegular())
+	must.False(t, exists(filepath.Join(outside, "target")))
+}
+
+func TestUnpack_Replace(t *testing.T) {
+	root := mustUnpack(t,
+		[]entry{
+			{Name: "x/", Type: tar.TypeDir},
+			{Name: "x/child", Body: "c"},
+			{Name: "y", Body: "file"},
+			{Name: "z", Type: tar.TypeSymlink, Linkname: "x"},
+		},
+		[]entry{
+			{Name: "x", Body: "now a file"},
+			{Name: "y/", Type: tar.TypeDir},
+			{Name: "z/", Type: tar.TypeDir},
+			{Name: "z/inner", Body: "i"},
+		},
+	)
+	must.Eq(t, "now a file", readFile(t, filepath.Join(root, "x")))
+	fi, err := os.Lstat(filepath.Join(root, "y"))
+	must.NoError(t, err)
+	must.True(t, fi.IsDir())
+	fi, err = os.Lstat(filepath.Join(root, "z"))
+	must.NoError(t, err)
+	must.True(t, fi.IsDir())
+	must.Eq(t, "i", readFile(t, filepath.Join(root, "z/inner")))
+}
+
+func TestUnpack_Metadata(t *testing.T) {
+	root := mustUnpack(t, []entry{
+		{Name: "./", Type: tar.TypeDir, Mode: 0o755},
+		{Name: "ro/", Type: tar.TypeDir, Mode: 0o555},
+		{Name: "ro/file", Body: "f", Mode: 0o640, UID: 1000, GID: 2000},
+		{Name: "suid", Body: "s", Mode: 0o4755, UID: 0, GID: 0},
+		{Name: "tmp/", Type: tar.TypeDir, Mode: 0o1777},
+		{Name: "fifo", Type: tar.TypeFifo, Mode: 0o600},
+		{Name: "null", Type: tar.TypeChar, Mode: 0o666},
+	})
+	fi, err := os.Stat(filepath.Join(root, "ro"))
+	must.NoError(t, err)
+	must.Eq(t, os.FileMode(0o555), fi.Mode().Perm())
+	must.Eq(t, 2024, fi.ModTime().Year())
+
+	fi, err = os.Stat(filepath.Join(root, "ro/file"))
+	must.NoError(t, err)
+	must.Eq(t, os.FileMode(0o640), fi.Mode().Perm())
+	must.Eq(t, 2024, fi.ModTime().Year())
+	if os.Geteuid() == 0 {
+		st := fi.Sys().(*syscall.Stat_t)
+		must.Eq(t, uint32(1000), st.Uid)
+		must.Eq(t, uint32(2000), st.Gid)
+	}
+
+	fi, err = os.Stat(filepath.Join(root, "suid"))
+	must.NoError(t, err)
+	must.True(t, fi.Mode()&os.ModeSetuid != 0)
+
+	fi, err = os.Stat(filepath.Join(root, "tmp"))
+	must.NoError(t, err)
+	must.True(t, fi.Mode()&os.ModeSticky != 0)
+	must.Eq(t, os.FileMode(0o777), fi.Mode().Perm())
+
+	fi, err = os.Lstat(filepath.Join(root, "fifo"))
+	must.NoError(t, err)
+	must.True(t, fi.Mode()&os.ModeNamedPipe != 0)
+	// Device nodes are created when permitted and skipped otherwise.
+	if fi, err := os.Lstat(filepath.Join(root, "null")); err == nil {
+		must.True(t, fi.Mode()&os.ModeCharDevice != 0)
+	}
+}
+
+func TestUnpack_Xattrs(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	must.NoError(t, tw.WriteHeader(&tar.Header{
+		Name: "f", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1, Format: tar.FormatPAX,
+		PAXRecords: map[string]string{"SCHILY.xattr.user.ferry": "yes"},
+	}))
+	_, err := tw.Write([]byte("x"))
+	must.NoError(t, err)
+	must.NoError(t, tw.Close())
+
+	root := filepath.Join(t.TempDir(), "rootfs")
+	must.NoError(t, os.Mkdir(root, 0o755))
+	u := newUnpacker(root, hclog.NewNullLogger())
+	must.NoError(t, u.apply(context.Background(), 1, &buf))
+	val := make([]byte, 16)
+	n, err := unix.Lgetxattr(filepath.Join(root, "f"), "user.ferry", val)
+	if err != nil {
+		// Some file systems do not store user xattrs; the unpack must not
+		// fail because of it.
+		must.Eq(t, 1, u.skippedXattrs)
+		t.Skipf("file system without user xattrs: %v", err)
+	}
+	must.Eq(t, "yes", string(val[:n]))
+}
+
+func TestUnpack_RefusesEscapes(t *testing.T) {
+	outside := t.TempDir()
+	cases := []struct {
+		name   string
+		layers [][]entry
+	}{
+		{"dotdot entry", [][]entry{{{Name: "../escape", Body: "x"}}}},
+		{"nested dotdot entry", [][]entry{{{Name: "a/../../escape", Body: "x"}}}},
+		{"dotdot whiteout", [][]entry{{{Name: "../.wh.escape"}}}},
+		{"absolute symlink parent", [][]entry{{
+			{Name: "evil", Type: tar.TypeSymlink, Linkname: outside},
+			{Name: "evil/pwned", Body: "x"},
+		}}},
+		{"absolute symlink parent in a later layer", [][]entry{
+			{{Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
+			{{Name: "evil/pwned", Body: "x"}},
+		}},
+		{"relative symlink parent climbing out", [][]entry{{
+			{Name: "a/", Type: tar.TypeDir},
+			{Name: "a/up", Type: tar.TypeSymlink, Linkname: "../../../../../../../.." + outside},
+			{Name: "a/up/pwned", Body: "x"},
+		}}},
+		{"whiteout through absolute symlink", [][]entry{{
+			{Name: "evil", Type: tar.TypeSymlink, Linkname: outside},
+			{Name: "evil/.wh.keep"},
+		}}},
+		{"hard link to outside", [][]entry{{
+			{Name: "hl", Type: tar.TypeLink, Linkname: "../../../../../../../../etc/passwd"},
+		}}},
+		{"hard link through absolute symlink", [][]entry{{
+			{Name: "evil", Type: tar.TypeSymlink, Linkname: outside},
+			{Name: "hl", Type: tar.TypeLink, Linkname: "evil/keep"},
+		}}},
+	}
+	must.NoError(t, os.WriteFile(filepath.Join(outside, "keep"), []byte("keep"), 0o644))
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := unpackLayers(t, tc.layers...)
+			must.Error(t, err)
+			must.True(t, errors.Is(err, ErrInvalid), must.Sprintf("want ErrInvalid, got %v", err))
+			must.StrContains(t, err.Error(), "rootfs")
+			must.False(t, exists(filepath.Join(outside, "pwned")))
+			must.Eq(t, "keep", readFile(t, filepath.Join(outside, "keep")))
+		})
+	}
+}
+
+func TestUnpack_HardLinkToMissingTarget(t *testing.T) {
+	_, err := unpackLayers(t, []entry{{Name: "hl", Type: tar.TypeLink, Linkname: "nope"}})
+	must.Error(t, err)
+	must.StrContains(t, err.Error(), `hard link target "nope" does not exist`)
+	must.StrContains(t, err.Error(), `layer 1: entry "hl"`)
+}

@@ -1,0 +1,217 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ferry-nomad/ferry/driver/image"
+	"github.com/ferry-nomad/ferry/driver/spec"
+	"github.com/hashicorp/nomad/plugins/drivers"
+)
+
+// Config is the decoded `plugin "nomad-driver-ferry" { config { ... } }` block.
+type Config struct {
+	RuncPath           string       `codec:"runc_path"`
+	CriuPath           string       `codec:"criu_path"`
+	DataDir            string       `codec:"data_dir"`
+	StateDir           string       `codec:"state_dir"`
+	Platform           string       `codec:"platform"`
+	InsecureRegistries []string     `codec:"insecure_registries"`
+	Auth               AuthConfig   `codec:"auth"`
+	GC                 GCConfig     `codec:"gc"`
+	Nomad              ServerConfig `codec:"nomad"`
+	Consul             ServerConfig `codec:"consul"`
+}
+
+// AuthConfig points at a docker-style config.json holding registry credentials.
+type AuthConfig struct {
+	Config string `codec:"config"`
+}
+
+// GCConfig controls removal of images no task uses any more.
+type GCConfig struct {
+	Image      bool   `codec:"image"`
+	ImageDelay string `codec:"image_delay"`
+
+	imageDelay time.Duration
+}
+
+// ServerConfig is the address and token of a Nomad or Consul agent.
+type ServerConfig struct {
+	Address string `codec:"address"`
+	Token   string `codec:"token"`
+}
+
+// validate checks every field and fills derived values; errors name the field.
+func (c *Config) validate() error {
+	var errs []error
+	if !filepath.IsAbs(c.DataDir) {
+		errs = append(errs, fmt.Errorf("data_dir: %q must be an absolute path", c.DataDir))
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		errs = append(errs, fmt.Errorf("state_dir: %q must be an absolute path", c.StateDir))
+	}
+	if c.RuncPath == "" {
+		errs = append(errs, errors.New(`runc_path: must not be empty; use "runc" to search PATH`))
+	}
+	if c.CriuPath == "" {
+		errs = append(errs, errors.New(`criu_path: must not be empty; use "criu" to search PATH`))
+	}
+	d, err := time.ParseDuration(c.GC.ImageDelay)
+	switch {
+	case err != nil:
+		errs = append(errs, fmt.Errorf("gc.image_delay: %q is not a duration; use a value such as \"3m\"", c.GC.ImageDelay))
+	case d < 0:
+		errs = append(errs, fmt.Errorf("gc.image_delay: %q must not be negative", c.GC.ImageDelay))
+	default:
+		c.GC.imageDelay = d
+	}
+	for _, r := range c.InsecureRegistries {
+		if r == "" || strings.Contains(r, "/") {
+			errs = append(errs, fmt.Errorf("insecure_registries: %q must be a registry host[:port] such as \"10.0.0.1:5000\"", r))
+		}
+	}
+	if c.Auth.Config != "" {
+		if _, err := os.Stat(c.Auth.Config); err != nil {
+			errs = append(errs, fmt.Errorf("auth.config: %w", err))
+		}
+	}
+	if c.Platform != "" {
+		if _, err := parsePlatform(c.Platform); err != nil {
+			errs = append(errs, fmt.Errorf("platform: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// TaskConfig is the decoded `config { ... }` block of a ferry task.
+type TaskConfig struct {
+	Image          string        `codec:"image"`
+	ForcePull      bool          `codec:"force_pull"`
+	PullTimeout    string        `codec:"pull_timeout"`
+	Auth           TaskAuth      `codec:"auth"`
+	Entrypoint     []string      `codec:"entrypoint"`
+	Command        string        `codec:"command"`
+	Args           []string      `codec:"args"`
+	WorkDir        string        `codec:"work_dir"`
+	User           string        `codec:"user"`
+	Hostname       string        `codec:"hostname"`
+	ReadonlyRootfs bool          `codec:"readonly_rootfs"`
+	CapAdd         []string      `codec:"cap_add"`
+	CapDrop        []string      `codec:"cap_drop"`
+	Mount          []MountConfig `codec:"mount"`
+	Mounts         []MountConfig `codec:"mounts"`
+	Volumes        []string      `codec:"volumes"`
+	Ports          []string      `codec:"ports"`
+}
+
+// TaskAuth is a task's own registry credentials.
+type TaskAuth struct {
+	Username string `codec:"username"`
+	Password string `codec:"password"`
+}
+
+// MountConfig is one `mount { ... }` block.
+type MountConfig struct {
+	Type     string   `codec:"type"`
+	Source   string   `codec:"source"`
+	Target   string   `codec:"target"`
+	Readonly bool     `codec:"readonly"`
+	Options  []string `codec:"options"`
+}
+
+// taskRequest is a validated task config with its derived values.
+type taskRequest struct {
+	TaskConfig
+	ref         image.Ref
+	pullTimeout time.Duration
+	mounts      []spec.Mount
+}
+
+// validateTask checks a task config against the node and Nomad's task,
+// returning every problem at once with the field it concerns.
+func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig) (*taskRequest, error) {
+	req := &taskRequest{TaskConfig: tc}
+	var errs []error
+
+	ref, err := image.ParseRef(tc.Image, c.InsecureRegistries)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	req.ref = ref
+
+	if d, err := time.ParseDuration(tc.PullTimeout); err != nil || d <= 0 {
+		errs = append(errs, fmt.Errorf("pull_timeout: %q is not a positive duration; use a value such as \"5m\"", tc.PullTimeout))
+	} else {
+		req.pullTimeout = d
+	}
+	if (tc.Auth.Username == "") != (tc.Auth.Password == "") {
+		errs = append(errs, errors.New("auth: set both username and password, or neither"))
+	}
+	if tc.WorkDir != "" && !filepath.IsAbs(tc.WorkDir) {
+		errs = append(errs, fmt.Errorf("work_dir: %q must be an absolute path inside the container", tc.WorkDir))
+	}
+	if err := spec.ValidateCaps(tc.CapAdd, tc.CapDrop); err != nil {
+		errs = append(errs, err)
+	}
+	for i, m := range append(append([]MountConfig{}, tc.Mount...), tc.Mounts...) {
+		sm, err := m.toSpec()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("mount[%d]: %w", i, err))
+			continue
+		}
+		req.mounts = append(req.mounts, sm)
+	}
+	for _, v := range tc.Volumes {
+		m, err := spec.ParseVolume(v)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		req.mounts = append(req.mounts, m)
+	}
+	errs = append(errs, validatePorts(tc.Ports, task))
+	return req, errors.Join(errs...)
+}
+
+func (m MountConfig) toSpec() (spec.Mount, error) {
+	switch m.Type {
+	case "bind":
+		if !filepath.IsAbs(m.Source) {
+			return spec.Mount{}, fmt.Errorf("source: %q must be an absolute path on the client", m.Source)
+		}
+	case "tmpfs":
+	default:
+		return spec.Mount{}, fmt.Errorf("type: %q is not supported; use \"bind\" or \"tmpfs\"", m.Type)
+	}
+	if !filepath.IsAbs(m.Target) {
+		return spec.Mount{}, fmt.Errorf("target: %q must be an absolute path inside the container", m.Target)
+	}
+	return spec.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Readonly: m.Readonly, Options: m.Options}, nil
+}
+
+// validatePorts checks that every label in `ports` names a port of the
+// group's network block: the container shares that network, so the port is
+// reachable once the task listens on it.
+func validatePorts(labels []string, task *drivers.TaskConfig) error {
+	if len(labels) == 0 {
+		return nil
+	}
+	known := map[string]bool{}
+	if task.Resources != nil && task.Resources.Ports != nil {
+		for _, p := range *task.Resources.Ports {
+			known[p.Label] = true
+		}
+	}
+	var errs []error
+	for _, l := range labels {
+		if !known[l] {
+			errs = append(errs, fmt.Errorf("ports: %q is not a port label of the group's network block; add `port %q {}` to it", l, l))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,429 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ferry-nomad/ferry/driver/image"
+	"github.com/ferry-nomad/ferry/driver/runc"
+	"github.com/ferry-nomad/ferry/driver/shim"
+	"github.com/ferry-nomad/ferry/driver/spec"
+	"github.com/ferry-nomad/ferry/driver/task"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/nomad/client/lib/cpustats"
+	"github.com/hashicorp/nomad/drivers/shared/eventer"
+	"github.com/hashicorp/nomad/plugins/base"
+	"github.com/hashicorp/nomad/plugins/drivers"
+	"github.com/hashicorp/nomad/plugins/shared/hclspec"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	_ drivers.DriverPlugin            = (*Driver)(nil)
+	_ drivers.ExecTaskStreamingDriver = (*Driver)(nil)
+)
+
+// Driver is the ferry task driver.
+type Driver struct {
+	ctx     context.Context
+	cancel  context.CancelFunc
+	logger  hclog.Logger
+	eventer *eventer.Eventer
+	tasks   *task.Store
+
+	// set by SetConfig
+	mu       sync.RWMutex
+	config   *Config
+	env      *environment
+	compute  cpustats.Compute
+	platform string
+}
+
+// environment is what SetConfig builds from the plugin config.
+type environment struct {
+	layout layout
+	runc   *runc.Runc
+	images *image.Store
+	self   string // this binary, re-executed as each task's shim
+}
+
+// New returns the driver; Nomad configures it with SetConfig.
+func New(logger hclog.Logger) *Driver {
+	ctx, cancel := context.WithCancel(context.Background())
+	logger = logger.Named(Name)
+	return &Driver{
+		ctx:     ctx,
+		cancel:  cancel,
+		logger:  logger,
+		eventer: eventer.NewEventer(ctx, logger),
+		tasks:   task.NewStore(),
+	}
+}
+
+func (d *Driver) PluginInfo() (*base.PluginInfoResponse, error) { return pluginInfo(), nil }
+
+func (d *Driver) ConfigSchema() (*hclspec.Spec, error) { return configSpec, nil }
+
+func (d *Driver) TaskConfigSchema() (*hclspec.Spec, error) { return taskConfigSpec, nil }
+
+func (d *Driver) Capabilities() (*drivers.Capabilities, error) { return capabilities, nil }
+
+func (d *Driver) TaskEvents(ctx context.Context) (<-chan *drivers.TaskEvent, error) {
+	return d.eventer.TaskEvents(ctx)
+}
+
+// SetConfig validates the plugin config and prepares the driver's directories,
+// image store and runc wrapper.
+func (d *Driver) SetConfig(c *base.Config) error {
+	var cfg Config
+	if len(c.PluginConfig) != 0 {
+		if err := base.MsgPackDecode(c.PluginConfig, &cfg); err != nil {
+			return fmt.Errorf("decode plugin config: %w", err)
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("plugin \"nomad-driver-ferry\" config: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the driver binary: %w", err)
+	}
+	l := layout{dataDir: cfg.DataDir, stateDir: cfg.StateDir}
+	if err := l.create(); err != nil {
+		return err
+	}
+	images, err := image.NewStore(image.StoreConfig{
+		Dir:       l.images(),
+		GCEnabled: cfg.GC.Image,
+		GCDelay:   cfg.GC.imageDelay,
+		Logger:    d.logger.Named("images"),
+	})
+	if err != nil {
+		return fmt.Errorf("image store: %w", err)
+	}
+	platform, err := nodePlatform(cfg.Platform)
+	if err != nil {
+		return fmt.Errorf("platform: %w", err)
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.env != nil {
+		d.env.images.Close()
+	}
+	d.config = &cfg
+	d.platform = platform
+	d.env = &environment{
+		layout: l,
+		runc:   &runc.Runc{Path: cfg.RuncPath, Root: l.runcRoot(), Logger: d.logger.Named("runc")},
+		images: images,
+		self:   self,
+	}
+	if c.AgentConfig != nil {
+		d.compute = c.AgentConfig.Compute()
+	}
+	return nil
+}
+
+// current returns the configuration in force, or an error before SetConfig.
+func (d *Driver) current() (*Config, *environment, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.env == nil {
+		return nil, nil, errors.New("driver is not configured yet")
+	}
+	return d.config, d.env, nil
+}
+
+func (d *Driver) emit(cfg *drivers.TaskConfig, msg string, annotations map[string]string) {
+	err := d.eventer.EmitEvent(&drivers.TaskEvent{
+		TaskID:      cfg.ID,
+		TaskName:    cfg.Name,
+		AllocID:     cfg.AllocID,
+		Timestamp:   time.Now(),
+		Message:     msg,
+		Annotations: annotations,
+	})
+	if err != nil {
+		d.logger.Warn("emit task event", "task", cfg.ID, "error", err)
+	}
+}
+
+// StartTask pulls the image, prepares the task's rootfs and runtime spec, and
+// runs the container under a shim of its own. A failed start leaves nothing
+// behind.
+func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drivers.DriverNetwork, error) {
+	if _, ok := d.tasks.Get(cfg.ID); ok {
+		return nil, nil, fmt.Errorf("task %s already started", cfg.ID)
+	}
+	conf, env, err := d.current()
+	if err != nil {
+		return nil, nil, err
+	}
+	var tc TaskConfig
+	if err := cfg.DecodeDriverConfig(&tc); err != nil {
+		return nil, nil, fmt.Errorf("task config: %w", err)
+	}
+	req, err := conf.validateTask(tc, cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("task config: %w", err)
+	}
+	logger := d.logger.With("task", cfg.Name, "alloc", cfg.AllocID)
+
+	img, err := d.pull(cfg, conf, env, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	env.images.Acquire(img.Digest)
+
+	cid := containerID(cfg)
+	st := task.State{
+		ContainerID: cid,
+		Dir:         env.layout.taskDir(cid),
+		ShimDir:     env.layout.shimDir(cid),
+		ImageRef:    req.ref.String(),
+		ImageDigest: img.Digest.String(),
+		Platform:    platformString(img.Platform),
+	}
+	started := false
+	defer func() {
+		if !started {
+			d.cleanup(env, st, logger)
+		}
+	}()
+
+	rootfs, err := mountRootfs(img.RootFS, st.Dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := spec.Build(spec.Input{
+		ContainerID: cid,
+		RootFS:      rootfs,
+		Readonly:    req.ReadonlyRootfs,
+		Image:       img.Config,
+		Entrypoint:  req.Entrypoint,
+		Command:     req.Command,
+		Args:        req.Args,
+		WorkDir:     req.WorkDir,
+		User:        firstNonEmpty(req.User, cfg.User),
+		Hostname:    req.Hostname,
+		CapAdd:      req.CapAdd,
+		CapDrop:     req.CapDrop,
+		Mounts:      req.mounts,
+		Task:        cfg,
+		CgroupsPath: cgroupsPath(cfg),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("runtime spec: %w", err)
+	}
+	if err := spec.Write(s, st.Dir); err != nil {
+		return nil, nil, fmt.Errorf("runtime spec: %w", err)
+	}
+
+	ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
+	defer cancel()
+	proc, err := shim.Start(ctx, env.self, st.ShimDir, shim.Config{
+		ID:         cid,
+		Bundle:     st.Dir,
+		RuncPath:   conf.RuncPath,
+		RuncRoot:   env.layout.runcRoot(),
+		StdoutPath: cfg.StdoutPath,
+		StderrPath: cfg.StderrPath,
+		Mode:       "run",
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("start container: %w", err)
+	}
+	st.StartedAt = time.Now()
+	st.ShimPID = proc.ShimPID
+	st.ContainerPID = proc.ContainerPID
+
+	handle := drivers.NewTaskHandle(taskHandleVersion)
+	handle.Config = cfg
+	if err := handle.SetDriverState(&st); err != nil {
+		_ = env.runc.Kill(ctx, cid, unix.SIGKILL, true)
+		return nil, nil, fmt.Errorf("store task state: %w", err)
+	}
+	started = true
+	d.tasks.Set(cfg.ID, task.NewHandle(cfg, st, proc, logger))
+	logger.Info("task started", "container", cid, "image", st.ImageRef, "digest", st.ImageDigest, "pid", proc.ContainerPID)
+	return handle, nil, nil
+}
+
+// cleanup removes a task's container, rootfs, directories and image reference.
+// Every step runs even if an earlier one failed.
+func (d *Driver) cleanup(env *environment, st task.State, logger hclog.Logger) {
+	ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
+	defer cancel()
+	if err := env.runc.Delete(ctx, st.ContainerID, true); err != nil {
+		logger.Warn("delete container", "container", st.ContainerID, "error", err)
+	}
+	if err := unmountRootfs(st.Dir); err != nil {
+		logger.Warn("unmount rootfs", "dir", st.Dir, "error", err)
+	}
+	for _, dir := range []string{st.Dir, st.ShimDir} {
+		if dir == "" {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			logger.Warn("remove task directory", "dir", dir, "error", err)
+		}
+	}
+	if st.ImageDigest != "" {
+		if h, err := parseDigest(st.ImageDigest); err == nil {
+			env.images.Release(h)
+		}
+	}
+}
+
+func (d *Driver) WaitTask(ctx context.Context, taskID string) (<-chan *drivers.ExitResult, error) {
+	h, ok := d.tasks.Get(taskID)
+	if !ok {
+		return nil, drivers.ErrTaskNotFound
+	}
+	ch := make(chan *drivers.ExitResult, 1)
+	go func() {
+		defer close(ch)
+		select {
+		case <-h.Done():
+			ch <- h.ExitResult()
+		case <-ctx.Done():
+		case <-d.ctx.Done():
+		}
+	}()
+	return ch, nil
+}
+
+// StopTask sends the task's kill_signal and, if it is still running after
+// timeout, kills every process of the container.
+func (d *Driver) StopTask(taskID string, timeout time.Duration, signal string) error {
+	h, ok := d.tasks.Get(taskID)
+	if !ok {
+		return drivers.ErrTaskNotFound
+	}
+	_, env, err := d.current()
+	if err != nil {
+		return err
+	}
+	return d.stop(env, h, timeout, signal)
+}
+
+func (d *Driver) stop(env *environment, h *task.Handle, timeout time.Duration, signal string) error {
+	if !h.Running() {
+		return nil
+	}
+	sig := unix.SIGTERM
+	if signal != "" {
+		s, err := parseSignal(signal)
+		if err != nil {
+			return err
+		}
+		sig = s
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, timeout+time.Minute)
+	defer cancel()
+	cid := h.State.ContainerID
+	if sig != unix.SIGKILL {
+		if err := env.runc.Kill(ctx, cid, sig, false); err != nil && h.Running() {
+			d.logger.Warn("send stop signal", "container", cid, "signal", signal, "error", err)
+		}
+		select {
+		case <-h.Done():
+			return nil
+		case <-time.After(timeout):
+		}
+	}
+	if err := env.runc.Kill(ctx, cid, unix.SIGKILL, true); err != nil && h.Running() {
+		return fmt.Errorf("kill container %s: %w", cid, err)
+	}
+	select {
+	case <-h.Done():
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("container %s did not exit after SIGKILL", cid)
+	}
+}
+
+// DestroyTask removes a task; a running task is killed first when force is set.
+func (d *Driver) DestroyTask(taskID string, force bool) error {
+	h, ok := d.tasks.Get(taskID)
+	if !ok {
+		return drivers.ErrTaskNotFound
+	}
+	_, env, err := d.current()
+	if err != nil {
+		return err
+	}
+	if h.Running() {
+		if !force {
+			return errors.New("task is still running; stop it first or destroy with force")
+		}
+		if err := d.stop(env, h, 0, "SIGKILL"); err != nil {
+			return err
+		}
+	}
+	h.Release()
+	d.cleanup(env, h.State, d.logger.With("task", h.Config.Name, "alloc", h.Config.AllocID))
+	d.tasks.Delete(taskID)
+	return nil
+}
+
+func (d *Driver) InspectTask(taskID string) (*drivers.TaskStatus, error) {
+	h, ok := d.tasks.Get(taskID)
+	if !ok {
+		return nil, drivers.ErrTaskNotFound
+	}
+	return h.Status(), nil
+}
+
+func (d *Driver) SignalTask(taskID string, signal string) error {
+	h, ok := d.tasks.Get(taskID)
+	if !ok {
+		return drivers.ErrTaskNotFound
+	}
+	_, env, err := d.current()
+	if err != nil {
+		return err
+	}
+	sig, err := parseSignal(signal)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
+	defer cancel()
+	return env.runc.Kill(ctx, h.State.ContainerID, sig, false)
+}
+
+func parseSignal(name string) (syscall.Signal, error) {
+	if s := unix.SignalNum(name); s != 0 {
+		return s, nil
+	}
+	if s := unix.SignalNum("SIG" + name); s != 0 {
+		return s, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q; use a name such as \"SIGTERM\" or \"SIGUSR1\"", name)
+}
+
+func firstNonEmpty(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// Shutdown stops background work; tasks keep running under their shims.
+func (d *Driver) Shutdown() {
+	d.cancel()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.env != nil {
+		d.env.images.Close()
+	}
+}

@@ -1,0 +1,129 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/nomad/plugins/drivers"
+	pstructs "github.com/hashicorp/nomad/plugins/shared/structs"
+)
+
+const fingerprintPeriod = 30 * time.Second
+
+// criuProbe caches the result of `criu check`, which is slow to repeat.
+type criuProbe struct {
+	mu      sync.Mutex
+	path    string
+	at      time.Time
+	version string
+	ok      bool
+	reason  string
+}
+
+func (p *criuProbe) get(ctx context.Context, path string) (version string, ok bool, reason string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.path == path && time.Since(p.at) < 10*time.Minute {
+		return p.version, p.ok, p.reason
+	}
+	p.path, p.at = path, time.Now()
+	p.version, p.ok, p.reason = "", false, ""
+	out, err := exec.CommandContext(ctx, path, "--version").CombinedOutput()
+	if err != nil {
+		p.reason = fmt.Sprintf("criu (%s) not usable: %v; install CRIU >= 4.2 or set criu_path", path, err)
+		return p.version, p.ok, p.reason
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, found := strings.CutPrefix(line, "Version:"); found {
+			p.version = strings.TrimSpace(v)
+		}
+	}
+	out, err = exec.CommandContext(ctx, path, "check").CombinedOutput()
+	if err != nil {
+		p.reason = "criu check failed: " + lastLine(string(out))
+		return p.version, p.ok, p.reason
+	}
+	p.ok = true
+	return p.version, p.ok, p.reason
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+func (d *Driver) Fingerprint(ctx context.Context) (<-chan *drivers.Fingerprint, error) {
+	ch := make(chan *drivers.Fingerprint)
+	go func() {
+		defer close(ch)
+		probe := &criuProbe{}
+		timer := time.NewTimer(0)
+		defer timer.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.ctx.Done():
+				return
+			case <-timer.C:
+				timer.Reset(fingerprintPeriod)
+			}
+			select {
+			case ch <- d.fingerprint(ctx, probe):
+			case <-ctx.Done():
+				return
+			case <-d.ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, nil
+}
+
+// fingerprint reports the driver healthy when runc works; checkpointing is an
+// attribute, true only when `criu check` passes.
+func (d *Driver) fingerprint(ctx context.Context, probe *criuProbe) *drivers.Fingerprint {
+	conf, env, err := d.current()
+	if err != nil {
+		return &drivers.Fingerprint{Health: drivers.HealthStateUndetected, HealthDescription: err.Error()}
+	}
+	d.mu.RLock()
+	platform := d.platform
+	d.mu.RUnlock()
+
+	attrs := map[string]*pstructs.Attribute{
+		"driver.ferry":          pstructs.NewBoolAttribute(true),
+		"driver.ferry.version":  pstructs.NewStringAttribute(Version),
+		"driver.ferry.platform": pstructs.NewStringAttribute(platform),
+	}
+	fp := &drivers.Fingerprint{Attributes: attrs, Health: drivers.HealthStateHealthy, HealthDescription: drivers.DriverHealthy}
+
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	criuVersion, criuOK, criuReason := probe.get(cctx, conf.CriuPath)
+	if criuVersion != "" {
+		attrs["driver.ferry.criu.version"] = pstructs.NewStringAttribute(criuVersion)
+	}
+	attrs["driver.ferry.checkpoint"] = pstructs.NewBoolAttribute(criuOK)
+	if !criuOK {
+		d.logger.Debug("checkpointing unavailable", "reason", criuReason)
+	}
+
+	if os.Geteuid() != 0 {
+		fp.Health, fp.HealthDescription = drivers.HealthStateUnhealthy, "the ferry driver must run as root (run the Nomad client as root)"
+		return fp
+	}
+	runcVersion, err := env.runc.Version(cctx)
+	if err != nil {
+		fp.Health = drivers.HealthStateUnhealthy
+		fp.HealthDescription = fmt.Sprintf("runc (%s) not usable: %v; install runc >= 1.2 or set runc_path", conf.RuncPath, err)
+		return fp
+	}
+	attrs["driver.ferry.runc.version"] = pstructs.NewStringAttribute(runcVersion)
+	return fp
+}

@@ -1,0 +1,53 @@
+package plugin
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	"github.com/hashicorp/nomad/plugins/drivers"
+)
+
+// layout names the driver's directories. data_dir holds what must survive a
+// reboot (images, task rootfs changes); state_dir holds runtime state (runc's
+// root, the shims' sockets and pid files).
+type layout struct {
+	dataDir  string
+	stateDir string
+}
+
+func (l layout) images() string            { return filepath.Join(l.dataDir, "images") }
+func (l layout) taskDir(cid string) string { return filepath.Join(l.dataDir, "tasks", cid) }
+func (l layout) runcRoot() string          { return filepath.Join(l.stateDir, "runc") }
+
+// shimDir is short whatever the task's name: it holds the shim's unix socket,
+// whose path may not exceed 107 bytes.
+func (l layout) shimDir(cid string) string {
+	sum := sha256.Sum256([]byte(cid))
+	return filepath.Join(l.stateDir, "shims", hex.EncodeToString(sum[:8]))
+}
+
+func (l layout) create() error {
+	for _, dir := range []string{l.images(), filepath.Join(l.dataDir, "tasks"), l.runcRoot(), filepath.Join(l.stateDir, "shims")} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+var unsafeID = regexp.MustCompile(`[^A-Za-z0-9_.+-]`)
+
+// containerID derives the runc container id from Nomad's task id
+// ("<alloc>/<task>/<random>"), which is unique for every start of a task.
+func containerID(cfg *drivers.TaskConfig) string {
+	return unsafeID.ReplaceAllString(cfg.ID, ".")
+}
+
+// cgroupsPath puts a task's cgroups under Nomad's own "/nomad" hierarchy.
+func cgroupsPath(cfg *drivers.TaskConfig) string {
+	return "/nomad/ferry/" + containerID(cfg)
+}

@@ -1,0 +1,17 @@
+package plugin
+
+import (
+	"os"
+	"testing"
+
+	"github.com/ferry-nomad/ferry/driver/shim"
+)
+
+// TestMain lets the test binary serve as the task shim, as the driver binary
+// does: the driver re-executes itself with "shim DIR".
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "shim" {
+		os.Exit(shim.Main(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}

@@ -1,0 +1,47 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// A task's rootfs is an overlay: the image's shared, read-only rootfs below,
+// the task's own changes in dir/upper. The changes stay in the task directory,
+// apart from the image, which is what a checkpoint carries to another node.
+
+// mountRootfs mounts the task's overlay at dir/rootfs and returns that path.
+func mountRootfs(lower, dir string) (string, error) {
+	upper, work, target := filepath.Join(dir, "upper"), filepath.Join(dir, "work"), filepath.Join(dir, "rootfs")
+	for _, d := range []string{upper, work, target} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return "", fmt.Errorf("rootfs: %w", err)
+		}
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return "", fmt.Errorf("rootfs: %w", err)
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
+	if err := unix.Mount("overlay", target, "overlay", 0, opts); err != nil {
+		return "", fmt.Errorf("rootfs: mount overlay at %s: %w", target, err)
+	}
+	// The rootfs directory itself is the container's "/": keep it traversable.
+	if err := os.Chmod(target, 0o755); err != nil {
+		_ = unix.Unmount(target, unix.MNT_DETACH)
+		return "", fmt.Errorf("rootfs: %w", err)
+	}
+	return target, nil
+}
+
+// unmountRootfs undoes mountRootfs; a rootfs that is not mounted is fine.
+func unmountRootfs(dir string) error {
+	target := filepath.Join(dir, "rootfs")
+	err := unix.Unmount(target, unix.MNT_DETACH)
+	if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	return fmt.Errorf("unmount %s: %w", target, err)
+}

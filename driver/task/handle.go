@@ -1,0 +1,110 @@
+package task
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/ferry-nomad/ferry/driver/shim"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/nomad/plugins/drivers"
+)
+
+// Handle is a task the driver runs: it waits on the task's shim in the
+// background and remembers how the task ended.
+type Handle struct {
+	Config *drivers.TaskConfig
+	State  State
+
+	proc   *shim.Process
+	logger hclog.Logger
+	done   chan struct{}
+
+	mu          sync.RWMutex
+	exit        *drivers.ExitResult
+	completedAt time.Time
+}
+
+// NewHandle starts waiting on proc; Done is closed when the task has exited.
+func NewHandle(cfg *drivers.TaskConfig, st State, proc *shim.Process, logger hclog.Logger) *Handle {
+	h := &Handle{Config: cfg, State: st, proc: proc, logger: logger, done: make(chan struct{})}
+	go h.wait()
+	return h
+}
+
+func (h *Handle) wait() {
+	defer close(h.done)
+	st, err := h.proc.Wait(context.Background())
+	res := &drivers.ExitResult{}
+	switch {
+	case err != nil:
+		res.Err = err
+		res.ExitCode = -1
+	default:
+		res.ExitCode = st.ExitCode
+		res.Signal = st.Signal
+		res.OOMKilled = st.OOMKilled
+		if st.Err != "" {
+			res.Err = &exitError{msg: st.Err}
+		}
+	}
+	h.logger.Debug("task exited", "container", h.State.ContainerID, "exit_code", res.ExitCode, "signal", res.Signal, "oom", res.OOMKilled, "error", res.Err)
+	h.mu.Lock()
+	h.exit = res
+	h.completedAt = time.Now()
+	h.mu.Unlock()
+}
+
+type exitError struct{ msg string }
+
+func (e *exitError) Error() string { return e.msg }
+
+// Done is closed once the task has exited.
+func (h *Handle) Done() <-chan struct{} { return h.done }
+
+// Running reports whether the task has not exited yet.
+func (h *Handle) Running() bool {
+	select {
+	case <-h.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// ExitResult is how the task ended, or nil while it runs.
+func (h *Handle) ExitResult() *drivers.ExitResult {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.exit == nil {
+		return nil
+	}
+	return h.exit.Copy()
+}
+
+// Release tells the shim the driver has the exit status and it may exit.
+func (h *Handle) Release() { h.proc.Ack() }
+
+// Status is the task as InspectTask reports it.
+func (h *Handle) Status() *drivers.TaskStatus {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	s := &drivers.TaskStatus{
+		ID:          h.Config.ID,
+		Name:        h.Config.Name,
+		StartedAt:   h.State.StartedAt,
+		CompletedAt: h.completedAt,
+		State:       drivers.TaskStateRunning,
+		DriverAttributes: map[string]string{
+			"container_id": h.State.ContainerID,
+			"image":        h.State.ImageRef,
+			"image_digest": h.State.ImageDigest,
+			"platform":     h.State.Platform,
+		},
+	}
+	if h.exit != nil {
+		s.State = drivers.TaskStateExited
+		s.ExitResult = h.exit.Copy()
+	}
+	return s
+}

@@ -1,0 +1,19 @@
+// Package task holds what the driver knows about each task: the state Nomad
+// persists in the task handle, and the live handle that waits for the task.
+package task
+
+import "time"
+
+// State is stored by Nomad with the task handle (drivers.TaskHandle's driver
+// state) and is all the driver needs to find a task again after a restart.
+type State struct {
+	ContainerID  string    // runc container id
+	Dir          string    // task directory: config.json, rootfs, upper, work
+	ShimDir      string    // the shim's state directory
+	ImageRef     string    // image as the task named it
+	ImageDigest  string    // manifest digest of the image in use
+	Platform     string    // os/arch[/variant] of the image
+	StartedAt    time.Time // when the container started
+	ShimPID      int
+	ContainerPID int
+}
