@@ -43,13 +43,14 @@ func TestDemoJob(t *testing.T) {
 	if err != nil || !strings.Contains(out, "exec-ok /bin/sh -c") {
 		t.Fatalf("alloc exec: %v\n%s", err, out)
 	}
+	dev.interactiveShell(t, alloc.ID, "counter")
 	if _, err := dev.nomadCLI(t, "alloc", "signal", "-s", "SIGUSR1", alloc.ID, "counter"); err != nil {
 		t.Fatal(err)
 	}
 	dev.waitLogs(t, alloc.ID, "counter", 30*time.Second, func(s string) bool { return strings.Contains(s, "signal USR1 at") })
 
 	start := time.Now()
-	if out, err := dev.nomadCLI(t, "job", "stop", "demo"); err != nil {
+	if out, err := dev.nomadCLI(t, "job", "stop", "-detach", "demo"); err != nil {
 		t.Fatalf("job stop: %v\n%s", err, out)
 	}
 	dev.waitLogs(t, alloc.ID, "counter", 30*time.Second, func(s string) bool { return strings.Contains(s, "stopping at") })

@@ -53,6 +53,10 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"address": hclspec.NewAttr("address", "string", false),
 		"token":   hclspec.NewAttr("token", "string", false),
 	})),
+	"checkpoint_dir": hclspec.NewAttr("checkpoint_dir", "string", false),
+	"companion": hclspec.NewBlock("companion", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"token": hclspec.NewAttr("token", "string", false),
+	})),
 })
 
 // mountSpec is one `mount { ... }` block of a task.
@@ -86,6 +90,13 @@ var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 	"mounts":          hclspec.NewBlockList("mounts", mountSpec),
 	"volumes":         hclspec.NewAttr("volumes", "list(string)", false),
 	"ports":           hclspec.NewAttr("ports", "list(string)", false),
+	"checkpoint": hclspec.NewBlock("checkpoint", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"enabled":            hclspec.NewAttr("enabled", "bool", false),
+		"tcp_established":    hclspec.NewAttr("tcp_established", "bool", false),
+		"file_locks":         hclspec.NewAttr("file_locks", "bool", false),
+		"on_restore_failure": hclspec.NewDefault(hclspec.NewAttr("on_restore_failure", "string", false), hclspec.NewLiteral(`"cold_start"`)),
+		"restore_wait":       hclspec.NewDefault(hclspec.NewAttr("restore_wait", "string", false), hclspec.NewLiteral(`"2m"`)),
+	})),
 })
 
 var capabilities = &drivers.Capabilities{

@@ -25,6 +25,14 @@ type Config struct {
 	GC                 GCConfig     `codec:"gc"`
 	Nomad              ServerConfig `codec:"nomad"`
 	Consul             ServerConfig `codec:"consul"`
+	CheckpointDir      string       `codec:"checkpoint_dir"`
+	Companion          Companion    `codec:"companion"`
+}
+
+// Companion is how the driver reaches the ferry-companion agents that serve
+// checkpoints between nodes.
+type Companion struct {
+	Token string `codec:"token"`
 }
 
 // AuthConfig points at a docker-style config.json holding registry credentials.
@@ -80,6 +88,9 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("auth.config: %w", err))
 		}
 	}
+	if c.CheckpointDir != "" && !filepath.IsAbs(c.CheckpointDir) {
+		errs = append(errs, fmt.Errorf("checkpoint_dir: %q must be an absolute path on storage every client shares", c.CheckpointDir))
+	}
 	if c.Platform != "" {
 		if _, err := parsePlatform(c.Platform); err != nil {
 			errs = append(errs, fmt.Errorf("platform: %w", err))
@@ -107,7 +118,24 @@ type TaskConfig struct {
 	Mounts         []MountConfig `codec:"mounts"`
 	Volumes        []string      `codec:"volumes"`
 	Ports          []string      `codec:"ports"`
+	Checkpoint     Checkpoint    `codec:"checkpoint"`
 }
+
+// Checkpoint is a task's `checkpoint { ... }` block: whether the task is
+// checkpointed when its allocation migrates, and restored where it lands.
+type Checkpoint struct {
+	Enabled          bool   `codec:"enabled"`
+	TCPEstablished   bool   `codec:"tcp_established"`
+	FileLocks        bool   `codec:"file_locks"`
+	OnRestoreFailure string `codec:"on_restore_failure"`
+	RestoreWait      string `codec:"restore_wait"`
+}
+
+// Values of checkpoint.on_restore_failure.
+const (
+	restoreFailureColdStart = "cold_start"
+	restoreFailureFail      = "fail"
+)
 
 // TaskAuth is a task's own registry credentials.
 type TaskAuth struct {
@@ -130,6 +158,7 @@ type taskRequest struct {
 	ref         image.Ref
 	pullTimeout time.Duration
 	mounts      []spec.Mount
+	restoreWait time.Duration
 }
 
 // validateTask checks a task config against the node and Nomad's task,
@@ -175,6 +204,22 @@ func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig) (*taskReq
 		req.mounts = append(req.mounts, m)
 	}
 	errs = append(errs, validatePorts(tc.Ports, task))
+	if tc.Checkpoint.Enabled {
+		switch tc.Checkpoint.OnRestoreFailure {
+		case "", restoreFailureColdStart, restoreFailureFail:
+		default:
+			errs = append(errs, fmt.Errorf("checkpoint.on_restore_failure: %q is not supported; use \"cold_start\" or \"fail\"", tc.Checkpoint.OnRestoreFailure))
+		}
+		wait := tc.Checkpoint.RestoreWait
+		if wait == "" {
+			wait = "2m"
+		}
+		if d, err := time.ParseDuration(wait); err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("checkpoint.restore_wait: %q is not a positive duration; use a value such as \"2m\"", wait))
+		} else {
+			req.restoreWait = d
+		}
+	}
 	return req, errors.Join(errs...)
 }
 

@@ -4,17 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/checkpoint"
 	"github.com/ferry-nomad/ferry/driver/image"
 	"github.com/ferry-nomad/ferry/driver/runc"
 	"github.com/ferry-nomad/ferry/driver/shim"
 	"github.com/ferry-nomad/ferry/driver/spec"
 	"github.com/ferry-nomad/ferry/driver/task"
+	"github.com/hashicorp/go-cleanhttp"
 	"github.com/hashicorp/go-hclog"
+	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/hashicorp/nomad/client/lib/cpustats"
 	"github.com/hashicorp/nomad/drivers/shared/eventer"
 	"github.com/hashicorp/nomad/plugins/base"
@@ -46,10 +52,15 @@ type Driver struct {
 
 // environment is what SetConfig builds from the plugin config.
 type environment struct {
-	layout layout
-	runc   *runc.Runc
-	images *image.Store
-	self   string // this binary, re-executed as each task's shim
+	layout      layout
+	runc        *runc.Runc
+	criu        *criuProbe
+	images      *image.Store
+	self        string // this binary, re-executed as each task's shim
+	nomad       *nomadapi.Client
+	catalog     *catalog.Catalog
+	checkpoints string // where checkpoints are written: checkpoint_dir, or data_dir/checkpoints
+	http        *http.Client
 }
 
 // New returns the driver; Nomad configures it with SetConfig.
@@ -110,6 +121,25 @@ func (d *Driver) SetConfig(c *base.Config) error {
 	if err != nil {
 		return fmt.Errorf("platform: %w", err)
 	}
+	nomadConf := nomadapi.DefaultConfig()
+	if cfg.Nomad.Address != "" {
+		nomadConf.Address = cfg.Nomad.Address
+	}
+	if cfg.Nomad.Token != "" {
+		nomadConf.SecretID = cfg.Nomad.Token
+	}
+	nomadClient, err := nomadapi.NewClient(nomadConf)
+	if err != nil {
+		return fmt.Errorf("nomad: %w", err)
+	}
+	cat, err := catalog.NewFromConfig(cfg.Consul.Address, cfg.Consul.Token, d.logger.Named("catalog"))
+	if err != nil {
+		return fmt.Errorf("consul: %w", err)
+	}
+	checkpoints := cfg.CheckpointDir
+	if checkpoints == "" {
+		checkpoints = l.checkpoints()
+	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -119,10 +149,15 @@ func (d *Driver) SetConfig(c *base.Config) error {
 	d.config = &cfg
 	d.platform = platform
 	d.env = &environment{
-		layout: l,
-		runc:   &runc.Runc{Path: cfg.RuncPath, Root: l.runcRoot(), Logger: d.logger.Named("runc")},
-		images: images,
-		self:   self,
+		layout:      l,
+		runc:        &runc.Runc{Path: cfg.RuncPath, Root: l.runcRoot(), Logger: d.logger.Named("runc")},
+		criu:        &criuProbe{},
+		images:      images,
+		self:        self,
+		nomad:       nomadClient,
+		catalog:     cat,
+		checkpoints: checkpoints,
+		http:        cleanhttp.DefaultPooledClient(),
 	}
 	if c.AgentConfig != nil {
 		d.compute = c.AgentConfig.Compute()
@@ -155,8 +190,9 @@ func (d *Driver) emit(cfg *drivers.TaskConfig, msg string, annotations map[strin
 }
 
 // StartTask pulls the image, prepares the task's rootfs and runtime spec, and
-// runs the container under a shim of its own. A failed start leaves nothing
-// behind.
+// runs the container under a shim of its own. A task with checkpointing whose
+// allocation replaces a migrated one is restored from its checkpoint instead.
+// A failed start leaves nothing behind.
 func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drivers.DriverNetwork, error) {
 	if _, ok := d.tasks.Get(cfg.ID); ok {
 		return nil, nil, fmt.Errorf("task %s already started", cfg.ID)
@@ -175,20 +211,35 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 	}
 	logger := d.logger.With("task", cfg.Name, "alloc", cfg.AllocID)
 
+	if req.Checkpoint.Enabled {
+		handle, restored, err := d.restore(cfg, conf, env, req, logger)
+		if restored || err != nil {
+			return handle, nil, err
+		}
+	}
 	img, err := d.pull(cfg, conf, env, req)
 	if err != nil {
 		return nil, nil, err
 	}
-	env.images.Acquire(img.Digest)
+	handle, err := d.launch(cfg, conf, env, req, img, nil, logger)
+	return handle, nil, err
+}
 
+// launch runs img for the task: a fresh start, or, with from set, a restore
+// of the checkpoint in from.dir. It owns img's reference from then on.
+func (d *Driver) launch(cfg *drivers.TaskConfig, conf *Config, env *environment, req *taskRequest, img *image.Image, from *restoreSource, logger hclog.Logger) (*drivers.TaskHandle, error) {
+	env.images.Acquire(img.Digest)
 	cid := containerID(cfg)
 	st := task.State{
-		ContainerID: cid,
-		Dir:         env.layout.taskDir(cid),
-		ShimDir:     env.layout.shimDir(cid),
-		ImageRef:    req.ref.String(),
-		ImageDigest: img.Digest.String(),
-		Platform:    platformString(img.Platform),
+		ContainerID:    cid,
+		Dir:            env.layout.taskDir(cid),
+		ShimDir:        env.layout.shimDir(cid),
+		ImageRef:       req.ref.String(),
+		ImageDigest:    img.Digest.String(),
+		Platform:       platformString(img.Platform),
+		Checkpoint:     req.Checkpoint.Enabled,
+		TCPEstablished: req.Checkpoint.TCPEstablished,
+		FileLocks:      req.Checkpoint.FileLocks,
 	}
 	started := false
 	defer func() {
@@ -197,9 +248,28 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 		}
 	}()
 
+	sc := shim.Config{
+		ID:         cid,
+		Bundle:     st.Dir,
+		RuncPath:   conf.RuncPath,
+		RuncRoot:   env.layout.runcRoot(),
+		StdoutPath: cfg.StdoutPath,
+		StderrPath: cfg.StderrPath,
+		Mode:       shim.ModeRun,
+	}
+	if from != nil {
+		if err := checkpoint.PrepareTaskDir(from.dir, st.Dir); err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
+		}
+		sc.Mode = shim.ModeRestore
+		sc.ImagePath = filepath.Join(from.dir, "images")
+		sc.WorkPath = filepath.Join(st.Dir, "restore")
+		sc.RestoreArgs = runc.RestoreArgs(from.options)
+		st.RestoredFrom = from.record.AllocID
+	}
 	rootfs, err := mountRootfs(img.RootFS, st.Dir)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	s, err := spec.Build(spec.Input{
 		ContainerID: cid,
@@ -219,25 +289,31 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 		CgroupsPath: cgroupsPath(cfg),
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("runtime spec: %w", err)
+		return nil, fmt.Errorf("runtime spec: %w", err)
 	}
 	if err := spec.Write(s, st.Dir); err != nil {
-		return nil, nil, fmt.Errorf("runtime spec: %w", err)
+		return nil, fmt.Errorf("runtime spec: %w", err)
+	}
+	if from != nil {
+		if err := checkpoint.RebaseSpec(st.Dir, from.options); err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
+		}
 	}
 
-	ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
+	ctx, cancel := context.WithTimeout(d.ctx, 2*time.Minute)
 	defer cancel()
-	proc, err := shim.Start(ctx, env.self, st.ShimDir, shim.Config{
-		ID:         cid,
-		Bundle:     st.Dir,
-		RuncPath:   conf.RuncPath,
-		RuncRoot:   env.layout.runcRoot(),
-		StdoutPath: cfg.StdoutPath,
-		StderrPath: cfg.StderrPath,
-		Mode:       "run",
-	})
+	proc, err := shim.Start(ctx, env.self, st.ShimDir, sc)
 	if err != nil {
-		return nil, nil, fmt.Errorf("start container: %w", err)
+		if from != nil {
+			return nil, fmt.Errorf("restore container: %w", err)
+		}
+		return nil, fmt.Errorf("start container: %w", err)
+	}
+	if from != nil {
+		// The restore options must not apply to the task's next dump.
+		if err := checkpoint.RemoveCriuConfig(st.Dir); err != nil {
+			logger.Warn("remove restore options", "error", err)
+		}
 	}
 	st.StartedAt = time.Now()
 	st.ShimPID = proc.ShimPID
@@ -247,12 +323,12 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 	handle.Config = cfg
 	if err := handle.SetDriverState(&st); err != nil {
 		_ = env.runc.Kill(ctx, cid, unix.SIGKILL, true)
-		return nil, nil, fmt.Errorf("store task state: %w", err)
+		return nil, fmt.Errorf("store task state: %w", err)
 	}
 	started = true
 	d.tasks.Set(cfg.ID, task.NewHandle(cfg, st, proc, logger))
-	logger.Info("task started", "container", cid, "image", st.ImageRef, "digest", st.ImageDigest, "pid", proc.ContainerPID)
-	return handle, nil, nil
+	logger.Info("task started", "container", cid, "image", st.ImageRef, "digest", st.ImageDigest, "pid", proc.ContainerPID, "mode", sc.Mode)
+	return handle, nil
 }
 
 // cleanup removes a task's container, rootfs, directories and image reference.
@@ -306,9 +382,12 @@ func (d *Driver) StopTask(taskID string, timeout time.Duration, signal string) e
 	if !ok {
 		return drivers.ErrTaskNotFound
 	}
-	_, env, err := d.current()
+	conf, env, err := d.current()
 	if err != nil {
 		return err
+	}
+	if h.Running() && d.checkpointForMigration(conf, env, h) {
+		return nil
 	}
 	return d.stop(env, h, timeout, signal)
 }

@@ -61,7 +61,6 @@ func (d *Driver) Fingerprint(ctx context.Context) (<-chan *drivers.Fingerprint, 
 	ch := make(chan *drivers.Fingerprint)
 	go func() {
 		defer close(ch)
-		probe := &criuProbe{}
 		timer := time.NewTimer(0)
 		defer timer.Stop()
 		for {
@@ -74,7 +73,7 @@ func (d *Driver) Fingerprint(ctx context.Context) (<-chan *drivers.Fingerprint, 
 				timer.Reset(fingerprintPeriod)
 			}
 			select {
-			case ch <- d.fingerprint(ctx, probe):
+			case ch <- d.fingerprint(ctx):
 			case <-ctx.Done():
 				return
 			case <-d.ctx.Done():
@@ -87,7 +86,7 @@ func (d *Driver) Fingerprint(ctx context.Context) (<-chan *drivers.Fingerprint, 
 
 // fingerprint reports the driver healthy when runc works; checkpointing is an
 // attribute, true only when `criu check` passes.
-func (d *Driver) fingerprint(ctx context.Context, probe *criuProbe) *drivers.Fingerprint {
+func (d *Driver) fingerprint(ctx context.Context) *drivers.Fingerprint {
 	conf, env, err := d.current()
 	if err != nil {
 		return &drivers.Fingerprint{Health: drivers.HealthStateUndetected, HealthDescription: err.Error()}
@@ -100,12 +99,14 @@ func (d *Driver) fingerprint(ctx context.Context, probe *criuProbe) *drivers.Fin
 		"driver.ferry":          pstructs.NewBoolAttribute(true),
 		"driver.ferry.version":  pstructs.NewStringAttribute(Version),
 		"driver.ferry.platform": pstructs.NewStringAttribute(platform),
+		// ferry-companion serves checkpoints from here (jobspecs/companion.nomad.hcl).
+		"driver.ferry.checkpoint_dir": pstructs.NewStringAttribute(env.checkpoints),
 	}
 	fp := &drivers.Fingerprint{Attributes: attrs, Health: drivers.HealthStateHealthy, HealthDescription: drivers.DriverHealthy}
 
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	criuVersion, criuOK, criuReason := probe.get(cctx, conf.CriuPath)
+	criuVersion, criuOK, criuReason := env.criu.get(cctx, conf.CriuPath)
 	if criuVersion != "" {
 		attrs["driver.ferry.criu.version"] = pstructs.NewStringAttribute(criuVersion)
 	}

@@ -22,6 +22,8 @@ type layout struct {
 func (l layout) images() string            { return filepath.Join(l.dataDir, "images") }
 func (l layout) taskDir(cid string) string { return filepath.Join(l.dataDir, "tasks", cid) }
 func (l layout) runcRoot() string          { return filepath.Join(l.stateDir, "runc") }
+func (l layout) checkpoints() string       { return filepath.Join(l.dataDir, "checkpoints") }
+func (l layout) incoming() string          { return filepath.Join(l.dataDir, "incoming") }
 
 // shimDir is short whatever the task's name: it holds the shim's unix socket,
 // whose path may not exceed 107 bytes.
@@ -31,7 +33,7 @@ func (l layout) shimDir(cid string) string {
 }
 
 func (l layout) create() error {
-	for _, dir := range []string{l.images(), filepath.Join(l.dataDir, "tasks"), l.runcRoot(), filepath.Join(l.stateDir, "shims")} {
+	for _, dir := range []string{l.images(), filepath.Join(l.dataDir, "tasks"), l.checkpoints(), l.incoming(), l.runcRoot(), filepath.Join(l.stateDir, "shims")} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}

@@ -16,4 +16,12 @@ type State struct {
 	StartedAt    time.Time // when the container started
 	ShimPID      int
 	ContainerPID int
+
+	// Checkpoint is set when the task is checkpointed as its allocation
+	// migrates, with the CRIU options it asked for.
+	Checkpoint     bool
+	TCPEstablished bool
+	FileLocks      bool
+	// RestoredFrom is the allocation whose checkpoint this task was restored from.
+	RestoredFrom string
 }

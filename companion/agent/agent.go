@@ -1,0 +1,140 @@
+// Package agent is `ferry-companion agent`, run on every Nomad client by a
+// system job: it serves the node's checkpoints to the nodes that restore
+// them, and removes a checkpoint once its restore succeeded.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/transfer"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Config is the agent's configuration.
+type Config struct {
+	Listen        string // address to serve on, e.g. ":4700"
+	Advertise     string // host:port other nodes reach this agent at
+	CheckpointDir string // the driver's checkpoint directory on this node
+	Token         string // shared with the drivers' companion.token
+	NodeID        string // this Nomad node
+	NodeName      string
+	ReapInterval  time.Duration
+}
+
+// Validate checks every field and names the one that is wrong.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Listen == "" {
+		errs = append(errs, errors.New("-listen: required, e.g. \":4700\""))
+	}
+	if c.Advertise == "" {
+		errs = append(errs, errors.New("-advertise: required: the host:port other nodes reach this agent at"))
+	} else if _, _, err := net.SplitHostPort(c.Advertise); err != nil {
+		errs = append(errs, fmt.Errorf("-advertise: %q is not host:port", c.Advertise))
+	}
+	if c.CheckpointDir == "" {
+		errs = append(errs, errors.New("-checkpoint-dir: required: the driver's checkpoint directory (data_dir/checkpoints)"))
+	}
+	if c.Token == "" {
+		errs = append(errs, errors.New("-token (or FERRY_TOKEN): required: the token the drivers present (companion.token)"))
+	}
+	if c.NodeID == "" {
+		errs = append(errs, errors.New("-node-id: required: this Nomad node's ID (${node.unique.id} in the jobspec)"))
+	}
+	if c.ReapInterval <= 0 {
+		c.ReapInterval = 2 * time.Second
+	}
+	return errors.Join(errs...)
+}
+
+// Agent serves checkpoints and cleans up after restores.
+type Agent struct {
+	cfg     Config
+	catalog *catalog.Catalog
+	logger  hclog.Logger
+}
+
+// New returns an agent; Run starts it.
+func New(cfg Config, cat *catalog.Catalog, logger hclog.Logger) *Agent {
+	return &Agent{cfg: cfg, catalog: cat, logger: logger}
+}
+
+// Run serves until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := os.MkdirAll(a.cfg.CheckpointDir, 0o700); err != nil {
+		return fmt.Errorf("checkpoint dir: %w", err)
+	}
+	srv := &http.Server{
+		Addr:              a.cfg.Listen,
+		Handler:           (&transfer.Server{Root: a.cfg.CheckpointDir, Token: a.cfg.Token, Logger: a.logger.Named("transfer")}).Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	ln, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	a.logger.Info("serving checkpoints", "listen", a.cfg.Listen, "advertise", a.cfg.Advertise, "dir", a.cfg.CheckpointDir)
+
+	deregister, err := a.catalog.RegisterAgent(ctx, catalog.Agent{
+		NodeID:   a.cfg.NodeID,
+		NodeName: a.cfg.NodeName,
+		Address:  "http://" + a.cfg.Advertise,
+	})
+	if err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("register in Consul: %w", err)
+	}
+	defer deregister()
+
+	ticker := time.NewTicker(a.cfg.ReapInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return srv.Shutdown(sctx)
+		case err := <-errc:
+			return fmt.Errorf("serve: %w", err)
+		case <-ticker.C:
+			a.reap(ctx)
+		}
+	}
+}
+
+// reap removes this node's checkpoints whose restore succeeded, then their
+// records: a checkpoint is never removed before that.
+func (a *Agent) reap(ctx context.Context) {
+	recs, err := a.catalog.List(ctx)
+	if err != nil {
+		a.logger.Debug("list checkpoints", "error", err)
+		return
+	}
+	for _, r := range recs {
+		if r.SourceNodeID != a.cfg.NodeID || r.State != catalog.StateRestored {
+			continue
+		}
+		dir := transfer.CheckpointDir(a.cfg.CheckpointDir, r.AllocID, r.Task)
+		if r.Shared {
+			dir = r.CheckpointDir
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			a.logger.Warn("remove restored checkpoint", "dir", dir, "error", err)
+			continue
+		}
+		if err := a.catalog.Delete(ctx, r.AllocID, r.Task); err != nil {
+			a.logger.Warn("delete checkpoint record", "alloc", r.AllocID, "task", r.Task, "error", err)
+			continue
+		}
+		a.logger.Info("restored checkpoint removed", "alloc", r.AllocID, "task", r.Task, "destination", r.DestNodeName)
+	}
+}

@@ -1,0 +1,309 @@
+// Package migrate moves one allocation to another node and follows it to the
+// end: the path shared by `ferry-companion migrate` and the rebalancer.
+package migrate
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-uuid"
+	nomad "github.com/hashicorp/nomad/api"
+)
+
+// TargetMeta is the dynamic node metadata set on the chosen destination
+// while a move is under way. Ferry jobspecs carry an affinity for it:
+//
+//	affinity {
+//	  attribute = "${meta.ferry_migrate_target}"
+//	  value     = "true"
+//	  weight    = 100
+//	}
+const TargetMeta = "ferry_migrate_target"
+
+// Request is one move.
+type Request struct {
+	AllocID    string        // full ID or a unique prefix
+	TargetNode string        // node ID, ID prefix or name; empty lets Nomad choose
+	Timeout    time.Duration // for the replacement to run
+	Reason     string        // recorded with the outcome
+}
+
+// Result is how a move went.
+type Result struct {
+	MigrationID  string
+	OldAlloc     string
+	NewAlloc     string
+	Source       string // node name
+	Destination  string // node name
+	Downtime     time.Duration
+	Bytes        int64
+	Restored     bool   // the task resumed from its checkpoint
+	Reason       string // why not, when not restored
+	TargetMissed bool   // Nomad placed the replacement elsewhere than TargetNode
+}
+
+// Mover moves allocations through Nomad's API and records the moves in the
+// catalogue.
+type Mover struct {
+	Nomad   *nomad.Client
+	Catalog *catalog.Catalog
+	Logger  hclog.Logger
+	Poll    time.Duration // how often to look at the replacement; default 500ms
+}
+
+// Move stops the allocation so that Nomad migrates it (the driver
+// checkpoints it on the way out), steering the replacement to TargetNode when
+// given, and follows the replacement until it runs. The source node's
+// eligibility and the target's metadata are restored whatever happens.
+func (m *Mover) Move(ctx context.Context, req Request) (*Result, error) {
+	if req.Timeout <= 0 {
+		req.Timeout = 5 * time.Minute
+	}
+	alloc, err := m.findAlloc(ctx, req.AllocID)
+	if err != nil {
+		return nil, err
+	}
+	if alloc.ClientStatus != nomad.AllocClientStatusRunning {
+		return nil, fmt.Errorf("allocation %s is %s, not running", shortID(alloc.ID), alloc.ClientStatus)
+	}
+	id, _ := uuid.GenerateUUID()
+	res := &Result{MigrationID: id, OldAlloc: alloc.ID, Source: alloc.NodeName}
+	rec := &catalog.Migration{ID: id, AllocID: alloc.ID, JobID: alloc.JobID, SourceNode: alloc.NodeName, Reason: req.Reason, StartedAt: time.Now()}
+
+	var target *nomad.Node
+	if req.TargetNode != "" {
+		if target, err = m.findNode(ctx, req.TargetNode); err != nil {
+			return nil, err
+		}
+		if target.ID == alloc.NodeID {
+			return nil, fmt.Errorf("allocation %s already runs on %s", shortID(alloc.ID), target.Name)
+		}
+		rec.TargetNode = target.Name
+	}
+	m.record(ctx, rec, "in_progress")
+
+	restoreNodes, err := m.steer(ctx, alloc.NodeID, target)
+	defer restoreNodes()
+	if err != nil {
+		m.finish(ctx, rec, res, err)
+		return nil, err
+	}
+
+	start := time.Now()
+	if _, err := m.Nomad.Allocations().Stop(alloc, (&nomad.QueryOptions{}).WithContext(ctx)); err != nil {
+		err = fmt.Errorf("stop allocation %s: %w", shortID(alloc.ID), err)
+		m.finish(ctx, rec, res, err)
+		return nil, err
+	}
+	m.Logger.Info("allocation stopped for migration", "alloc", alloc.ID, "source", alloc.NodeName, "target", rec.TargetNode)
+
+	next, err := m.follow(ctx, alloc, req.Timeout, res)
+	if err != nil {
+		m.finish(ctx, rec, res, err)
+		return res, err
+	}
+	res.Downtime = time.Since(start)
+	res.NewAlloc, res.Destination = next.ID, next.NodeName
+	res.TargetMissed = target != nil && next.NodeID != target.ID
+	m.outcome(ctx, next, res)
+	m.finish(ctx, rec, res, nil)
+	return res, nil
+}
+
+func (m *Mover) findAlloc(ctx context.Context, id string) (*nomad.Allocation, error) {
+	q := (&nomad.QueryOptions{}).WithContext(ctx)
+	if len(id) < 36 {
+		stubs, _, err := m.Nomad.Allocations().PrefixList(id)
+		if err != nil {
+			return nil, fmt.Errorf("find allocation %q: %w", id, err)
+		}
+		switch len(stubs) {
+		case 0:
+			return nil, fmt.Errorf("no allocation with ID prefix %q", id)
+		case 1:
+			id = stubs[0].ID
+		default:
+			return nil, fmt.Errorf("allocation ID prefix %q is ambiguous: give more characters", id)
+		}
+	}
+	a, _, err := m.Nomad.Allocations().Info(id, q)
+	if err != nil {
+		return nil, fmt.Errorf("read allocation %s: %w", id, err)
+	}
+	return a, nil
+}
+
+func (m *Mover) findNode(ctx context.Context, ref string) (*nomad.Node, error) {
+	q := (&nomad.QueryOptions{}).WithContext(ctx)
+	nodes, _, err := m.Nomad.Nodes().List(q)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	var match []*nomad.NodeListStub
+	for _, n := range nodes {
+		if n.Name == ref || n.ID == ref {
+			match = []*nomad.NodeListStub{n}
+			break
+		}
+		if len(ref) >= 4 && len(n.ID) >= len(ref) && n.ID[:len(ref)] == ref {
+			match = append(match, n)
+		}
+	}
+	switch len(match) {
+	case 0:
+		return nil, fmt.Errorf("--node %q: no such node (give a node name or ID)", ref)
+	case 1:
+	default:
+		return nil, fmt.Errorf("--node %q matches %d nodes: give more characters", ref, len(match))
+	}
+	n, _, err := m.Nomad.Nodes().Info(match[0].ID, q)
+	if err != nil {
+		return nil, fmt.Errorf("read node %s: %w", match[0].Name, err)
+	}
+	if n.Status != nomad.NodeStatusReady || n.SchedulingEligibility != nomad.NodeSchedulingEligible || n.DrainStrategy != nil {
+		return nil, fmt.Errorf("--node %s cannot take work: status %s, eligibility %s", n.Name, n.Status, n.SchedulingEligibility)
+	}
+	return n, nil
+}
+
+// steer marks the target with TargetMeta and makes the source ineligible, so
+// the replacement neither returns to the source nor misses the target. The
+// returned function undoes both.
+func (m *Mover) steer(ctx context.Context, sourceID string, target *nomad.Node) (func(), error) {
+	var undo []func()
+	restore := func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	src, _, err := m.Nomad.Nodes().Info(sourceID, (&nomad.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return restore, fmt.Errorf("read source node: %w", err)
+	}
+	if target != nil {
+		yes := "true"
+		if _, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: target.ID, Meta: map[string]*string{TargetMeta: &yes}}, nil); err != nil {
+			return restore, fmt.Errorf("mark target %s: %w", target.Name, err)
+		}
+		undo = append(undo, func() {
+			if _, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: target.ID, Meta: map[string]*string{TargetMeta: nil}}, nil); err != nil {
+				m.Logger.Warn("unmark target node", "node", target.Name, "error", err)
+			}
+		})
+	}
+	if src.SchedulingEligibility == nomad.NodeSchedulingEligible {
+		if _, err := m.Nomad.Nodes().ToggleEligibility(src.ID, false, nil); err != nil {
+			return restore, fmt.Errorf("make source %s ineligible: %w", src.Name, err)
+		}
+		undo = append(undo, func() {
+			if _, err := m.Nomad.Nodes().ToggleEligibility(src.ID, true, nil); err != nil {
+				m.Logger.Warn("restore source eligibility", "node", src.Name, "error", err)
+			}
+		})
+	}
+	return restore, nil
+}
+
+// follow waits for the allocation that replaces old to run, and notes the
+// checkpoint's size from the catalogue while it waits.
+func (m *Mover) follow(ctx context.Context, old *nomad.Allocation, timeout time.Duration, res *Result) (*nomad.Allocation, error) {
+	poll := m.Poll
+	if poll <= 0 {
+		poll = 500 * time.Millisecond
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		if res.Bytes == 0 && m.Catalog != nil {
+			for name := range old.TaskStates {
+				if r, err := m.Catalog.Get(ctx, old.ID, name); err == nil && r.Bytes > 0 {
+					res.Bytes += r.Bytes
+				}
+			}
+		}
+		if next, done, err := m.replacement(ctx, old.ID); done {
+			return next, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("replacement of %s not running within %s", shortID(old.ID), timeout)
+		case <-time.After(poll):
+		}
+	}
+}
+
+// replacement looks at the allocation that replaces oldID: done is true
+// once it runs (next is set) or has failed (err is set).
+func (m *Mover) replacement(ctx context.Context, oldID string) (next *nomad.Allocation, done bool, err error) {
+	q := (&nomad.QueryOptions{}).WithContext(ctx)
+	old, _, err := m.Nomad.Allocations().Info(oldID, q)
+	if err != nil || old.NextAllocation == "" {
+		return nil, false, nil
+	}
+	a, _, err := m.Nomad.Allocations().Info(old.NextAllocation, q)
+	if err != nil {
+		return nil, false, nil
+	}
+	switch a.ClientStatus {
+	case nomad.AllocClientStatusRunning:
+		return a, true, nil
+	case nomad.AllocClientStatusFailed, nomad.AllocClientStatusLost:
+		return nil, true, fmt.Errorf("replacement allocation %s %s", shortID(a.ID), a.ClientStatus)
+	}
+	return nil, false, nil
+}
+
+// outcome reads from the replacement's task events whether it was restored.
+func (m *Mover) outcome(ctx context.Context, a *nomad.Allocation, res *Result) {
+	res.Reason = "no restore event"
+	for _, ts := range a.TaskStates {
+		for _, e := range ts.Events {
+			msg := e.DisplayMessage
+			switch {
+			case hasPrefix(msg, "Restored from checkpoint"):
+				res.Restored, res.Reason = true, ""
+				return
+			case hasPrefix(msg, "Restore failed"):
+				res.Reason = msg
+			}
+		}
+	}
+}
+
+func (m *Mover) record(ctx context.Context, rec *catalog.Migration, result string) {
+	if m.Catalog == nil {
+		return
+	}
+	rec.Result = result
+	if err := m.Catalog.PutMigration(ctx, rec); err != nil {
+		m.Logger.Warn("record migration", "id", rec.ID, "error", err)
+	}
+}
+
+func (m *Mover) finish(ctx context.Context, rec *catalog.Migration, res *Result, err error) {
+	rec.FinishedAt = time.Now()
+	rec.NewAllocID, rec.Downtime, rec.Bytes = res.NewAlloc, res.Downtime, res.Bytes
+	result := "restored"
+	switch {
+	case err != nil:
+		result, rec.Reason = "failed", err.Error()
+	case !res.Restored:
+		result, rec.Reason = "cold_start", res.Reason
+	}
+	if res.Destination != "" {
+		rec.TargetNode = res.Destination
+	}
+	m.record(context.WithoutCancel(ctx), rec, result)
+}
+
+func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
+
+func shortID(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}

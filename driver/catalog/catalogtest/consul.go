@@ -1,0 +1,243 @@
+// Package catalogtest runs a real Consul dev agent for tests of packages that
+// use the checkpoint catalogue (or Consul in general).
+package catalogtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ConsulBinary is the Consul agent StartConsul runs (scripts/deps.sh installs
+// it). The FERRY_CONSUL_BIN environment variable overrides it.
+const ConsulBinary = "/usr/local/bin/consul"
+
+// startTimeout bounds how long an agent may take to elect itself leader.
+const startTimeout = 30 * time.Second
+
+// Agent is a Consul dev agent (a single in-memory server) listening on
+// 127.0.0.1 only.
+type Agent struct {
+	// Addr is the HTTP API address, "127.0.0.1:PORT", in the form
+	// CONSUL_HTTP_ADDR and consul/api's Config.Address take.
+	Addr string
+
+	cmd    *exec.Cmd
+	exited chan error
+	log    *lockedBuffer
+	once   sync.Once
+}
+
+// StartConsul starts a Consul dev agent on free loopback ports, waits until
+// it has elected itself leader, and kills it when the test ends. It returns
+// the HTTP API address, "127.0.0.1:PORT". Without the consul binary the test
+// is skipped, unless the CI environment variable is set, in which case it
+// fails.
+func StartConsul(t testing.TB) string {
+	t.Helper()
+	return RunConsul(t).Addr
+}
+
+// RunConsul is StartConsul for tests that need the agent itself, e.g. to stop
+// it before the test ends or to print its log.
+func RunConsul(t testing.TB) *Agent {
+	t.Helper()
+	return RunConsulWith(t, ConsulOptions{})
+}
+
+// ConsulOptions configure RunConsulWith.
+type ConsulOptions struct {
+	// ACLManagementToken, when set, enables ACLs with a default-deny
+	// policy and this token (a UUID) as the initial management token;
+	// requests without a token, or with another one, are then refused.
+	ACLManagementToken string
+}
+
+// RunConsulWith is RunConsul with options, e.g. ACLs.
+func RunConsulWith(t testing.TB, opts ConsulOptions) *Agent {
+	t.Helper()
+	bin := ConsulBinary
+	if env := os.Getenv("FERRY_CONSUL_BIN"); env != "" {
+		bin = env
+	}
+	if _, err := os.Stat(bin); err != nil {
+		msg := fmt.Sprintf("consul binary %s not found (scripts/deps.sh installs it): %v", bin, err)
+		if os.Getenv("CI") == "" {
+			t.Skip(msg)
+		}
+		t.Fatal(msg)
+	}
+	dir := t.TempDir()
+	var lastErr error
+	// A free port may be taken between probing and binding: retry.
+	for attempt := 0; attempt < 3; attempt++ {
+		a, err := startAgent(bin, dir, opts)
+		if err == nil {
+			t.Cleanup(a.Stop)
+			return a
+		}
+		lastErr = err
+	}
+	t.Fatalf("start consul: %v", lastErr)
+	return nil
+}
+
+func startAgent(bin, dir string, opts ConsulOptions) (*Agent, error) {
+	ports, err := freePorts(4)
+	if err != nil {
+		return nil, err
+	}
+	httpPort, serfLAN, serfWAN, server := ports[0], ports[1], ports[2], ports[3]
+	a := &Agent{
+		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort)),
+		log:  &lockedBuffer{},
+	}
+	args := []string{"agent", "-dev",
+		"-bind", "127.0.0.1",
+		"-client", "127.0.0.1",
+		"-http-port", strconv.Itoa(httpPort),
+		// The dev agent binds gRPC on 8502 and gRPC-TLS on 8503 by
+		// default, which would collide between agents of parallel tests.
+		"-grpc-port", "-1",
+		"-grpc-tls-port", "-1",
+		"-dns-port", "-1",
+		"-serf-lan-port", strconv.Itoa(serfLAN),
+		"-serf-wan-port", strconv.Itoa(serfWAN),
+		"-server-port", strconv.Itoa(server),
+		"-log-level", "warn",
+	}
+	if opts.ACLManagementToken != "" {
+		args = append(args, "-hcl", fmt.Sprintf(
+			"acl {\nenabled = true\ndefault_policy = \"deny\"\ntokens {\ninitial_management = %q\n}\n}",
+			opts.ACLManagementToken))
+	}
+	a.cmd = exec.Command(bin, args...)
+	a.cmd.Dir = dir
+	a.cmd.Stdout = a.log
+	a.cmd.Stderr = a.log
+	// Keep the agent from picking up configuration (CONSUL_*) from the
+	// environment of the test run.
+	a.cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	// Die with the test binary even if the cleanup never runs.
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := a.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("run %s: %w", bin, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- a.cmd.Wait() }()
+	a.exited = exited
+
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if err := waitLeader(ctx, a.Addr, exited); err != nil {
+		a.Stop()
+		return nil, fmt.Errorf("consul on %s: %w\n%s", a.Addr, err, a.log.String())
+	}
+	return a, nil
+}
+
+// waitLeader polls /v1/status/leader until it names a leader.
+func waitLeader(ctx context.Context, addr string, exited <-chan error) error {
+	client := &http.Client{Timeout: 2 * time.Second}
+	url := "http://" + addr + "/v1/status/leader"
+	var last error
+	for {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("agent exited early: %v", err)
+		case <-ctx.Done():
+			return fmt.Errorf("no leader within %s (last: %v)", startTimeout, last)
+		case <-time.After(25 * time.Millisecond):
+		}
+		leader, err := getLeader(ctx, client, url)
+		if err != nil {
+			last = err
+			continue
+		}
+		if leader != "" {
+			return nil
+		}
+		last = errors.New("no leader yet")
+	}
+}
+
+func getLeader(ctx context.Context, client *http.Client, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("status %s: %s", resp.Status, bytes.TrimSpace(body))
+	}
+	var leader string
+	if err := json.Unmarshal(body, &leader); err != nil {
+		return "", fmt.Errorf("decode leader %q: %w", body, err)
+	}
+	return leader, nil
+}
+
+// Stop kills the agent and waits for it to exit. It is safe to call more than
+// once; the test's cleanup calls it too.
+func (a *Agent) Stop() {
+	a.once.Do(func() {
+		_ = a.cmd.Process.Kill()
+		<-a.exited
+	})
+}
+
+// Log returns what the agent printed so far, for failure messages.
+func (a *Agent) Log() string { return a.log.String() }
+
+// freePorts returns n distinct free TCP ports on 127.0.0.1. The listeners
+// are held until all ports are chosen so that no port is returned twice.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	for len(ports) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// lockedBuffer collects process output written from several goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,21 @@
+// Package catalog is the checkpoint catalogue: one record per task of an
+// allocation in Consul KV, through which the node that checkpoints a task
+// and the node that restores it coordinate.
+//
+// The source node writes the record of each task under the source
+// allocation's ID (<prefix><alloc ID>/<task>, DefaultPrefix by default); the
+// replacement allocation finds it through Nomad's PreviousAllocation. The
+// state moves
+//
+//	checkpointing -> ready -> restoring -> restored
+//
+// with failed and cold_start as the other ends. Transition changes a record
+// with a check-and-set on Consul's modify index, so that of two nodes racing
+// to claim a ready checkpoint exactly one wins; WaitState follows a record
+// with blocking queries.
+//
+// Migration records (requests and outcomes of live migrations) live under
+// DefaultMigrationPrefix, one per migration ID, and the records of the
+// companion agents that serve checkpoints (where to fetch a node's
+// checkpoints from) under DefaultAgentPrefix, one per Nomad node ID.
+package catalog

@@ -1,0 +1,171 @@
+package catalog
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// State is where a task's checkpoint is in its life.
+type State string
+
+const (
+	// StateCheckpointing: the source is dumping the task.
+	StateCheckpointing State = "checkpointing"
+	// StateReady: the checkpoint is complete and may be restored.
+	StateReady State = "ready"
+	// StateRestoring: a destination has claimed the checkpoint and is
+	// restoring it.
+	StateRestoring State = "restoring"
+	// StateRestored: the destination runs the restored task.
+	StateRestored State = "restored"
+	// StateFailed: the checkpoint or the restore failed (see Reason).
+	StateFailed State = "failed"
+	// StateColdStart: no checkpoint will be restored; the replacement
+	// starts the task from scratch (see Reason).
+	StateColdStart State = "cold_start"
+)
+
+// Valid reports whether s is one of the State constants.
+func (s State) Valid() bool {
+	switch s {
+	case StateCheckpointing, StateReady, StateRestoring, StateRestored, StateFailed, StateColdStart:
+		return true
+	}
+	return false
+}
+
+// Terminal reports whether no further transition is expected from s.
+func (s State) Terminal() bool {
+	return s == StateRestored || s == StateFailed || s == StateColdStart
+}
+
+// Port is one port mapping of the task's network.
+type Port struct {
+	Label  string `json:"label"`
+	Value  int    `json:"value"`
+	To     int    `json:"to,omitempty"`
+	HostIP string `json:"host_ip,omitempty"`
+}
+
+// DNS is the task's resolver configuration.
+type DNS struct {
+	Servers  []string `json:"servers,omitempty"`
+	Searches []string `json:"searches,omitempty"`
+	Options  []string `json:"options,omitempty"`
+}
+
+// Network is the container's network configuration at checkpoint time, so
+// that the destination can set up the same before restoring.
+type Network struct {
+	// Mode is "host" or "group".
+	Mode      string `json:"mode"`
+	NetNSPath string `json:"netns_path,omitempty"`
+	// Addresses are CIDRs, e.g. "172.26.64.5/20".
+	Addresses []string `json:"addresses,omitempty"`
+	MAC       string   `json:"mac,omitempty"`
+	Gateway   string   `json:"gateway,omitempty"`
+	Routes    []string `json:"routes,omitempty"`
+	Ports     []Port   `json:"ports,omitempty"`
+	Hostname  string   `json:"hostname,omitempty"`
+	DNS       *DNS     `json:"dns,omitempty"`
+}
+
+// Record is the catalogue entry of one task's checkpoint. It is keyed by the
+// source allocation's ID and the task name: the replacement allocation finds
+// it through its PreviousAllocation.
+type Record struct {
+	AllocID   string `json:"alloc_id"`
+	Task      string `json:"task"`
+	JobID     string `json:"job_id,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+
+	SourceNodeID   string `json:"source_node_id,omitempty"`
+	SourceNodeName string `json:"source_node_name,omitempty"`
+	// SourceAddr is the base URL of the source node's companion agent
+	// serving checkpoints, e.g. "http://10.97.0.11:4700".
+	SourceAddr string `json:"source_addr,omitempty"`
+
+	State State `json:"state"`
+	// Reason explains StateFailed and StateColdStart.
+	Reason string `json:"reason,omitempty"`
+
+	ImageRef    string `json:"image_ref,omitempty"`
+	ImageDigest string `json:"image_digest,omitempty"`
+	Platform    string `json:"platform,omitempty"`
+
+	Bytes int64 `json:"bytes,omitempty"`
+	Files int   `json:"files,omitempty"`
+	// CheckpointDir is the checkpoint's path on the source node, or in
+	// the shared checkpoint_dir when Shared is set.
+	CheckpointDir string `json:"checkpoint_dir,omitempty"`
+	// Shared: the checkpoint lives in a checkpoint_dir every node mounts,
+	// so the destination reads it in place instead of transferring it.
+	Shared       bool          `json:"shared,omitempty"`
+	DumpDuration time.Duration `json:"dump_duration,omitempty"`
+
+	Network Network `json:"network"`
+
+	DestAllocID  string `json:"dest_alloc_id,omitempty"`
+	DestNodeID   string `json:"dest_node_id,omitempty"`
+	DestNodeName string `json:"dest_node_name,omitempty"`
+
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+
+	// ModifyIndex is Consul's modify index of the entry this record was
+	// read from (or last written as); it is not stored.
+	ModifyIndex uint64 `json:"-"`
+}
+
+// Clone returns a deep copy of r.
+func (r *Record) Clone() *Record {
+	if r == nil {
+		return nil
+	}
+	c := *r
+	c.Network.Addresses = slices.Clone(r.Network.Addresses)
+	c.Network.Routes = slices.Clone(r.Network.Routes)
+	c.Network.Ports = slices.Clone(r.Network.Ports)
+	if r.Network.DNS != nil {
+		dns := DNS{
+			Servers:  slices.Clone(r.Network.DNS.Servers),
+			Searches: slices.Clone(r.Network.DNS.Searches),
+			Options:  slices.Clone(r.Network.DNS.Options),
+		}
+		c.Network.DNS = &dns
+	}
+	return &c
+}
+
+// Migration records one requested or finished live migration of an
+// allocation (written by `ferry-companion migrate` and the rebalancer).
+type Migration struct {
+	ID         string `json:"id"`
+	AllocID    string `json:"alloc_id"`
+	JobID      string `json:"job_id,omitempty"`
+	SourceNode string `json:"source_node,omitempty"`
+	TargetNode string `json:"target_node,omitempty"`
+	NewAllocID string `json:"new_alloc_id,omitempty"`
+	// Result is empty while the migration runs.
+	Result     string        `json:"result,omitempty"`
+	Reason     string        `json:"reason,omitempty"`
+	Downtime   time.Duration `json:"downtime,omitempty"`
+	Bytes      int64         `json:"bytes,omitempty"`
+	StartedAt  time.Time     `json:"started_at"`
+	FinishedAt time.Time     `json:"finished_at"`
+}
+
+// checkName rejects names that cannot be one segment of a Consul key.
+func checkName(what, name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty %s", what)
+	case name == "." || name == "..":
+		return fmt.Errorf("invalid %s %q", what, name)
+	case strings.ContainsAny(name, "/\\\x00"):
+		return fmt.Errorf("invalid %s %q: contains a slash or NUL", what, name)
+	}
+	return nil
+}

@@ -1,0 +1,241 @@
+package checkpoint
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/ferry-nomad/ferry/driver/runc"
+	"github.com/hashicorp/go-hclog"
+)
+
+// ErrDumped is wrapped by an error of Create that happened after the
+// container was dumped: the container is gone, but the checkpoint
+// directory and its CRIU images are kept, so that the caller can restore
+// the container in place from ImagesDir(dir) (its task directory is
+// untouched) and then Remove the directory.
+var ErrDumped = errors.New("container dumped and stopped; its images are kept for a restore in place")
+
+// Create checkpoints container id, whose bundle (config.json and overlay
+// rootfs) is taskDir, into dir, which must not exist. It dumps the
+// container with `runc checkpoint` into dir/images (the container is gone
+// afterwards), packs taskDir/upper into dir/rootfs.tar, copies
+// taskDir/config.json and last writes the manifest with the sha256 of every
+// file.
+//
+// When the dump fails CRIU resumes the container, which keeps running; dir
+// is removed and the error carries the end of CRIU's log. A failure after
+// the dump wraps ErrDumped.
+func Create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Meta, opts Options, logger hclog.Logger) (*Manifest, error) {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	logger = logger.With("container", id, "checkpoint", dir)
+	if err := os.MkdirAll(filepath.Dir(dir), dirMode); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: create parent: %w", id, err)
+	}
+	if err := os.Mkdir(dir, dirMode); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: create %s: %w", id, dir, err)
+	}
+	images, work := filepath.Join(dir, ImagesName), filepath.Join(dir, workName)
+	for _, d := range []string{images, work} {
+		if err := os.Mkdir(d, dirMode); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, fmt.Errorf("checkpoint %s: create %s: %w", id, d, err)
+		}
+	}
+
+	m := &Manifest{
+		Version:     Version,
+		ContainerID: id,
+		AllocID:     meta.AllocID,
+		Task:        meta.Task,
+		NodeID:      meta.NodeID,
+		NodeName:    meta.NodeName,
+		ImageRef:    meta.ImageRef,
+		ImageDigest: meta.ImageDigest,
+		Platform:    meta.Platform,
+		RuncVersion: meta.RuncVersion,
+		CriuVersion: meta.CriuVersion,
+		Options:     opts,
+	}
+	fillVersions(ctx, r, m, logger)
+
+	logger.Debug("dumping container", "tcp_established", opts.TCPEstablished, "file_locks", opts.FileLocks)
+	start := time.Now()
+	err := r.Checkpoint(ctx, id, runc.CheckpointOptions{
+		ImagePath:      images,
+		WorkPath:       work,
+		TCPEstablished: opts.TCPEstablished,
+		FileLocks:      opts.FileLocks,
+	})
+	m.DumpDuration = time.Since(start)
+	if err != nil {
+		if rerr := os.RemoveAll(dir); rerr != nil {
+			logger.Warn("remove failed checkpoint", "error", rerr)
+		}
+		return nil, fmt.Errorf("checkpoint %s: dump: %w", id, err)
+	}
+	logger.Info("container dumped", "duration", m.DumpDuration)
+
+	start = time.Now()
+	if err := pack(ctx, m, taskDir, dir); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w: %w", id, err, ErrDumped)
+	}
+	m.PackDuration = time.Since(start)
+	m.CreatedAt = time.Now().UTC()
+	if err := writeManifest(dir, m); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w: %w", id, err, ErrDumped)
+	}
+	logger.Info("checkpoint created", "files", len(m.Files), "bytes", m.Bytes,
+		"dump_duration", m.DumpDuration, "pack_duration", m.PackDuration)
+	return m, nil
+}
+
+// pack completes a checkpoint after the dump: it drops CRIU's work
+// directory, packs the rootfs changes, copies the spec, fixes modes and
+// fills in m.Files and m.Bytes.
+func pack(ctx context.Context, m *Manifest, taskDir, dir string) error {
+	if err := os.RemoveAll(filepath.Join(dir, workName)); err != nil {
+		return fmt.Errorf("remove CRIU work dir: %w", err)
+	}
+	if err := packUpper(ctx, filepath.Join(taskDir, "upper"), filepath.Join(dir, RootfsName)); err != nil {
+		return err
+	}
+	if err := copyFile(filepath.Join(taskDir, SpecName), filepath.Join(dir, SpecName), fileMode); err != nil {
+		return fmt.Errorf("copy %s: %w", SpecName, err)
+	}
+	files, err := listFiles(ctx, dir)
+	if err != nil {
+		return err
+	}
+	m.Files = files
+	m.Bytes = 0
+	for _, f := range files {
+		m.Bytes += f.Size
+	}
+	if err := syncFS(dir); err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	return nil
+}
+
+// packUpper writes the overlay upper directory upper to the tar dst.
+func packUpper(ctx context.Context, upper, dst string) (err error) {
+	fi, err := os.Lstat(upper)
+	if err != nil {
+		return fmt.Errorf("pack rootfs: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("pack rootfs: %s is not a directory", upper)
+	}
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
+	if err != nil {
+		return fmt.Errorf("pack rootfs: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(dst)
+		}
+	}()
+	w := bufio.NewWriterSize(f, 1<<20)
+	if err := packTree(ctx, upper, w); err != nil {
+		return fmt.Errorf("pack rootfs %s: %w", upper, err)
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("pack rootfs: write %s: %w", RootfsName, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("pack rootfs: write %s: %w", RootfsName, err)
+	}
+	return nil
+}
+
+// listFiles walks checkpoint dir, sets the modes of what it holds to 0700
+// (directories) and 0600 (files), and returns every regular file but the
+// manifest with its size and sha256, sorted by path. Anything else is an
+// error: a checkpoint holds only files and directories.
+func listFiles(ctx context.Context, dir string) ([]File, error) {
+	var files []File
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		switch {
+		case d.IsDir():
+			return os.Chmod(path, dirMode)
+		case !d.Type().IsRegular():
+			return fmt.Errorf("checkpoint file %s: not a regular file", rel)
+		case rel == ManifestName:
+			return nil
+		}
+		if err := os.Chmod(path, fileMode); err != nil {
+			return err
+		}
+		size, sum, err := hashFile(path)
+		if err != nil {
+			return fmt.Errorf("hash %s: %w", rel, err)
+		}
+		files = append(files, File{Path: rel, Size: size, SHA256: sum, Mode: uint32(fileMode)})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list checkpoint files: %w", err)
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
+	return files, nil
+}
+
+// fillVersions fills in the runc and CRIU versions the caller left empty,
+// as far as they can be found out.
+func fillVersions(ctx context.Context, r *runc.Runc, m *Manifest, logger hclog.Logger) {
+	if m.RuncVersion == "" {
+		if v, err := r.Version(ctx); err == nil {
+			m.RuncVersion = v
+		} else {
+			logger.Warn("runc version unknown", "error", err)
+		}
+	}
+	if m.CriuVersion == "" {
+		// runc runs the criu found in its PATH, which is ours.
+		if p, err := exec.LookPath("criu"); err == nil {
+			if v, err := CriuVersion(ctx, p); err == nil {
+				m.CriuVersion = v
+			} else {
+				logger.Warn("CRIU version unknown", "error", err)
+			}
+		}
+	}
+}
+
+// Remove deletes checkpoint dir. The manifest goes first, so that a
+// removal cut short leaves an incomplete checkpoint, never one that looks
+// complete. A directory that does not exist is not an error.
+func Remove(dir string) error {
+	if dir == "" || filepath.Clean(dir) == "/" {
+		return fmt.Errorf("remove checkpoint: refusing to remove %q", dir)
+	}
+	if err := os.Remove(filepath.Join(dir, ManifestName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove checkpoint %s: %w", dir, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove checkpoint %s: %w", dir, err)
+	}
+	return nil
+}

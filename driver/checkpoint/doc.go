@@ -1,0 +1,20 @@
+// Package checkpoint defines what a task checkpoint is on disk and makes,
+// verifies and unpacks one.
+//
+// A checkpoint directory holds:
+//
+//	images/        CRIU's images of the task's processes (runc checkpoint)
+//	rootfs.tar     the task's overlay upper directory: its changes to the image
+//	config.json    the task's runtime spec at dump time
+//	manifest.json  what the checkpoint is, and the size and sha256 of every
+//	               other file
+//
+// The manifest is written last, atomically: a directory without one is an
+// incomplete checkpoint. Directories are 0700 and files 0600.
+//
+// On the destination the driver verifies the checkpoint (Verify), lays out
+// a new task directory from it (PrepareTaskDir), mounts the task's overlay
+// over the same image, points the runtime spec at the new rootfs
+// (RebaseSpec) and restores the container from ImagesDir with the shim in
+// restore mode.
+package checkpoint

@@ -1,0 +1,182 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/shoenig/test/must"
+)
+
+// fakeCheckpoint writes a checkpoint directory with made-up contents and a
+// manifest, as Create lays one out.
+func fakeCheckpoint(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "ckpt")
+	must.NoError(t, os.MkdirAll(filepath.Join(dir, ImagesName), 0o700))
+	files := map[string]string{
+		"images/inventory.img": "inventory",
+		"images/pages-1.img":   string(make([]byte, 8192)),
+		"images/core-1.img":    "core",
+		RootfsName:             "tar",
+		SpecName:               `{"ociVersion":"1.2.1"}`,
+	}
+	for p, data := range files {
+		must.NoError(t, os.WriteFile(filepath.Join(dir, filepath.FromSlash(p)), []byte(data), 0o644))
+	}
+	list, err := listFiles(context.Background(), dir)
+	must.NoError(t, err)
+	m := &Manifest{Version: Version, ContainerID: "c1", Files: list, CreatedAt: time.Now().UTC(),
+		DumpDuration: 1500 * time.Millisecond, PackDuration: 20 * time.Millisecond}
+	for _, f := range list {
+		m.Bytes += f.Size
+	}
+	must.NoError(t, writeManifest(dir, m))
+	return dir
+}
+
+func TestVerify(t *testing.T) {
+	dir := fakeCheckpoint(t)
+	m, err := Verify(dir)
+	must.NoError(t, err)
+	must.Eq(t, "c1", m.ContainerID)
+	must.Eq(t, 1500*time.Millisecond, m.DumpDuration)
+	must.Eq(t, 20*time.Millisecond, m.PackDuration)
+	must.Len(t, 5, m.Files)
+	must.Eq(t, "config.json", m.Files[0].Path)
+	must.Eq(t, "images/core-1.img", m.Files[1].Path)
+	must.Eq(t, int64(8192+9+4+3+22), m.Bytes)
+}
+
+func TestVerifyRefuses(t *testing.T) {
+	cases := []struct {
+		name   string
+		tamper func(t *testing.T, dir string)
+		want   string
+	}{{
+		name:   "flipped byte",
+		tamper: func(t *testing.T, dir string) { flipByte(t, filepath.Join(dir, "images", "pages-1.img")) },
+		want:   "checkpoint file images/pages-1.img: sha256 mismatch (corrupt or tampered); refusing to restore",
+	}, {
+		name: "truncated",
+		tamper: func(t *testing.T, dir string) {
+			must.NoError(t, os.Truncate(filepath.Join(dir, "images", "pages-1.img"), 4096))
+		},
+		want: "checkpoint file images/pages-1.img: size 4096, manifest says 8192 (truncated or tampered); refusing to restore",
+	}, {
+		name: "extra image",
+		tamper: func(t *testing.T, dir string) {
+			must.NoError(t, os.WriteFile(filepath.Join(dir, "images", "extra.img"), nil, 0o600))
+		},
+		want: "checkpoint file images/extra.img: not listed in the manifest (extra file); refusing to restore",
+	}, {
+		name: "extra symlink",
+		tamper: func(t *testing.T, dir string) {
+			must.NoError(t, os.Symlink("/etc/passwd", filepath.Join(dir, "images", "link.img")))
+		},
+		want: "checkpoint file images/link.img: not listed in the manifest (extra file)",
+	}, {
+		name:   "missing",
+		tamper: func(t *testing.T, dir string) { must.NoError(t, os.Remove(filepath.Join(dir, RootfsName))) },
+		want:   "checkpoint file rootfs.tar: missing; refusing to restore",
+	}, {
+		name: "replaced by a symlink",
+		tamper: func(t *testing.T, dir string) {
+			p := filepath.Join(dir, SpecName)
+			must.NoError(t, os.Rename(p, p+".real"))
+			must.NoError(t, os.Symlink(SpecName+".real", p))
+		},
+		want: "checkpoint file config.json: not a regular file",
+	}, {
+		name: "images dir a symlink",
+		tamper: func(t *testing.T, dir string) {
+			images := filepath.Join(dir, ImagesName)
+			must.NoError(t, os.Rename(images, images+".real"))
+			must.NoError(t, os.Symlink(ImagesName+".real", images))
+		},
+		want: "checkpoint file images: not listed in the manifest",
+	}, {
+		name: "listed path escapes",
+		tamper: func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m *Manifest) { m.Files[0].Path = "../outside" })
+		},
+		want: `checkpoint file "../outside": bad path in the manifest`,
+	}, {
+		name: "listed twice",
+		tamper: func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m *Manifest) {
+				m.Files = append(m.Files, m.Files[0])
+				m.Bytes += m.Files[0].Size
+			})
+		},
+		want: "checkpoint file config.json: listed twice in the manifest",
+	}, {
+		name: "bytes",
+		tamper: func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m *Manifest) { m.Bytes++ })
+		},
+		want: "manifest says",
+	}, {
+		name: "no images",
+		tamper: func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m *Manifest) {
+				var keep []File
+				for _, f := range m.Files {
+					if f.Path != "images/inventory.img" {
+						keep = append(keep, f)
+					} else {
+						m.Bytes -= f.Size
+					}
+				}
+				m.Files = keep
+			})
+		},
+		want: "checkpoint file images/inventory.img: not listed in the manifest; refusing to restore",
+	}}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := fakeCheckpoint(t)
+			tc.tamper(t, dir)
+			_, err := Verify(dir)
+			must.ErrorContains(t, err, tc.want)
+			must.True(t, errors.Is(err, ErrCorrupt), must.Sprintf("error: %v", err))
+		})
+	}
+}
+
+func TestVerifyManifest(t *testing.T) {
+	dir := fakeCheckpoint(t)
+	must.NoError(t, os.Remove(filepath.Join(dir, ManifestName)))
+	_, err := Verify(dir)
+	must.ErrorIs(t, err, ErrNoManifest)
+
+	dir = fakeCheckpoint(t)
+	editManifest(t, dir, func(m *Manifest) { m.Version = 2 })
+	_, err = Verify(dir)
+	must.ErrorContains(t, err, "manifest version 2")
+
+	dir = fakeCheckpoint(t)
+	must.NoError(t, os.WriteFile(filepath.Join(dir, ManifestName), []byte("{"), 0o600))
+	_, err = ReadManifest(dir)
+	must.ErrorContains(t, err, "decode manifest.json")
+}
+
+func editManifest(t *testing.T, dir string, edit func(*Manifest)) {
+	t.Helper()
+	m, err := ReadManifest(dir)
+	must.NoError(t, err)
+	edit(m)
+	must.NoError(t, writeManifest(dir, m))
+}
+
+func TestRemove(t *testing.T) {
+	dir := fakeCheckpoint(t)
+	must.NoError(t, Remove(dir))
+	must.DirNotExists(t, dir)
+	must.NoError(t, Remove(dir))
+	must.Error(t, Remove(""))
+	must.Error(t, Remove("/"))
+}
