@@ -75,6 +75,13 @@ func (d *Driver) awaitCheckpoint(ctx context.Context, env *environment, cfg *dri
 	}
 	prevID := a.PreviousAllocation
 	if prevID == "" {
+		// Nomad places the replacement of a stopped batch allocation
+		// without linking the two: find the migrating allocation it replaces.
+		if prevID, err = d.migratingPredecessor(ctx, env, a); err != nil {
+			return nil, err
+		}
+	}
+	if prevID == "" {
 		return nil, fmt.Errorf("%w: allocation replaces none", errNoCheckpoint)
 	}
 	rec, err := env.catalog.Get(ctx, prevID, cfg.Name)
@@ -86,6 +93,10 @@ func (d *Driver) awaitCheckpoint(ctx context.Context, env *environment, cfg *dri
 		}
 		if !prev.DesiredTransition.ShouldMigrate() {
 			return nil, fmt.Errorf("%w: previous allocation %s did not migrate", errNoCheckpoint, shortID(prevID))
+		}
+		// The source records a checkpoint before its task exits.
+		if prev.ClientTerminalStatus() {
+			return nil, fmt.Errorf("%w: previous allocation %s stopped without one", errNoCheckpoint, shortID(prevID))
 		}
 	} else if err != nil {
 		return nil, err
@@ -107,6 +118,43 @@ func (d *Driver) awaitCheckpoint(ctx context.Context, env *environment, cfg *dri
 		r.DestAllocID, r.DestNodeID, r.DestNodeName = cfg.AllocID, cfg.NodeID, cfg.NodeName
 		return nil
 	})
+}
+
+// migratingPredecessor finds the allocation a replaces when Nomad did not
+// record it: the latest earlier allocation with the same name (job, group
+// and index) that Nomad is migrating and that has no other replacement.
+func (d *Driver) migratingPredecessor(ctx context.Context, env *environment, a *nomadapi.Allocation) (string, error) {
+	q := (&nomadapi.QueryOptions{Namespace: a.Namespace}).WithContext(ctx)
+	stubs, _, err := env.nomad.Jobs().Allocations(a.JobID, true, q)
+	if err != nil {
+		return "", fmt.Errorf("list allocations of job %s: %w", a.JobID, err)
+	}
+	var best *nomadapi.AllocationListStub
+	for _, s := range stubs {
+		if s.ID == a.ID || s.Name != a.Name || s.CreateIndex >= a.CreateIndex {
+			continue
+		}
+		if s.NextAllocation != "" && s.NextAllocation != a.ID {
+			continue
+		}
+		if time.Since(time.Unix(0, s.ModifyTime)) > time.Hour {
+			continue
+		}
+		if best == nil || s.CreateIndex > best.CreateIndex {
+			best = s
+		}
+	}
+	if best == nil {
+		return "", nil
+	}
+	prev, _, err := env.nomad.Allocations().Info(best.ID, q)
+	if err != nil {
+		return "", fmt.Errorf("read allocation %s: %w", best.ID, err)
+	}
+	if !prev.DesiredTransition.ShouldMigrate() {
+		return "", nil
+	}
+	return prev.ID, nil
 }
 
 // restoreFrom fetches and verifies the checkpoint, then restores it.
@@ -139,7 +187,12 @@ func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf 
 	if m.ImageDigest != rec.ImageDigest {
 		return nil, fmt.Errorf("checkpoint manifest names image %s, the record %s", m.ImageDigest, rec.ImageDigest)
 	}
-	img, err := d.pull(cfg, conf, env, req)
+	// The image the checkpoint was taken from, even if the tag moved since.
+	pinned := *req
+	if req.ref.Remote != nil {
+		pinned.ref.Remote = req.ref.Remote.Context().Digest(m.ImageDigest)
+	}
+	img, err := d.pull(cfg, conf, env, &pinned)
 	if err != nil {
 		return nil, err
 	}

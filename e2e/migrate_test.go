@@ -1,0 +1,343 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/transfer"
+	"github.com/hashicorp/go-hclog"
+	nomad "github.com/hashicorp/nomad/api"
+	"golang.org/x/sys/unix"
+)
+
+// statefulJob runs jobspecs/stateful.nomad.hcl as job id and returns its
+// running allocation once it has counted a little.
+func (c *cluster) statefulJob(t *testing.T, id string, vars ...string) *nomad.AllocationListStub {
+	t.Helper()
+	image := c.pushBusybox(t, "ferry/busybox:stateful")
+	spec, err := os.ReadFile(filepath.Join(c.root, "jobspecs/stateful.nomad.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.runJob(t, string(spec), append([]string{"image=" + image, "job=" + id}, vars...)...)
+	t.Cleanup(func() { c.purge(t, id) })
+	a := c.waitAlloc(t, id, 2*time.Minute, running)
+	c.waitLogs(t, a.ID, "counter", time.Minute, func(s string) bool { return lastCount(s) >= 10 })
+	return a
+}
+
+// firstCount is the first "count N" line of a log.
+func firstCount(log string) int {
+	m := regexp.MustCompile(`count (\d+)`).FindStringSubmatch(log)
+	if m == nil {
+		return 0
+	}
+	v, _ := strconv.Atoi(m[1])
+	return v
+}
+
+// replacement waits for the allocation that replaces old to run: the next
+// allocation of the same name (Nomad links a batch job's replacement to the
+// allocation it replaces only when it reschedules it).
+func (c *cluster) replacement(t *testing.T, job string, old *nomad.AllocationListStub) *nomad.AllocationListStub {
+	t.Helper()
+	return c.waitAlloc(t, job, 3*time.Minute, func(a *nomad.AllocationListStub) bool {
+		return a.ClientStatus == nomad.AllocClientStatusRunning && a.Name == old.Name && a.CreateIndex > old.CreateIndex
+	})
+}
+
+// assertResumed checks that the task on the new allocation went on counting
+// from where the old one stopped, and that its events say it was restored.
+func (c *cluster) assertResumed(t *testing.T, oldAlloc, newAlloc string) {
+	t.Helper()
+	oldLog, _ := c.nomadCLI(t, "alloc", "logs", oldAlloc, "counter")
+	last := lastCount(oldLog)
+	newLog := c.waitLogs(t, newAlloc, "counter", time.Minute, func(s string) bool { return firstCount(s) > 0 })
+	first := firstCount(newLog)
+	if first <= last || last == 0 {
+		t.Fatalf("count did not resume: last on the source %d, first on the destination %d", last, first)
+	}
+	events := strings.Join(c.taskEvents(t, newAlloc, "counter"), "\n")
+	if !strings.Contains(events, "Restored from checkpoint of "+oldAlloc[:8]) {
+		t.Fatalf("no restore event:\n%s", events)
+	}
+	t.Logf("resumed: last count on the source %d, first on the destination %d", last, first)
+}
+
+// waitRecordGone waits until the checkpoint record of alloc is removed,
+// which happens only after a successful restore.
+func (c *cluster) waitRecordGone(t *testing.T, alloc string) {
+	t.Helper()
+	cat := c.catalog(t)
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if _, err := cat.Get(context.Background(), alloc, "counter"); err != nil {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("checkpoint record of %s still in Consul after the restore", alloc)
+}
+
+func (c *cluster) catalog(t *testing.T) *catalog.Catalog {
+	t.Helper()
+	cat, err := catalog.NewFromConfig(c.env["CONSUL_HTTP_ADDR"], "", hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cat
+}
+
+func TestMigrateByAllocStop(t *testing.T) {
+	a := dev.statefulJob(t, "move-stop")
+	if out, err := dev.nomadCLI(t, "alloc", "stop", "-detach", a.ID); err != nil {
+		t.Fatalf("alloc stop: %v\n%s", err, out)
+	}
+	next := dev.replacement(t, "move-stop", a)
+	dev.assertResumed(t, a.ID, next.ID)
+	dev.waitRecordGone(t, a.ID)
+	srcEvents := strings.Join(dev.taskEvents(t, a.ID, "counter"), "\n")
+	if !strings.Contains(srcEvents, "Checkpointed for migration") {
+		t.Fatalf("source events do not show the checkpoint:\n%s", srcEvents)
+	}
+
+	// A restored task is recovered like any other after a client restart.
+	k := dev.clientIndex(t, next.NodeID)
+	if out, err := runScript(t, dev.root, "restart-client", k); err != nil {
+		t.Fatalf("restart-client %s: %v\n%s", k, err, out)
+	}
+	before := lastCount(dev.waitLogs(t, next.ID, "counter", time.Minute, func(string) bool { return true }))
+	dev.waitLogs(t, next.ID, "counter", time.Minute, func(s string) bool { return lastCount(s) > before+10 })
+	info, _, err := dev.api.Allocations().Info(next.ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts := info.TaskStates["counter"]; ts == nil || ts.State != "running" || ts.Restarts != 0 {
+		t.Fatalf("restored task after client restart: %+v", ts)
+	}
+}
+
+func TestMigrateByDrain(t *testing.T) {
+	// Nomad's drain replaces service allocations; a batch allocation that
+	// stopped cleanly counts as finished. The companion (a system job) stays
+	// on the node to serve the checkpoint.
+	a := dev.statefulJob(t, "move-drain", "type=service")
+	out, err := dev.nomadCLI(t, "node", "drain", "-enable", "-yes", "-detach", "-ignore-system", a.NodeID)
+	if err != nil {
+		t.Fatalf("node drain: %v\n%s", err, out)
+	}
+	defer func() {
+		_, _ = dev.nomadCLI(t, "node", "drain", "-disable", "-yes", a.NodeID)
+		_, _ = dev.nomadCLI(t, "node", "eligibility", "-enable", a.NodeID)
+	}()
+	next := dev.replacement(t, "move-drain", a)
+	if next.NodeID == a.NodeID {
+		t.Fatalf("replacement landed on the drained node")
+	}
+	dev.assertResumed(t, a.ID, next.ID)
+	dev.waitRecordGone(t, a.ID)
+}
+
+func TestMigrateByCompanion(t *testing.T) {
+	a := dev.statefulJob(t, "move-companion")
+	nodes, _, err := dev.api.Nodes().List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var target string
+	for _, n := range nodes {
+		if n.ID != a.NodeID && n.Status == "ready" {
+			target = n.Name
+			break
+		}
+	}
+	cmd := exec.Command(filepath.Join(dev.root, "bin/ferry-companion"), "migrate", a.ID, "--node", target)
+	cmd.Env = os.Environ()
+	for k, v := range dev.env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	outb, err := cmd.CombinedOutput()
+	out := string(outb)
+	t.Logf("ferry-companion migrate:\n%s", out)
+	if err != nil {
+		t.Fatalf("ferry-companion migrate: %v", err)
+	}
+	if !strings.Contains(out, "to "+target) || !strings.Contains(out, "restored from its checkpoint") || !strings.Contains(out, "downtime") {
+		t.Fatalf("unexpected migrate output:\n%s", out)
+	}
+	next := dev.replacement(t, "move-companion", a)
+	n, _, err := dev.api.Nodes().Info(next.NodeID, nil)
+	if err != nil || n.Name != target {
+		t.Fatalf("replacement on %v, want %s (%v)", n, target, err)
+	}
+	src, _, err := dev.api.Nodes().Info(a.NodeID, nil)
+	if err != nil || src.SchedulingEligibility != nomad.NodeSchedulingEligible {
+		t.Fatalf("source node eligibility not restored: %v %v", src.SchedulingEligibility, err)
+	}
+	if v, ok := n.Meta["ferry_migrate_target"]; ok {
+		t.Fatalf("target still marked: %q", v)
+	}
+	dev.assertResumed(t, a.ID, next.ID)
+	migrations, err := dev.catalog(t).ListMigrations(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, m := range migrations {
+		if m.AllocID == a.ID && m.Result == "restored" && m.NewAllocID == next.ID {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("migration outcome not recorded in Consul: %+v", migrations)
+	}
+}
+
+func TestJobStopDoesNotCheckpoint(t *testing.T) {
+	a := dev.statefulJob(t, "no-move")
+	if out, err := dev.nomadCLI(t, "job", "stop", "-detach", "no-move"); err != nil {
+		t.Fatalf("job stop: %v\n%s", err, out)
+	}
+	dev.waitAlloc(t, "no-move", time.Minute, func(s *nomad.AllocationListStub) bool {
+		return s.ID == a.ID && s.ClientStatus != nomad.AllocClientStatusRunning
+	})
+	events := strings.Join(dev.taskEvents(t, a.ID, "counter"), "\n")
+	if strings.Contains(events, "Checkpoint") {
+		t.Fatalf("a plain job stop checkpointed the task:\n%s", events)
+	}
+	if _, err := dev.catalog(t).Get(context.Background(), a.ID, "counter"); err == nil {
+		t.Fatalf("a plain job stop left a checkpoint record")
+	}
+}
+
+// TestCorruptCheckpointRefused serves the source's checkpoint through a
+// server that flips one byte of the memory pages in transit: the destination
+// refuses it, starts fresh with an event naming the file, and the source's
+// checkpoint stays.
+func TestCorruptCheckpointRefused(t *testing.T) {
+	a := dev.statefulJob(t, "move-corrupt")
+	cat := dev.catalog(t)
+	ctx := context.Background()
+	agent, err := cat.GetAgent(ctx, a.NodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := dev.clientIndex(t, a.NodeID)
+	root := fmt.Sprintf("/var/lib/ferry-dev/c%s/ferry/checkpoints", k)
+	ln, err := listenInNetNS("/var/run/netns/ferry-hub", "10.97.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &transfer.Server{Root: root, Token: dev.env["FERRY_TOKEN"], Logger: hclog.NewNullLogger()}
+	go func() { _ = http.Serve(ln, flipPages(srv.Handler())) }()
+	defer ln.Close()
+
+	// Send the destination to the corrupting server instead of the agent.
+	restoreAgent, err := cat.RegisterAgent(ctx, catalog.Agent{NodeID: agent.NodeID, NodeName: agent.NodeName, Address: "http://" + ln.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = restoreAgent
+	defer func() {
+		if _, err := cat.RegisterAgent(ctx, *agent); err != nil {
+			t.Errorf("re-register the real agent: %v", err)
+		}
+	}()
+
+	if out, err := dev.nomadCLI(t, "alloc", "stop", "-detach", a.ID); err != nil {
+		t.Fatalf("alloc stop: %v\n%s", err, out)
+	}
+	next := dev.replacement(t, "move-corrupt", a)
+	events := strings.Join(dev.taskEvents(t, next.ID, "counter"), "\n")
+	if !regexp.MustCompile(`Restore failed, starting fresh: .*images/pages-\d+\.img.*sha256 mismatch`).MatchString(events) {
+		t.Fatalf("events do not name the corrupt file:\n%s", events)
+	}
+	newLog := dev.waitLogs(t, next.ID, "counter", time.Minute, func(s string) bool { return firstCount(s) > 0 })
+	if firstCount(newLog) != 1 {
+		t.Fatalf("the task did not start fresh: first count %d", firstCount(newLog))
+	}
+	rec, err := cat.Get(ctx, a.ID, "counter")
+	if err != nil {
+		t.Fatalf("checkpoint record gone after a failed restore: %v", err)
+	}
+	if rec.State != catalog.StateFailed {
+		t.Fatalf("record state %s, want failed", rec.State)
+	}
+	if _, err := os.Stat(filepath.Join(transfer.CheckpointDir(root, a.ID, "counter"), "manifest.json")); err != nil {
+		t.Fatalf("source checkpoint removed after a failed restore: %v", err)
+	}
+}
+
+// flipPages corrupts one byte of every CRIU memory pages file it serves.
+func flipPages(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/pages-") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		rec := &bufferedResponse{header: http.Header{}, status: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		body := rec.body.Bytes()
+		if len(body) > 0 {
+			body[len(body)/2] ^= 0xff
+		}
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.status)
+		_, _ = io.Copy(w, bytes.NewReader(body))
+	})
+}
+
+type bufferedResponse struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (b *bufferedResponse) Header() http.Header         { return b.header }
+func (b *bufferedResponse) Write(p []byte) (int, error) { return b.body.Write(p) }
+func (b *bufferedResponse) WriteHeader(s int)           { b.status = s }
+
+// listenInNetNS opens a TCP listener inside the network namespace at path
+// (its socket stays there). The thread that entered the namespace is never
+// unlocked, so Go discards it.
+func listenInNetNS(path, addr string) (net.Listener, error) {
+	type result struct {
+		ln  net.Listener
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		f, err := os.Open(path)
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{err: fmt.Errorf("enter %s: %w", path, err)}
+			return
+		}
+		ln, err := net.Listen("tcp", addr)
+		ch <- result{ln, err}
+	}()
+	r := <-ch
+	return r.ln, r.err
+}
+
