@@ -340,4 +340,3 @@ func listenInNetNS(path, addr string) (net.Listener, error) {
 	r := <-ch
 	return r.ln, r.err
 }
-
