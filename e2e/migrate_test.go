@@ -340,3 +340,75 @@ func listenInNetNS(path, addr string) (net.Listener, error) {
 	r := <-ch
 	return r.ln, r.err
 }
+
+// TestFailedDumpStopsNormally: a task CRIU cannot dump (it holds an
+// established TCP connection and did not ask for tcp_established) is
+// reported, recorded as failed and stopped as usual; its replacement starts
+// fresh at once instead of waiting for a checkpoint.
+func TestFailedDumpStopsNormally(t *testing.T) {
+	ln, err := listenInNetNS("/var/run/netns/ferry-hub", "10.97.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close() // held open until the test ends
+		}
+	}()
+	image := dev.pushBusybox(t, "ferry/busybox:stateful")
+	job := fmt.Sprintf(`
+job "dump-fails" {
+  datacenters = ["*"]
+  type        = "service"
+  group "g" {
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    task "counter" {
+      driver = "ferry"
+      config {
+        image   = %q
+        command = "/bin/sh"
+        args    = ["-c", "sleep 100000 | nc %s & i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"]
+        checkpoint {
+          enabled = true
+        }
+      }
+      resources {
+        cpu    = 100
+        memory = 64
+      }
+    }
+  }
+}`, image, strings.Replace(ln.Addr().String(), ":", " ", 1))
+	dev.runJob(t, job)
+	t.Cleanup(func() { dev.purge(t, "dump-fails") })
+	a := dev.waitAlloc(t, "dump-fails", 2*time.Minute, running)
+	dev.waitLogs(t, a.ID, "counter", time.Minute, func(s string) bool { return lastCount(s) >= 10 })
+
+	if out, err := dev.nomadCLI(t, "alloc", "stop", "-detach", a.ID); err != nil {
+		t.Fatalf("alloc stop: %v\n%s", err, out)
+	}
+	next := dev.replacement(t, "dump-fails", a)
+	src := strings.Join(dev.taskEvents(t, a.ID, "counter"), "\n")
+	if !strings.Contains(src, "Checkpoint failed, stopping normally") || !strings.Contains(src, "tcp-established") {
+		t.Fatalf("source events do not report the failed dump:\n%s", src)
+	}
+	rec, err := dev.catalog(t).Get(context.Background(), a.ID, "counter")
+	if err != nil || rec.State != catalog.StateFailed {
+		t.Fatalf("record after a failed dump: %+v, %v", rec, err)
+	}
+	newLog := dev.waitLogs(t, next.ID, "counter", time.Minute, func(s string) bool { return firstCount(s) > 0 })
+	if firstCount(newLog) != 1 {
+		t.Fatalf("replacement did not start fresh: first count %d", firstCount(newLog))
+	}
+	if events := strings.Join(dev.taskEvents(t, next.ID, "counter"), "\n"); strings.Contains(events, "Waiting for the checkpoint") && strings.Contains(events, "within checkpoint.restore_wait") {
+		t.Fatalf("replacement waited for a checkpoint that failed:\n%s", events)
+	}
+}
