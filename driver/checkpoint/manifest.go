@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"os"
 	"path/filepath"
 	"time"
@@ -176,7 +177,7 @@ func writeManifest(dir string, m *Manifest) error {
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", ManifestName, err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, ManifestName), append(data, '\n'), fileMode); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, ManifestName), append(data, '\n'), fileMode); err != nil {
 		return fmt.Errorf("write %s: %w", ManifestName, err)
 	}
 	return nil

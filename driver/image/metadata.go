@@ -3,6 +3,7 @@ package image
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"os"
 	"path/filepath"
 	"time"
@@ -63,41 +64,7 @@ func writeMeta(path string, m *imageMeta) error {
 	if err != nil {
 		return fmt.Errorf("encode image metadata: %w", err)
 	}
-	return writeFileAtomic(path, b, 0o644)
-}
-
-// writeFileAtomic writes data under a temporary name in the destination's
-// directory, syncs it and renames it into place.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	ok = true
-	return nil
+	return writeFile(path, b, 0o644)
 }
 
 // resolveKey identifies a resolution: the same reference can select
@@ -169,7 +136,16 @@ func (s *Store) persistResolved() {
 		return
 	}
 	path := filepath.Join(s.dir, resolvedFile)
-	if err := writeFileAtomic(path, b, 0o600); err != nil {
+	if err := writeFile(path, b, 0o600); err != nil {
 		s.logger.Warn("cannot save resolved references", "path", path, "error", err)
 	}
+}
+
+// writeFile writes a cache entry atomically; an interrupted write leaves a
+// file starting with tmpPrefix, which the store removes when it opens.
+func writeFile(path string, data []byte, mode os.FileMode) error {
+	if err := atomicfile.Write(path, data, mode); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,7 +20,7 @@ import (
 
 // tmpPrefix starts the name of every entry that is still being written.
 // Such entries are never read and are removed when a Store starts.
-const tmpPrefix = ".tmp-"
+const tmpPrefix = atomicfile.TempPrefix
 
 // defaultProgressInterval is how often a long download reports its progress.
 const defaultProgressInterval = 10 * time.Second

@@ -165,6 +165,16 @@ func (d *Driver) SetConfig(c *base.Config) error {
 	return nil
 }
 
+// lookup returns a task and the configuration in force.
+func (d *Driver) lookup(taskID string) (*task.Handle, *Config, *environment, error) {
+	h, ok := d.tasks.Get(taskID)
+	if !ok {
+		return nil, nil, nil, drivers.ErrTaskNotFound
+	}
+	conf, env, err := d.current()
+	return h, conf, env, err
+}
+
 // current returns the configuration in force, or an error before SetConfig.
 func (d *Driver) current() (*Config, *environment, error) {
 	d.mu.RLock()
@@ -378,11 +388,7 @@ func (d *Driver) WaitTask(ctx context.Context, taskID string) (<-chan *drivers.E
 // StopTask sends the task's kill_signal and, if it is still running after
 // timeout, kills every process of the container.
 func (d *Driver) StopTask(taskID string, timeout time.Duration, signal string) error {
-	h, ok := d.tasks.Get(taskID)
-	if !ok {
-		return drivers.ErrTaskNotFound
-	}
-	conf, env, err := d.current()
+	h, conf, env, err := d.lookup(taskID)
 	if err != nil {
 		return err
 	}
@@ -430,11 +436,7 @@ func (d *Driver) stop(env *environment, h *task.Handle, timeout time.Duration, s
 
 // DestroyTask removes a task; a running task is killed first when force is set.
 func (d *Driver) DestroyTask(taskID string, force bool) error {
-	h, ok := d.tasks.Get(taskID)
-	if !ok {
-		return drivers.ErrTaskNotFound
-	}
-	_, env, err := d.current()
+	h, _, env, err := d.lookup(taskID)
 	if err != nil {
 		return err
 	}
@@ -461,11 +463,7 @@ func (d *Driver) InspectTask(taskID string) (*drivers.TaskStatus, error) {
 }
 
 func (d *Driver) SignalTask(taskID string, signal string) error {
-	h, ok := d.tasks.Get(taskID)
-	if !ok {
-		return drivers.ErrTaskNotFound
-	}
-	_, env, err := d.current()
+	h, _, env, err := d.lookup(taskID)
 	if err != nil {
 		return err
 	}

@@ -91,15 +91,14 @@ func (d *Driver) execTarget(taskID string, cmd []string) (*task.Handle, *environ
 	if len(cmd) == 0 {
 		return nil, nil, errors.New("exec: no command given")
 	}
-	h, ok := d.tasks.Get(taskID)
-	if !ok {
-		return nil, nil, drivers.ErrTaskNotFound
+	h, _, env, err := d.lookup(taskID)
+	if err != nil {
+		return nil, nil, err
 	}
 	if !h.Running() {
 		return nil, nil, fmt.Errorf("exec: task %s is not running", h.Config.Name)
 	}
-	_, env, err := d.current()
-	return h, env, err
+	return h, env, nil
 }
 
 // execProcess is the task's own process settings (user, env, capabilities,

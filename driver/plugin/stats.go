@@ -17,11 +17,7 @@ var (
 // TaskStats samples the container's cgroup every interval until ctx ends or
 // the task exits.
 func (d *Driver) TaskStats(ctx context.Context, taskID string, interval time.Duration) (<-chan *drivers.TaskResourceUsage, error) {
-	h, ok := d.tasks.Get(taskID)
-	if !ok {
-		return nil, drivers.ErrTaskNotFound
-	}
-	_, env, err := d.current()
+	h, _, env, err := d.lookup(taskID)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -106,7 +107,7 @@ func (s *shim) run(ctx context.Context) error {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return s.startFailed(fmt.Errorf("set child subreaper: %w", err))
 	}
-	if err := writeFileAtomic(statePath(s.stateDir, shimPidFile),
+	if err := atomicfile.Write(statePath(s.stateDir, shimPidFile),
 		[]byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
 		return s.startFailed(fmt.Errorf("write shim pid: %w", err))
 	}
@@ -265,7 +266,7 @@ func (s *shim) handleSignals(ctx context.Context) {
 
 // startFailed records err in start.err for Start to report and returns it.
 func (s *shim) startFailed(err error) error {
-	if werr := writeFileAtomic(statePath(s.stateDir, startErrFile), []byte(err.Error()), 0o600); werr != nil {
+	if werr := atomicfile.Write(statePath(s.stateDir, startErrFile), []byte(err.Error()), 0o600); werr != nil {
 		s.log.Error("write start error", "error", werr)
 	}
 	return err

@@ -3,6 +3,7 @@ package spec
 import (
 	"errors"
 	"fmt"
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"io/fs"
 	"os"
 	"path"
@@ -136,7 +137,7 @@ func (b *builder) etcMounts(task *drivers.TaskConfig, net netMode, hostname stri
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("dns: reading host %s: %w", b.hostResolvConf, err)
 		}
-		if err := writeFileAtomic(p, renderResolvConf(hostConf, dns), 0o644); err != nil {
+		if err := atomicfile.Write(p, renderResolvConf(hostConf, dns), 0o644); err != nil {
 			return nil, fmt.Errorf("dns: writing %s: %w", p, err)
 		}
 		out = append(out, bindMount(p, "/etc/resolv.conf", true, "rprivate"))
@@ -159,7 +160,7 @@ func (b *builder) etcMounts(task *drivers.TaskConfig, net netMode, hostname stri
 			break
 		}
 		p := filepath.Join(task.TaskDir().Dir, "hosts")
-		if err := writeFileAtomic(p, renderHosts(hostname), 0o644); err != nil {
+		if err := atomicfile.Write(p, renderHosts(hostname), 0o644); err != nil {
 			return nil, fmt.Errorf("network: writing %s: %w", p, err)
 		}
 		out = append(out, bindMount(p, "/etc/hosts", false, "rprivate"))

@@ -14,7 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"path/filepath"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -193,44 +193,8 @@ func Write(s *specs.Spec, bundleDir string) error {
 		return fmt.Errorf("spec: encoding config.json: %w", err)
 	}
 	p := filepath.Join(bundleDir, "config.json")
-	if err := writeFileAtomic(p, data, 0o600); err != nil {
+	if err := atomicfile.Write(p, data, 0o600); err != nil {
 		return fmt.Errorf("spec: writing %s: %w", p, err)
-	}
-	return nil
-}
-
-// writeFileAtomic writes data to a temporary file next to p, syncs it and
-// renames it over p.
-func writeFileAtomic(p string, data []byte, perm os.FileMode) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err = f.Chmod(perm); err != nil {
-		return err
-	}
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, p); err != nil {
-		return err
-	}
-	if d, derr := os.Open(filepath.Dir(p)); derr == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	return nil
 }
