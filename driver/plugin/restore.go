@@ -14,6 +14,7 @@ import (
 	"github.com/ferry-nomad/ferry/driver/runc"
 	"github.com/ferry-nomad/ferry/driver/transfer"
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-version"
 	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/hashicorp/nomad/plugins/drivers"
 )
@@ -184,6 +185,9 @@ func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf 
 	if err != nil {
 		return nil, err
 	}
+	if err := d.checkVersions(ctx, conf, env, m); err != nil {
+		return nil, err
+	}
 	if m.ImageDigest != rec.ImageDigest {
 		return nil, fmt.Errorf("checkpoint manifest names image %s, the record %s", m.ImageDigest, rec.ImageDigest)
 	}
@@ -205,6 +209,45 @@ func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf 
 		opts.TCPEstablished, opts.TCPClose = false, true
 	}
 	return d.launch(cfg, conf, env, req, img, &restoreSource{dir: dir, record: rec, options: opts}, logger)
+}
+
+// checkVersions refuses a checkpoint this node's runc and CRIU may not
+// restore: CRIU must be at least the version that dumped it, and runc of the
+// same minor release.
+func (d *Driver) checkVersions(ctx context.Context, conf *Config, env *environment, m *checkpoint.Manifest) error {
+	criuVersion, ok, reason := env.criu.get(ctx, conf.CriuPath)
+	if !ok {
+		return fmt.Errorf("this node cannot restore checkpoints: %s", reason)
+	}
+	if older(criuVersion, m.CriuVersion) {
+		return fmt.Errorf("checkpoint was dumped by CRIU %s, this node has CRIU %s: upgrade CRIU here", m.CriuVersion, criuVersion)
+	}
+	runcVersion, err := env.runc.Version(ctx)
+	if err != nil {
+		return fmt.Errorf("runc: %w", err)
+	}
+	if minor(runcVersion) != minor(m.RuncVersion) {
+		return fmt.Errorf("checkpoint was taken with runc %s, this node has runc %s", m.RuncVersion, runcVersion)
+	}
+	return nil
+}
+
+// older reports whether version a is older than b; versions that do not
+// parse are not compared.
+func older(a, b string) bool {
+	va, errA := version.NewVersion(a)
+	vb, errB := version.NewVersion(b)
+	return errA == nil && errB == nil && va.LessThan(vb)
+}
+
+// minor is "major.minor" of a version, or the version itself.
+func minor(v string) string {
+	p, err := version.NewVersion(v)
+	if err != nil {
+		return v
+	}
+	seg := p.Segments()
+	return fmt.Sprintf("%d.%d", seg[0], seg[1])
 }
 
 // finishRestore records the outcome of a restore.

@@ -1,0 +1,38 @@
+package plugin
+
+import (
+	"testing"
+
+	"github.com/hashicorp/nomad/plugins/drivers"
+	"github.com/shoenig/test/must"
+)
+
+func TestVersionChecks(t *testing.T) {
+	must.True(t, older("4.1.1", "4.2.1"))
+	must.False(t, older("4.2.1", "4.2.1"))
+	must.False(t, older("4.3", "4.2.1"))
+	must.False(t, older("unknown", "4.2.1"))
+	must.Eq(t, "1.3", minor("1.3.3"))
+	must.Eq(t, "1.3", minor("1.3.0-rc.1"))
+	must.NotEq(t, minor("1.2.5"), minor("1.3.3"))
+}
+
+func TestValidateCheckpointConfig(t *testing.T) {
+	conf := &Config{}
+	task := &drivers.TaskConfig{}
+	base := TaskConfig{Image: "registry.example.com/app:1", PullTimeout: "1m"}
+
+	tc := base
+	tc.Checkpoint = Checkpoint{Enabled: true, OnRestoreFailure: "retry"}
+	_, err := conf.validateTask(tc, task)
+	must.ErrorContains(t, err, `checkpoint.on_restore_failure: "retry"`)
+
+	tc.Checkpoint = Checkpoint{Enabled: true, RestoreWait: "soon"}
+	_, err = conf.validateTask(tc, task)
+	must.ErrorContains(t, err, "checkpoint.restore_wait")
+
+	tc.Checkpoint = Checkpoint{Enabled: true}
+	req, err := conf.validateTask(tc, task)
+	must.NoError(t, err)
+	must.Eq(t, "2m0s", req.restoreWait.String())
+}
