@@ -14,6 +14,13 @@ job "demo" {
   datacenters = var.datacenters
   type        = "service"
 
+  # `ferry-companion migrate --node` marks its destination with this.
+  affinity {
+    attribute = "${meta.ferry_migrate_target}"
+    value     = "true"
+    weight    = 100
+  }
+
   group "counter" {
     task "counter" {
       driver = "ferry"
@@ -32,6 +39,12 @@ job "demo" {
           done
         EOT
         ]
+
+        # Moving the allocation (node drain, `nomad alloc stop`,
+        # `ferry-companion migrate`) carries the count along.
+        checkpoint {
+          enabled = true
+        }
       }
 
       # kill_signal lets the task say where it stopped before it exits.

@@ -33,6 +33,7 @@ The demo job runs in a ferry container. Try:
   eval "\$(scripts/cluster.sh env)"
   nomad alloc exec -i -t $alloc /bin/sh
   nomad alloc signal -s SIGUSR1 $alloc && nomad alloc logs $alloc | tail -2
+  bin/ferry-companion migrate $alloc     # live: the count goes on on the other node
   nomad job stop demo
   scripts/cluster.sh down
 EOM
