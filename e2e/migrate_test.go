@@ -154,28 +154,8 @@ func TestMigrateByDrain(t *testing.T) {
 
 func TestMigrateByCompanion(t *testing.T) {
 	a := dev.statefulJob(t, "move-companion")
-	nodes, _, err := dev.api.Nodes().List(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var target string
-	for _, n := range nodes {
-		if n.ID != a.NodeID && n.Status == "ready" {
-			target = n.Name
-			break
-		}
-	}
-	cmd := exec.Command(filepath.Join(dev.root, "bin/ferry-companion"), "migrate", a.ID, "--node", target)
-	cmd.Env = os.Environ()
-	for k, v := range dev.env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	outb, err := cmd.CombinedOutput()
-	out := string(outb)
-	t.Logf("ferry-companion migrate:\n%s", out)
-	if err != nil {
-		t.Fatalf("ferry-companion migrate: %v", err)
-	}
+	target := dev.otherNode(t, a.NodeID)
+	out := dev.companionMigrate(t, a.ID, target)
 	if !strings.Contains(out, "to "+target) || !strings.Contains(out, "restored from its checkpoint") || !strings.Contains(out, "downtime") {
 		t.Fatalf("unexpected migrate output:\n%s", out)
 	}
@@ -410,5 +390,152 @@ job "dump-fails" {
 	}
 	if events := strings.Join(dev.taskEvents(t, next.ID, "counter"), "\n"); strings.Contains(events, "Waiting for the checkpoint") && strings.Contains(events, "within checkpoint.restore_wait") {
 		t.Fatalf("replacement waited for a checkpoint that failed:\n%s", events)
+	}
+}
+
+// reconfigure rewrites the clients' configs with env set and restarts them.
+func (c *cluster) reconfigure(t *testing.T, env ...string) {
+	t.Helper()
+	up := exec.Command("bash", filepath.Join(c.root, "scripts/cluster.sh"), "up", "--clients", "2")
+	up.Env = append(os.Environ(), env...)
+	if out, err := up.CombinedOutput(); err != nil {
+		t.Fatalf("cluster.sh up: %v\n%s", err, out)
+	}
+	for _, k := range []string{"1", "2"} {
+		if out, err := runScript(t, c.root, "restart-client", k); err != nil {
+			t.Fatalf("restart-client %s: %v\n%s", k, err, out)
+		}
+	}
+}
+
+// TestMigrateSharedCheckpointDir: with checkpoint_dir on storage all
+// clients share, the destination restores from it without a transfer, and
+// the checkpoint is removed after the restore.
+func TestMigrateSharedCheckpointDir(t *testing.T) {
+	shared := "/var/lib/ferry-dev/shared-checkpoints"
+	dev.reconfigure(t, "FERRY_CHECKPOINT_DIR="+shared)
+	defer dev.reconfigure(t)
+
+	a := dev.statefulJob(t, "move-shared")
+	if out, err := dev.nomadCLI(t, "alloc", "stop", "-detach", a.ID); err != nil {
+		t.Fatalf("alloc stop: %v\n%s", err, out)
+	}
+	next := dev.replacement(t, "move-shared", a)
+	dev.assertResumed(t, a.ID, next.ID)
+	events := strings.Join(dev.taskEvents(t, next.ID, "counter"), "\n")
+	if strings.Contains(events, "Fetching checkpoint") {
+		t.Fatalf("the checkpoint was transferred despite the shared checkpoint_dir:\n%s", events)
+	}
+	dev.waitRecordGone(t, a.ID)
+	if _, err := os.Stat(transfer.CheckpointDir(shared, a.ID, "counter")); !os.IsNotExist(err) {
+		t.Fatalf("shared checkpoint not removed after the restore: %v", err)
+	}
+}
+
+// otherNode is the name of a ready node other than nodeID.
+func (c *cluster) otherNode(t *testing.T, nodeID string) string {
+	t.Helper()
+	nodes, _, err := c.api.Nodes().List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.ID != nodeID && n.Status == "ready" {
+			return n.Name
+		}
+	}
+	t.Fatal("no other ready node")
+	return ""
+}
+
+// companionMigrate runs `ferry-companion migrate ALLOC --node TARGET`.
+func (c *cluster) companionMigrate(t *testing.T, allocID, target string) string {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(c.root, "bin/ferry-companion"), "migrate", allocID, "--node", target)
+	cmd.Env = os.Environ()
+	for k, v := range c.env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	out, err := cmd.CombinedOutput()
+	t.Logf("ferry-companion migrate:\n%s", out)
+	if err != nil {
+		t.Fatalf("ferry-companion migrate: %v", err)
+	}
+	return string(out)
+}
+
+// TestRestoreFailureStartsFresh: a task that asked for tcp_established
+// holds a TCP connection and moves to a node with another address. CRIU
+// dumps it, but cannot bind the socket back at the new address, so the
+// restore fails after its shim started: the task starts fresh, with an event
+// giving CRIU's reason, and its logs still reach Nomad.
+func TestRestoreFailureStartsFresh(t *testing.T) {
+	ln, err := listenInNetNS("/var/run/netns/ferry-hub", "10.97.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+		}
+	}()
+	image := dev.pushBusybox(t, "ferry/busybox:stateful")
+	job := fmt.Sprintf(`
+job "move-tcp" {
+  datacenters = ["*"]
+  type        = "service"
+  group "g" {
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    task "counter" {
+      driver = "ferry"
+      config {
+        image   = %q
+        command = "/bin/sh"
+        args    = ["-c", "sleep 100000 | nc %s & i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"]
+        checkpoint {
+          enabled         = true
+          tcp_established = true
+        }
+      }
+      resources {
+        cpu    = 100
+        memory = 64
+      }
+    }
+  }
+}`, image, strings.Replace(ln.Addr().String(), ":", " ", 1))
+	dev.runJob(t, job)
+	t.Cleanup(func() { dev.purge(t, "move-tcp") })
+	a := dev.waitAlloc(t, "move-tcp", 2*time.Minute, running)
+	dev.waitLogs(t, a.ID, "counter", time.Minute, func(s string) bool { return lastCount(s) >= 10 })
+
+	dev.companionMigrate(t, a.ID, dev.otherNode(t, a.NodeID))
+	next := dev.replacement(t, "move-tcp", a)
+	if next.NodeID == a.NodeID {
+		t.Fatal("the replacement landed on the source node")
+	}
+	src := strings.Join(dev.taskEvents(t, a.ID, "counter"), "\n")
+	if !strings.Contains(src, "Checkpointed for migration") {
+		t.Fatalf("the task with an established connection was not checkpointed:\n%s", src)
+	}
+	events := strings.Join(dev.taskEvents(t, next.ID, "counter"), "\n")
+	if !strings.Contains(events, "Restore failed, starting fresh") || !strings.Contains(events, "Cannot assign requested address") {
+		t.Fatalf("events do not give the restore failure:\n%s", events)
+	}
+	newLog := dev.waitLogs(t, next.ID, "counter", time.Minute, func(s string) bool { return lastCount(s) >= 5 })
+	if firstCount(newLog) != 1 {
+		t.Fatalf("the task did not start fresh: first count %d", firstCount(newLog))
+	}
+	rec, err := dev.catalog(t).Get(context.Background(), a.ID, "counter")
+	if err != nil || rec.State != catalog.StateFailed {
+		t.Fatalf("record after a failed restore: %+v, %v", rec, err)
 	}
 }

@@ -384,6 +384,7 @@ plugin "nomad-driver-ferry" {
   config {
     data_dir            = "$DATA/c$k/ferry"
     state_dir           = "$RUN/c$k"
+$(checkpoint_dir_line)
     insecure_registries = ["$REGISTRY"]
     gc {
       image       = true
@@ -413,6 +414,14 @@ plugin "raw_exec" {
 EOF
     fi
   }
+}
+
+# checkpoint_dir_line: with FERRY_CHECKPOINT_DIR set, every client writes
+# its checkpoints there (storage all clients share) instead of serving them.
+checkpoint_dir_line() {
+  if [[ -n ${FERRY_CHECKPOINT_DIR:-} ]]; then
+    printf '    checkpoint_dir      = "%s"\n' "$FERRY_CHECKPOINT_DIR"
+  fi
 }
 
 # companion_token: the dev cluster's shared companion token, made once.

@@ -140,6 +140,9 @@ func (d *Driver) SetConfig(c *base.Config) error {
 	if checkpoints == "" {
 		checkpoints = l.checkpoints()
 	}
+	if err := os.MkdirAll(checkpoints, 0o700); err != nil {
+		return fmt.Errorf("checkpoint_dir: %w", err)
+	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -220,6 +223,10 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 		return nil, nil, fmt.Errorf("task config: %w", err)
 	}
 	logger := d.logger.With("task", cfg.Name, "alloc", cfg.AllocID)
+	// Nomad stops collecting a task's logs once every writer of its log
+	// FIFOs has closed them: a restore that fails after its shim opened them
+	// must not end the logs of the fresh start that follows.
+	defer holdLogs(cfg)()
 
 	if req.Checkpoint.Enabled {
 		handle, restored, err := d.restore(cfg, conf, env, req, logger)
@@ -315,6 +322,9 @@ func (d *Driver) launch(cfg *drivers.TaskConfig, conf *Config, env *environment,
 	proc, err := shim.Start(ctx, env.self, st.ShimDir, sc)
 	if err != nil {
 		if from != nil {
+			if tail := runc.CriuLogTail(filepath.Join(sc.WorkPath, runc.RestoreLog)); tail != "" {
+				return nil, fmt.Errorf("restore container: %w; %s: %s", err, runc.RestoreLog, tail)
+			}
 			return nil, fmt.Errorf("restore container: %w", err)
 		}
 		return nil, fmt.Errorf("start container: %w", err)
@@ -484,6 +494,25 @@ func parseSignal(name string) (syscall.Signal, error) {
 		return s, nil
 	}
 	return 0, fmt.Errorf("unknown signal %q; use a name such as \"SIGTERM\" or \"SIGUSR1\"", name)
+}
+
+// holdLogs opens the task's log FIFOs for writing, when Nomad reads them,
+// until the returned function is called.
+func holdLogs(cfg *drivers.TaskConfig) func() {
+	var held []*os.File
+	for _, p := range []string{cfg.StdoutPath, cfg.StderrPath} {
+		if p == "" {
+			continue
+		}
+		if f, err := os.OpenFile(p, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+			held = append(held, f)
+		}
+	}
+	return func() {
+		for _, f := range held {
+			_ = f.Close()
+		}
+	}
 }
 
 func firstNonEmpty(vals ...string) string {
