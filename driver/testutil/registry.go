@@ -1,16 +1,12 @@
 package testutil
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,11 +21,7 @@ const RegistryBinary = "/usr/bin/docker-registry"
 type Registry struct {
 	// Addr is "127.0.0.1:PORT".
 	Addr string
-
-	cmd    *exec.Cmd
-	exited chan error
-	log    *lockedBuffer
-	once   sync.Once
+	*Daemon
 }
 
 // StartRegistry starts a registry with a temporary storage directory on a
@@ -90,11 +82,11 @@ func RunRegistryWith(t testing.TB, opts RegistryOptions) *Registry {
 }
 
 func startRegistry(dir string, attempt int, opts RegistryOptions) (*Registry, error) {
-	port, err := freePort()
+	ports, err := FreePorts(1)
 	if err != nil {
 		return nil, err
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	storage := filepath.Join(dir, fmt.Sprintf("storage-%d", attempt))
 	if err := os.MkdirAll(storage, 0o755); err != nil {
 		return nil, err
@@ -128,80 +120,29 @@ http:
 		return nil, err
 	}
 
-	r := &Registry{Addr: addr, log: &lockedBuffer{}}
-	r.cmd = exec.Command(RegistryBinary, "serve", configPath)
-	r.cmd.Stdout = r.log
-	r.cmd.Stderr = r.log
-	// Keep the registry from picking up configuration from the
-	// environment of the test run.
-	r.cmd.Env = []string{"PATH=/usr/bin:/bin"}
-	// Die with the test binary, also when a caller keeps the registry
-	// beyond its test (no cleanup) for a whole package.
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := r.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("run %s: %w", RegistryBinary, err)
+	d, err := StartDaemon(RegistryBinary, "", "serve", configPath)
+	if err != nil {
+		return nil, err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- r.cmd.Wait() }()
+	r := &Registry{Addr: addr, Daemon: d}
 
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
-		case err := <-exited:
-			return nil, fmt.Errorf("registry exited early (%v): %s", err, r.log.String())
+		case <-r.Exited():
+			return nil, fmt.Errorf("registry exited early (%v): %s", r.ExitErr(), r.Log())
 		default:
 		}
 		resp, err := client.Get("http://" + addr + "/v2/")
 		if err == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK || (opts.Username != "" && resp.StatusCode == http.StatusUnauthorized) {
-				r.exited = exited
 				return r, nil
 			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	_ = r.cmd.Process.Kill()
-	<-exited
-	return nil, fmt.Errorf("registry on %s did not answer /v2/ within 15s: %s", addr, r.log.String())
-}
-
-// Stop kills the registry and waits for it to exit. It is safe to call more
-// than once; the test's cleanup calls it too.
-func (r *Registry) Stop() {
-	r.once.Do(func() {
-		_ = r.cmd.Process.Kill()
-		<-r.exited
-	})
-}
-
-// Log returns what the registry printed so far, for failure messages.
-func (r *Registry) Log() string { return r.log.String() }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// lockedBuffer collects process output written from several goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	r.Stop()
+	return nil, fmt.Errorf("registry on %s did not answer /v2/ within 15s: %s", addr, r.Log())
 }

@@ -12,12 +12,11 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strconv"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferry-nomad/ferry/driver/testutil"
 )
 
 // ConsulBinary is the Consul agent StartConsul runs (scripts/deps.sh installs
@@ -33,11 +32,7 @@ type Agent struct {
 	// Addr is the HTTP API address, "127.0.0.1:PORT", in the form
 	// CONSUL_HTTP_ADDR and consul/api's Config.Address take.
 	Addr string
-
-	cmd    *exec.Cmd
-	exited chan error
-	log    *lockedBuffer
-	once   sync.Once
+	*testutil.Daemon
 }
 
 // StartConsul starts a Consul dev agent on free loopback ports, waits until
@@ -95,15 +90,12 @@ func RunConsulWith(t testing.TB, opts ConsulOptions) *Agent {
 }
 
 func startAgent(bin, dir string, opts ConsulOptions) (*Agent, error) {
-	ports, err := freePorts(4)
+	ports, err := testutil.FreePorts(4)
 	if err != nil {
 		return nil, err
 	}
 	httpPort, serfLAN, serfWAN, server := ports[0], ports[1], ports[2], ports[3]
-	a := &Agent{
-		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort)),
-		log:  &lockedBuffer{},
-	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort))
 	args := []string{"agent", "-dev",
 		"-bind", "127.0.0.1",
 		"-client", "127.0.0.1",
@@ -123,40 +115,30 @@ func startAgent(bin, dir string, opts ConsulOptions) (*Agent, error) {
 			"acl {\nenabled = true\ndefault_policy = \"deny\"\ntokens {\ninitial_management = %q\n}\n}",
 			opts.ACLManagementToken))
 	}
-	a.cmd = exec.Command(bin, args...)
-	a.cmd.Dir = dir
-	a.cmd.Stdout = a.log
-	a.cmd.Stderr = a.log
-	// Keep the agent from picking up configuration (CONSUL_*) from the
-	// environment of the test run.
-	a.cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
-	// Die with the test binary even if the cleanup never runs.
-	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := a.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("run %s: %w", bin, err)
+	d, err := testutil.StartDaemon(bin, dir, args...)
+	if err != nil {
+		return nil, err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- a.cmd.Wait() }()
-	a.exited = exited
+	a := &Agent{Addr: addr, Daemon: d}
 
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	if err := waitLeader(ctx, a.Addr, exited); err != nil {
+	if err := waitLeader(ctx, a); err != nil {
 		a.Stop()
-		return nil, fmt.Errorf("consul on %s: %w\n%s", a.Addr, err, a.log.String())
+		return nil, fmt.Errorf("consul on %s: %w\n%s", a.Addr, err, a.Log())
 	}
 	return a, nil
 }
 
 // waitLeader polls /v1/status/leader until it names a leader.
-func waitLeader(ctx context.Context, addr string, exited <-chan error) error {
+func waitLeader(ctx context.Context, a *Agent) error {
 	client := &http.Client{Timeout: 2 * time.Second}
-	url := "http://" + addr + "/v1/status/leader"
+	url := "http://" + a.Addr + "/v1/status/leader"
 	var last error
 	for {
 		select {
-		case err := <-exited:
-			return fmt.Errorf("agent exited early: %v", err)
+		case <-a.Exited():
+			return fmt.Errorf("agent exited early: %v", a.ExitErr())
 		case <-ctx.Done():
 			return fmt.Errorf("no leader within %s (last: %v)", startTimeout, last)
 		case <-time.After(25 * time.Millisecond):
@@ -195,49 +177,4 @@ func getLeader(ctx context.Context, client *http.Client, url string) (string, er
 		return "", fmt.Errorf("decode leader %q: %w", body, err)
 	}
 	return leader, nil
-}
-
-// Stop kills the agent and waits for it to exit. It is safe to call more than
-// once; the test's cleanup calls it too.
-func (a *Agent) Stop() {
-	a.once.Do(func() {
-		_ = a.cmd.Process.Kill()
-		<-a.exited
-	})
-}
-
-// Log returns what the agent printed so far, for failure messages.
-func (a *Agent) Log() string { return a.log.String() }
-
-// freePorts returns n distinct free TCP ports on 127.0.0.1. The listeners
-// are held until all ports are chosen so that no port is returned twice.
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
-// lockedBuffer collects process output written from several goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
