@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/transfer"
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	nomad "github.com/hashicorp/nomad/api"
 	"golang.org/x/sys/unix"
@@ -93,6 +95,45 @@ func (c *cluster) waitRecordGone(t *testing.T, alloc string) {
 	t.Fatalf("checkpoint record of %s still in Consul after the restore", alloc)
 }
 
+// watchRecord follows the checkpoint record of alloc/task with Consul's
+// blocking queries and sends the states it saw, then "removed", once the
+// record is deleted (or after two minutes).
+func (c *cluster) watchRecord(t *testing.T, alloc, task string) <-chan []string {
+	t.Helper()
+	cat := c.catalog(t)
+	key := cat.Key(alloc, task)
+	kv := cat.Client().KV()
+	out := make(chan []string, 1)
+	go func() {
+		var seen []string
+		var index uint64
+		deadline := time.Now().Add(2 * time.Minute)
+		for time.Now().Before(deadline) {
+			pair, meta, err := kv.Get(key, &consulapi.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Second})
+			if err != nil {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			index = meta.LastIndex
+			if pair == nil {
+				if len(seen) > 0 {
+					seen = append(seen, "removed")
+					break
+				}
+				continue
+			}
+			var r struct {
+				State string `json:"state"`
+			}
+			if json.Unmarshal(pair.Value, &r) == nil && (len(seen) == 0 || seen[len(seen)-1] != r.State) {
+				seen = append(seen, r.State)
+			}
+		}
+		out <- seen
+	}()
+	return out
+}
+
 func (c *cluster) catalog(t *testing.T) *catalog.Catalog {
 	t.Helper()
 	cat, err := catalog.NewFromConfig(c.env["CONSUL_HTTP_ADDR"], "", hclog.NewNullLogger())
@@ -104,12 +145,25 @@ func (c *cluster) catalog(t *testing.T) *catalog.Catalog {
 
 func TestMigrateByAllocStop(t *testing.T) {
 	a := dev.statefulJob(t, "move-stop")
+	states := dev.watchRecord(t, a.ID, "counter")
 	if out, err := dev.nomadCLI(t, "alloc", "stop", "-detach", a.ID); err != nil {
 		t.Fatalf("alloc stop: %v\n%s", err, out)
 	}
 	next := dev.replacement(t, "move-stop", a)
 	dev.assertResumed(t, a.ID, next.ID)
 	dev.waitRecordGone(t, a.ID)
+	// The record went through its states in order, and was removed.
+	seen := <-states
+	order := map[string]int{"checkpointing": 0, "ready": 1, "restoring": 2, "restored": 3, "removed": 4}
+	for i := 1; i < len(seen); i++ {
+		if order[seen[i]] <= order[seen[i-1]] {
+			t.Fatalf("record states out of order: %v", seen)
+		}
+	}
+	if len(seen) < 3 || seen[len(seen)-1] != "removed" {
+		t.Fatalf("record states: %v", seen)
+	}
+	t.Logf("record states: %v", seen)
 	srcEvents := strings.Join(dev.taskEvents(t, a.ID, "counter"), "\n")
 	if !strings.Contains(srcEvents, "Checkpointed for migration") {
 		t.Fatalf("source events do not show the checkpoint:\n%s", srcEvents)
@@ -464,12 +518,10 @@ func (c *cluster) companionMigrate(t *testing.T, allocID, target string) string 
 	return string(out)
 }
 
-// TestRestoreFailureStartsFresh: a task that asked for tcp_established
-// holds a TCP connection and moves to a node with another address. CRIU
-// dumps it, but cannot bind the socket back at the new address, so the
-// restore fails after its shim started: the task starts fresh, with an event
-// giving CRIU's reason, and its logs still reach Nomad.
-func TestRestoreFailureStartsFresh(t *testing.T) {
+// TestMigrateTCPToNewAddress: a task that asked for tcp_established holds a
+// TCP connection and moves to a node with another address: it is restored
+// with the connection closed, and goes on.
+func TestMigrateTCPToNewAddress(t *testing.T) {
 	ln, err := listenInNetNS("/var/run/netns/ferry-hub", "10.97.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -526,8 +578,59 @@ job "move-tcp" {
 	if !strings.Contains(src, "Checkpointed for migration") {
 		t.Fatalf("the task with an established connection was not checkpointed:\n%s", src)
 	}
+	dev.assertResumed(t, a.ID, next.ID)
+}
+
+// TestRestoreFailureStartsFresh: the destination's port is taken, so CRIU
+// cannot restore the task's listening socket and the restore fails after its
+// shim started: the task starts fresh, with an event giving CRIU's reason,
+// and its logs still reach Nomad.
+func TestRestoreFailureStartsFresh(t *testing.T) {
+	image := dev.pushBusybox(t, "ferry/busybox:stateful")
+	const port = "47011"
+	job := fmt.Sprintf(`
+job "restore-fails" {
+  datacenters = ["*"]
+  type        = "service"
+  group "g" {
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    task "counter" {
+      driver = "ferry"
+      config {
+        image   = %q
+        command = "/bin/sh"
+        args    = ["-c", "sleep 100000 | nc -l -p %s & i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"]
+        checkpoint {
+          enabled = true
+        }
+      }
+      resources {
+        cpu    = 100
+        memory = 64
+      }
+    }
+  }
+}`, image, port)
+	dev.runJob(t, job)
+	t.Cleanup(func() { dev.purge(t, "restore-fails") })
+	a := dev.waitAlloc(t, "restore-fails", 2*time.Minute, running)
+	dev.waitLogs(t, a.ID, "counter", time.Minute, func(s string) bool { return lastCount(s) >= 10 })
+
+	// Something else holds the port on the destination.
+	target := dev.otherNode(t, a.NodeID)
+	ln, err := listenInNetNS("/var/run/netns/"+target, "0.0.0.0:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+
+	dev.companionMigrate(t, a.ID, target)
+	next := dev.replacement(t, "restore-fails", a)
 	events := strings.Join(dev.taskEvents(t, next.ID, "counter"), "\n")
-	if !strings.Contains(events, "Restore failed, starting fresh") || !strings.Contains(events, "Cannot assign requested address") {
+	if !strings.Contains(events, "Restore failed, starting fresh") || !strings.Contains(events, "restore.log") {
 		t.Fatalf("events do not give the restore failure:\n%s", events)
 	}
 	newLog := dev.waitLogs(t, next.ID, "counter", time.Minute, func(s string) bool { return lastCount(s) >= 5 })

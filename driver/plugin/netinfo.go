@@ -135,3 +135,52 @@ func hexIP(s string) net.IP {
 	binary.LittleEndian.PutUint32(ip, v)
 	return ip
 }
+
+// nonlocalBindKnobs are the sysctls that let a socket bind an address its
+// namespace does not have.
+var nonlocalBindKnobs = []string{"/proc/sys/net/ipv4/ip_nonlocal_bind", "/proc/sys/net/ipv6/ip_nonlocal_bind"}
+
+// allowNonlocalBind lets sockets bind foreign addresses in the task's network
+// namespace (the group's, or the node's with host networking) until the
+// returned function restores the previous settings.
+func allowNonlocalBind(cfg *drivers.TaskConfig) (undo func(), err error) {
+	path := "/proc/thread-self/ns/net"
+	if iso := cfg.NetworkIsolation; iso != nil && iso.Path != "" {
+		path = iso.Path
+	}
+	set := func(values map[string]string) error {
+		return inNetNS(path, func() error {
+			for knob, v := range values {
+				if err := os.WriteFile(knob, []byte(v), 0o644); err != nil && !os.IsNotExist(err) {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	old := map[string]string{}
+	err = inNetNS(path, func() error {
+		for _, knob := range nonlocalBindKnobs {
+			b, err := os.ReadFile(knob)
+			if os.IsNotExist(err) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			old[knob] = strings.TrimSpace(string(b))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read %v: %w", nonlocalBindKnobs, err)
+	}
+	on := map[string]string{}
+	for knob := range old {
+		on[knob] = "1"
+	}
+	if err := set(on); err != nil {
+		return nil, fmt.Errorf("allow non-local binds: %w", err)
+	}
+	return func() { _ = set(old) }, nil
+}

@@ -204,9 +204,16 @@ func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf 
 		return nil, fmt.Errorf("image %s is now %s, the checkpoint was taken from %s", req.ref, img.Digest, m.ImageDigest)
 	}
 	opts := runc.RestoreOptions{TCPEstablished: m.Options.TCPEstablished, FileLocks: m.Options.FileLocks}
-	if m.Options.TCPEstablished && !sameAddresses(rec.Network, cfg) {
-		// Connections cannot follow to another address: restore them closed.
+	if m.Options.TCPEstablished && !sameAddresses(rec, cfg) {
+		// Connections cannot follow to another address: restore them
+		// closed. CRIU binds each socket back to its old address first,
+		// which this namespace lacks unless non-local binds are allowed.
 		opts.TCPEstablished, opts.TCPClose = false, true
+		undo, err := allowNonlocalBind(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("restore connections closed: %w", err)
+		}
+		defer undo()
 	}
 	return d.launch(cfg, conf, env, req, img, &restoreSource{dir: dir, record: rec, options: opts}, logger)
 }
@@ -262,13 +269,16 @@ func (d *Driver) finishRestore(ctx context.Context, env *environment, cfg *drive
 }
 
 // sameAddresses reports whether the task's new network has the addresses the
-// checkpointed one had.
-func sameAddresses(n catalog.Network, cfg *drivers.TaskConfig) bool {
+// checkpointed one had. With host networking they are the node's.
+func sameAddresses(rec *catalog.Record, cfg *drivers.TaskConfig) bool {
 	now, err := networkOf(cfg)
-	if err != nil || n.Mode != now.Mode {
+	if err != nil || rec.Network.Mode != now.Mode {
 		return false
 	}
-	a, _ := json.Marshal(n.Addresses)
+	if now.Mode == "host" {
+		return rec.SourceNodeID == cfg.NodeID
+	}
+	a, _ := json.Marshal(rec.Network.Addresses)
 	b, _ := json.Marshal(now.Addresses)
 	return string(a) == string(b)
 }
