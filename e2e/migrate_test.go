@@ -19,7 +19,10 @@ import (
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/testutil"
 	"github.com/ferry-nomad/ferry/driver/transfer"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	nomad "github.com/hashicorp/nomad/api"
@@ -640,5 +643,93 @@ job "restore-fails" {
 	rec, err := dev.catalog(t).Get(context.Background(), a.ID, "counter")
 	if err != nil || rec.State != catalog.StateFailed {
 		t.Fatalf("record after a failed restore: %+v, %v", rec, err)
+	}
+}
+
+// archImage is busybox with /etc/arch naming arch, labelled for linux/arch.
+// The binaries stay this machine's, so a client that only chooses images
+// for another platform runs it natively.
+func archImage(t *testing.T, arch string) v1.Image {
+	t.Helper()
+	base := testutil.BusyboxImage(t, v1.Platform{OS: "linux", Architecture: arch})
+	b, err := testutil.Tar(testutil.TarEntry{Name: "etc/arch", Mode: 0o644, Body: arch + "\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := testutil.LayerFromBytes(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(base, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// TestMoveAcrossArchitectures: with one client choosing images for
+// linux/arm64, a task checkpointed on one architecture moves to the other:
+// memory cannot cross, so it starts fresh from the destination's image of the
+// same index, says so in an event, records the cold start, and the
+// checkpoint is then removed.
+func TestMoveAcrossArchitectures(t *testing.T) {
+	dev.reconfigure(t, "FERRY_PLATFORM_C2=linux/arm64")
+	defer dev.reconfigure(t)
+
+	idx := testutil.MultiPlatformIndex(t, map[string]v1.Image{
+		"linux/amd64": archImage(t, "amd64"),
+		"linux/arm64": archImage(t, "arm64"),
+	})
+	testutil.PushIndex(t, idx, dev.push+"/ferry/multiarch:1")
+	dev.runJob(t, fmt.Sprintf(`
+job "cross-arch" {
+  datacenters = ["*"]
+  type        = "service"
+  group "g" {
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    task "counter" {
+      driver = "ferry"
+      config {
+        image   = %q
+        command = "/bin/sh"
+        args    = ["-c", "echo arch $(cat /etc/arch); i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"]
+        checkpoint {
+          enabled = true
+        }
+      }
+      resources {
+        cpu    = 100
+        memory = 64
+      }
+    }
+  }
+}`, dev.registry+"/ferry/multiarch:1"))
+	t.Cleanup(func() { dev.purge(t, "cross-arch") })
+	a := dev.waitAlloc(t, "cross-arch", 2*time.Minute, running)
+	src, dst := "amd64", "arm64"
+	if dev.clientIndex(t, a.NodeID) == "2" {
+		src, dst = dst, src
+	}
+	dev.waitLogs(t, a.ID, "counter", time.Minute, func(s string) bool { return strings.Contains(s, "arch "+src) && lastCount(s) >= 10 })
+
+	states := dev.watchRecord(t, a.ID, "counter")
+	dev.companionMigrate(t, a.ID, dev.otherNode(t, a.NodeID))
+	next := dev.replacement(t, "cross-arch", a)
+	events := strings.Join(dev.taskEvents(t, next.ID, "counter"), "\n")
+	want := fmt.Sprintf("Moved across architectures (linux/%s to linux/%s)", src, dst)
+	if !strings.Contains(events, want) {
+		t.Fatalf("events do not say %q:\n%s", want, events)
+	}
+	log := dev.waitLogs(t, next.ID, "counter", time.Minute, func(s string) bool { return firstCount(s) > 0 })
+	if !strings.Contains(log, "arch "+dst) || firstCount(log) != 1 {
+		t.Fatalf("destination did not start fresh from the %s image:\n%s", dst, log)
+	}
+	dev.waitRecordGone(t, a.ID)
+	seen := strings.Join(<-states, " ")
+	if !strings.Contains(seen, "cold_start removed") {
+		t.Fatalf("record states %q: the cold cross-architecture start was not recorded", seen)
 	}
 }

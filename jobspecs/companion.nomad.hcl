@@ -17,6 +17,12 @@ variable "binary" {
   description = "path of ferry-companion on the clients"
 }
 
+variable "build" {
+  type        = string
+  default     = ""
+  description = "identifies the binary; a new value restarts the agents"
+}
+
 variable "consul" {
   type        = string
   default     = "127.0.0.1:8500"
@@ -56,8 +62,9 @@ job "ferry-companion" {
       }
 
       env {
-        FERRY_TOKEN      = var.token
-        CONSUL_HTTP_ADDR = var.consul
+        FERRY_TOKEN           = var.token
+        CONSUL_HTTP_ADDR      = var.consul
+        FERRY_COMPANION_BUILD = var.build
       }
 
       resources {

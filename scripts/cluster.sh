@@ -36,6 +36,10 @@
 #   FERRY_LOG_LEVEL          Nomad agents' log level (default INFO)
 #   FERRY_TIMEOUT            seconds to wait for each readiness step (default 120)
 #   FERRY_NOMAD_BIN, FERRY_CONSUL_BIN, FERRY_REGISTRY_BIN, FERRY_RUNC_BIN
+#   FERRY_COMPANION_BIN      ferry-companion binary (default <repo>/bin/ferry-companion)
+#   FERRY_CHECKPOINT_DIR     a checkpoint_dir every client shares (default: none, checkpoints are served)
+#   FERRY_PLATFORM_C<K>      platform client K chooses images for, e.g. linux/arm64
+# `up` writes these into the clients' configs; `restart-client K` applies them.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -385,6 +389,7 @@ plugin "nomad-driver-ferry" {
     data_dir            = "$DATA/c$k/ferry"
     state_dir           = "$RUN/c$k"
 $(checkpoint_dir_line)
+$(platform_line "$k")
     insecure_registries = ["$REGISTRY"]
     gc {
       image       = true
@@ -424,6 +429,15 @@ checkpoint_dir_line() {
   fi
 }
 
+# platform_line K: with FERRY_PLATFORM_C<K> set (e.g. linux/arm64), client K
+# chooses images for that platform, as a node of that architecture would.
+platform_line() {
+  local var="FERRY_PLATFORM_C$1"
+  if [[ -n ${!var:-} ]]; then
+    printf '    platform            = "%s"\n' "${!var}"
+  fi
+}
+
 # companion_token: the dev cluster's shared companion token, made once.
 companion_token() {
   local f=$DATA/companion.token
@@ -445,6 +459,7 @@ run_companion() {
     -var "token=$(companion_token)" \
     -var "binary=$DATA/bin/ferry-companion" \
     -var "consul=$HUB_IP:8500" \
+    -var "build=$(sha256sum "$DATA/bin/ferry-companion" | cut -c1-16)" \
     "$REPO/jobspecs/companion.nomad.hcl" >/dev/null
   local deadline=$((SECONDS + TIMEOUT)) want have
   want=$(running_clients | wc -l)

@@ -111,8 +111,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// reap removes this node's checkpoints whose restore succeeded, then their
-// records: a checkpoint is never removed before that.
+// reap removes this node's checkpoints whose restore succeeded (or that a
+// move across architectures made useless), then their records: a checkpoint
+// is never removed before that.
 func (a *Agent) reap(ctx context.Context) {
 	recs, err := a.catalog.List(ctx)
 	if err != nil {
@@ -120,7 +121,9 @@ func (a *Agent) reap(ctx context.Context) {
 		return
 	}
 	for _, r := range recs {
-		if r.SourceNodeID != a.cfg.NodeID || r.State != catalog.StateRestored {
+		// Restored, or started fresh on another architecture: nobody will
+		// restore this checkpoint any more. Failed ones are kept.
+		if r.SourceNodeID != a.cfg.NodeID || (r.State != catalog.StateRestored && r.State != catalog.StateColdStart) {
 			continue
 		}
 		dir := transfer.CheckpointDir(a.cfg.CheckpointDir, r.AllocID, r.Task)

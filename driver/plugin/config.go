@@ -101,7 +101,8 @@ func (c *Config) validate() error {
 
 // TaskConfig is the decoded `config { ... }` block of a ferry task.
 type TaskConfig struct {
-	Image          string        `codec:"image"`
+	Image          string            `codec:"image"`
+	Images         map[string]string `codec:"images"`
 	ForcePull      bool          `codec:"force_pull"`
 	PullTimeout    string        `codec:"pull_timeout"`
 	Auth           TaskAuth      `codec:"auth"`
@@ -163,12 +164,15 @@ type taskRequest struct {
 
 // validateTask checks a task config against the node and Nomad's task,
 // returning every problem at once with the field it concerns.
-func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig) (*taskRequest, error) {
+func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig, platform string) (*taskRequest, error) {
 	req := &taskRequest{TaskConfig: tc}
 	var errs []error
 
-	ref, err := image.ParseRef(tc.Image, c.InsecureRegistries)
-	if err != nil {
+	ref, err := image.ParseRef(imageFor(tc, platform), c.InsecureRegistries)
+	switch {
+	case imageFor(tc, platform) == "":
+		errs = append(errs, fmt.Errorf("image: required, unless images has an entry for this node's platform %s", platform))
+	case err != nil:
 		errs = append(errs, err)
 	}
 	req.ref = ref
@@ -221,6 +225,18 @@ func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig) (*taskReq
 		}
 	}
 	return req, errors.Join(errs...)
+}
+
+// imageFor is the image a task runs on a node of platform: its `images`
+// entry for the node's architecture (keyed like Nomad's cpu.arch), else
+// `image`.
+func imageFor(tc TaskConfig, platform string) string {
+	if p, err := parsePlatform(platform); err == nil {
+		if ref, ok := tc.Images[p.Architecture]; ok {
+			return ref
+		}
+	}
+	return tc.Image
 }
 
 func (m MountConfig) toSpec() (spec.Mount, error) {

@@ -218,7 +218,10 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 	if err := cfg.DecodeDriverConfig(&tc); err != nil {
 		return nil, nil, fmt.Errorf("task config: %w", err)
 	}
-	req, err := conf.validateTask(tc, cfg)
+	d.mu.RLock()
+	platform := d.platform
+	d.mu.RUnlock()
+	req, err := conf.validateTask(tc, cfg, platform)
 	if err != nil {
 		return nil, nil, fmt.Errorf("task config: %w", err)
 	}

@@ -54,6 +54,16 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 				map[string]string{"restored_from": rec.AllocID, "source_node": rec.SourceNodeName})
 			return handle, true, nil
 		}
+		var cross *crossArchError
+		if errors.As(err, &cross) {
+			// Expected, not a failure: the task starts fresh from the image
+			// for this node, without the rootfs changes (they may hold
+			// binaries of the other architecture).
+			d.finishRestore(ctx, env, cfg, rec, catalog.StateColdStart, cross.Error(), logger)
+			d.emit(cfg, fmt.Sprintf("Moved across architectures (%s to %s): memory cannot cross, starting fresh from the image for %s", cross.from, cross.to, cross.to),
+				map[string]string{"restored_from": rec.AllocID, "cold_start": "cross_arch"})
+			return nil, false, nil
+		}
 		d.finishRestore(ctx, env, cfg, rec, catalog.StateFailed, err.Error(), logger)
 	}
 	logger.Warn("restore failed", "error", err)
@@ -163,8 +173,8 @@ func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf 
 	d.mu.RLock()
 	platform := d.platform
 	d.mu.RUnlock()
-	if rec.Platform != platform {
-		return nil, fmt.Errorf("checkpoint was taken on %s, this node is %s: memory cannot cross architectures", rec.Platform, platform)
+	if !sameArch(rec.Platform, platform) {
+		return nil, &crossArchError{from: rec.Platform, to: platform}
 	}
 
 	dir := rec.CheckpointDir
@@ -255,6 +265,20 @@ func minor(v string) string {
 	}
 	seg := p.Segments()
 	return fmt.Sprintf("%d.%d", seg[0], seg[1])
+}
+
+// crossArchError is a checkpoint taken on another CPU architecture.
+type crossArchError struct{ from, to string }
+
+func (e *crossArchError) Error() string {
+	return fmt.Sprintf("checkpoint taken on %s cannot be restored on %s: cold cross-architecture start", e.from, e.to)
+}
+
+// sameArch reports whether two platforms have the same OS and architecture.
+func sameArch(a, b string) bool {
+	pa, errA := parsePlatform(a)
+	pb, errB := parsePlatform(b)
+	return errA == nil && errB == nil && pa.OS == pb.OS && pa.Architecture == pb.Architecture
 }
 
 // finishRestore records the outcome of a restore.

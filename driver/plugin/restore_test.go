@@ -24,15 +24,29 @@ func TestValidateCheckpointConfig(t *testing.T) {
 
 	tc := base
 	tc.Checkpoint = Checkpoint{Enabled: true, OnRestoreFailure: "retry"}
-	_, err := conf.validateTask(tc, task)
+	_, err := conf.validateTask(tc, task, "linux/amd64")
 	must.ErrorContains(t, err, `checkpoint.on_restore_failure: "retry"`)
 
 	tc.Checkpoint = Checkpoint{Enabled: true, RestoreWait: "soon"}
-	_, err = conf.validateTask(tc, task)
+	_, err = conf.validateTask(tc, task, "linux/amd64")
 	must.ErrorContains(t, err, "checkpoint.restore_wait")
 
 	tc.Checkpoint = Checkpoint{Enabled: true}
-	req, err := conf.validateTask(tc, task)
+	req, err := conf.validateTask(tc, task, "linux/amd64")
 	must.NoError(t, err)
 	must.Eq(t, "2m0s", req.restoreWait.String())
+}
+
+func TestImagesMap(t *testing.T) {
+	tc := TaskConfig{Image: "reg/app:any", Images: map[string]string{"amd64": "reg/app:x86", "arm64": "reg/app:arm"}}
+	must.Eq(t, "reg/app:x86", imageFor(tc, "linux/amd64"))
+	must.Eq(t, "reg/app:arm", imageFor(tc, "linux/arm64/v8"))
+	must.Eq(t, "reg/app:any", imageFor(tc, "linux/riscv64"))
+
+	conf := &Config{}
+	_, err := conf.validateTask(TaskConfig{Images: map[string]string{"arm64": "reg/app:arm"}, PullTimeout: "1m"}, &drivers.TaskConfig{}, "linux/amd64")
+	must.ErrorContains(t, err, "image: required, unless images has an entry for this node's platform linux/amd64")
+	req, err := conf.validateTask(TaskConfig{Images: map[string]string{"amd64": "reg/app:x86"}, PullTimeout: "1m"}, &drivers.TaskConfig{}, "linux/amd64")
+	must.NoError(t, err)
+	must.StrContains(t, req.ref.String(), "reg/app:x86")
 }
