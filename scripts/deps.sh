@@ -123,7 +123,19 @@ install_criu() {
   install -m 0755 "$out" "$BIN/criu"
 }
 
+# binfmt: arm64 binaries run under qemu-user-static (tests of mixed-platform
+# images). The F flag of Debian's registration makes it work in containers.
+enable_binfmt() {
+  local dir=/proc/sys/fs/binfmt_misc
+  if [[ ! -e $dir/register ]]; then
+    mount -t binfmt_misc binfmt_misc "$dir" 2>/dev/null || { log "binfmt_misc unavailable: arm64 images will not run here"; return 0; }
+  fi
+  [[ -e $dir/qemu-aarch64 ]] || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 ||
+    log "could not register qemu-aarch64 with binfmt_misc"
+}
+
 install_apt
+enable_binfmt
 install_runc
 install_criu
 go_binary nomad github.com/hashicorp/nomad "$NOMAD_VERSION" \

@@ -1,0 +1,125 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-nomad/ferry/driver/testutil"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	nomad "github.com/hashicorp/nomad/api"
+)
+
+// archprintImage builds e2e/testdata/archprint for arch (static, CGO off)
+// into a one-layer image for linux/arch.
+func archprintImage(t *testing.T, arch string) v1.Image {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "archprint")
+	build := exec.Command("go", "build", "-o", bin, "./testdata/archprint")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build archprint for %s: %v\n%s", arch, err, out)
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tarball, err := testutil.Tar(testutil.TarEntry{Name: "archprint", Mode: 0o755, Body: string(b)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := testutil.LayerFromBytes(tarball)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := testutil.ImageFromLayers(v1.Platform{OS: "linux", Architecture: arch}, v1.Config{Entrypoint: []string{"/archprint"}}, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// qemuAarch64 reports whether arm64 binaries run here (binfmt_misc with
+// qemu-user-static, registered by scripts/deps.sh).
+func qemuAarch64() bool {
+	b, err := os.ReadFile("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+	return err == nil && strings.HasPrefix(string(b), "enabled")
+}
+
+const archprintJob = `
+job %q {
+  datacenters = ["*"]
+  type        = "service"
+  constraint {
+    attribute = "${node.unique.name}"
+    value     = %q
+  }
+  group "g" {
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+    task "t" {
+      driver = "ferry"
+      config {
+        image = %q
+      }
+      resources {
+        cpu    = 100
+        memory = 64
+      }
+    }
+  }
+}`
+
+// TestImageForNodePlatform: one multi-platform image, built here from one
+// program for amd64 and arm64, pushed to the registry and written as an OCI
+// layout; each client runs the variant for its platform.
+func TestImageForNodePlatform(t *testing.T) {
+	dev.reconfigure(t, "FERRY_PLATFORM_C2=linux/arm64")
+	defer dev.reconfigure(t)
+
+	idx := testutil.MultiPlatformIndex(t, map[string]v1.Image{
+		"linux/amd64": archprintImage(t, "amd64"),
+		"linux/arm64": archprintImage(t, "arm64"),
+	})
+	testutil.PushIndex(t, idx, dev.push+"/ferry/archprint:1")
+	layout := "/var/lib/ferry-dev/layouts/archprint"
+	_ = os.RemoveAll(layout)
+	testutil.WriteLayoutIndex(t, layout, "1", idx)
+
+	// The amd64 client runs the amd64 variant from the registry.
+	dev.runJob(t, fmt.Sprintf(archprintJob, "arch-c1", "ferry-c1", dev.registry+"/ferry/archprint:1"))
+	t.Cleanup(func() { dev.purge(t, "arch-c1") })
+	a := dev.waitAlloc(t, "arch-c1", 2*time.Minute, running)
+	dev.waitLogs(t, a.ID, "t", time.Minute, func(s string) bool { return strings.Contains(s, "arch amd64\n") })
+
+	// The client choosing linux/arm64 runs the arm64 variant from the layout.
+	dev.runJob(t, fmt.Sprintf(archprintJob, "arch-c2", "ferry-c2", "oci:"+layout+":1"))
+	t.Cleanup(func() { dev.purge(t, "arch-c2") })
+	if qemuAarch64() {
+		b := dev.waitAlloc(t, "arch-c2", 2*time.Minute, running)
+		dev.waitLogs(t, b.ID, "t", time.Minute, func(s string) bool { return strings.Contains(s, "arch arm64\n") })
+		events := strings.Join(dev.taskEvents(t, b.ID, "t"), "\n")
+		if !strings.Contains(events, "for linux/arm64") {
+			t.Fatalf("events do not name the chosen platform:\n%s", events)
+		}
+		return
+	}
+	// Without an arm64 emulator the arm64 program cannot run here.
+	b := dev.waitAlloc(t, "arch-c2", 2*time.Minute, func(a *nomad.AllocationListStub) bool {
+		return a.ClientStatus == nomad.AllocClientStatusFailed
+	})
+	events := strings.Join(dev.taskEvents(t, b.ID, "t"), "\n")
+	if !strings.Contains(events, "exec format error") {
+		t.Fatalf("arm64 task without an emulator did not fail with an exec error:\n%s", events)
+	}
+}
