@@ -398,32 +398,8 @@ func TestFailedDumpStopsNormally(t *testing.T) {
 		}
 	}()
 	image := dev.pushBusybox(t, "ferry/busybox:stateful")
-	job := fmt.Sprintf(`
-job "dump-fails" {
-  datacenters = ["*"]
-  type        = "service"
-  group "g" {
-    restart {
-      attempts = 0
-      mode     = "fail"
-    }
-    task "counter" {
-      driver = "ferry"
-      config {
-        image   = %q
-        command = "/bin/sh"
-        args    = ["-c", "sleep 100000 | nc %s & i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"]
-        checkpoint {
-          enabled = true
-        }
-      }
-      resources {
-        cpu    = 100
-        memory = 64
-      }
-    }
-  }
-}`, image, strings.Replace(ln.Addr().String(), ":", " ", 1))
+	peer := strings.Replace(ln.Addr().String(), ":", " ", 1)
+	job := checkpointedJob("dump-fails", image, "sleep 100000 | nc "+peer+" & "+counterScript, "enabled = true")
 	dev.runJob(t, job)
 	t.Cleanup(func() { dev.purge(t, "dump-fails") })
 	a := dev.waitAlloc(t, "dump-fails", 2*time.Minute, running)
@@ -540,33 +516,8 @@ func TestMigrateTCPToNewAddress(t *testing.T) {
 		}
 	}()
 	image := dev.pushBusybox(t, "ferry/busybox:stateful")
-	job := fmt.Sprintf(`
-job "move-tcp" {
-  datacenters = ["*"]
-  type        = "service"
-  group "g" {
-    restart {
-      attempts = 0
-      mode     = "fail"
-    }
-    task "counter" {
-      driver = "ferry"
-      config {
-        image   = %q
-        command = "/bin/sh"
-        args    = ["-c", "sleep 100000 | nc %s & i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"]
-        checkpoint {
-          enabled         = true
-          tcp_established = true
-        }
-      }
-      resources {
-        cpu    = 100
-        memory = 64
-      }
-    }
-  }
-}`, image, strings.Replace(ln.Addr().String(), ":", " ", 1))
+	peer := strings.Replace(ln.Addr().String(), ":", " ", 1)
+	job := checkpointedJob("move-tcp", image, "sleep 100000 | nc "+peer+" & "+counterScript, "enabled = true; tcp_established = true")
 	dev.runJob(t, job)
 	t.Cleanup(func() { dev.purge(t, "move-tcp") })
 	a := dev.waitAlloc(t, "move-tcp", 2*time.Minute, running)
@@ -591,32 +542,7 @@ job "move-tcp" {
 func TestRestoreFailureStartsFresh(t *testing.T) {
 	image := dev.pushBusybox(t, "ferry/busybox:stateful")
 	const port = "47011"
-	job := fmt.Sprintf(`
-job "restore-fails" {
-  datacenters = ["*"]
-  type        = "service"
-  group "g" {
-    restart {
-      attempts = 0
-      mode     = "fail"
-    }
-    task "counter" {
-      driver = "ferry"
-      config {
-        image   = %q
-        command = "/bin/sh"
-        args    = ["-c", "sleep 100000 | nc -l -p %s & i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"]
-        checkpoint {
-          enabled = true
-        }
-      }
-      resources {
-        cpu    = 100
-        memory = 64
-      }
-    }
-  }
-}`, image, port)
+	job := checkpointedJob("restore-fails", image, "sleep 100000 | nc -l -p "+port+" & "+counterScript, "enabled = true")
 	dev.runJob(t, job)
 	t.Cleanup(func() { dev.purge(t, "restore-fails") })
 	a := dev.waitAlloc(t, "restore-fails", 2*time.Minute, running)
@@ -681,32 +607,7 @@ func TestMoveAcrossArchitectures(t *testing.T) {
 		"linux/arm64": archImage(t, "arm64"),
 	})
 	testutil.PushIndex(t, idx, dev.push+"/ferry/multiarch:1")
-	dev.runJob(t, fmt.Sprintf(`
-job "cross-arch" {
-  datacenters = ["*"]
-  type        = "service"
-  group "g" {
-    restart {
-      attempts = 0
-      mode     = "fail"
-    }
-    task "counter" {
-      driver = "ferry"
-      config {
-        image   = %q
-        command = "/bin/sh"
-        args    = ["-c", "echo arch $(cat /etc/arch); i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"]
-        checkpoint {
-          enabled = true
-        }
-      }
-      resources {
-        cpu    = 100
-        memory = 64
-      }
-    }
-  }
-}`, dev.registry+"/ferry/multiarch:1"))
+	dev.runJob(t, checkpointedJob("cross-arch", dev.registry+"/ferry/multiarch:1", "echo arch $(cat /etc/arch); "+counterScript, "enabled = true"))
 	t.Cleanup(func() { dev.purge(t, "cross-arch") })
 	a := dev.waitAlloc(t, "cross-arch", 2*time.Minute, running)
 	src, dst := "amd64", "arm64"
@@ -732,4 +633,39 @@ job "cross-arch" {
 	if !strings.Contains(seen, "cold_start removed") {
 		t.Fatalf("record states %q: the cold cross-architecture start was not recorded", seen)
 	}
+}
+
+// counterScript prints "count N" every 100 ms: state that lives only in memory.
+const counterScript = "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"
+
+// checkpointedJob is a one-task service job that runs `sh -c script` in
+// image, with checkpointing set by the HCL attributes in checkpoint
+// ("enabled = true; tcp_established = true").
+func checkpointedJob(name, image, script, checkpoint string) string {
+	return fmt.Sprintf(`
+job %q {
+  datacenters = ["*"]
+  type        = "service"
+  group "g" {
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    task "counter" {
+      driver = "ferry"
+      config {
+        image   = %q
+        command = "/bin/sh"
+        args    = ["-c", %q]
+        checkpoint {
+          %s
+        }
+      }
+      resources {
+        cpu    = 100
+        memory = 64
+      }
+    }
+  }
+}`, name, image, script, strings.ReplaceAll(checkpoint, "; ", "\n          "))
 }
