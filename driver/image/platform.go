@@ -59,10 +59,11 @@ func sameOSArch(a, b v1.Platform) bool {
 }
 
 // selectManifest picks the manifest for node from an index's manifests. The
-// OS and architecture must match exactly (after normalisation). A manifest
-// with the same variant wins; otherwise the best variant the node can run
-// (amd64/v3 runs v2, arm/v7 runs v6) is chosen.
-func selectManifest(node v1.Platform, manifests []v1.Descriptor) (v1.Descriptor, bool) {
+// OS and architecture must match exactly (after normalisation, so arm64 and
+// arm64/v8 are one), and so must the variant; only with fallback is the best
+// older variant the node can run (amd64/v3 runs v2, arm/v7 runs v6) chosen
+// when its own is missing.
+func selectManifest(node v1.Platform, manifests []v1.Descriptor, fallback bool) (v1.Descriptor, bool) {
 	node = normalizePlatform(node)
 	var candidates []v1.Descriptor
 	for _, m := range manifests {
@@ -73,6 +74,9 @@ func selectManifest(node v1.Platform, manifests []v1.Descriptor) (v1.Descriptor,
 			return m, true
 		}
 		candidates = append(candidates, m)
+	}
+	if !fallback {
+		return v1.Descriptor{}, false
 	}
 	matcher := platforms.Only(toSpec(node))
 	var compatible []v1.Descriptor

@@ -26,29 +26,32 @@ func descs(platforms ...string) []v1.Descriptor {
 
 func TestSelectManifest(t *testing.T) {
 	cases := []struct {
-		node    string
-		offered []string
-		want    string // platform of the chosen manifest; "" for none
+		node     string
+		offered  []string
+		want     string // platform of the chosen manifest; "" for none
+		fallback bool   // the task asked for an older variant when its own is missing
 	}{
-		{"linux/amd64", []string{"linux/arm64/v8", "linux/amd64"}, "linux/amd64"},
-		{"linux/arm64", []string{"linux/amd64", "linux/arm64/v8"}, "linux/arm64/v8"},
-		{"linux/arm64/v8", []string{"linux/amd64", "linux/arm64"}, "linux/arm64"},
-		{"linux/aarch64", []string{"linux/arm64"}, "linux/arm64"},
-		{"linux/x86_64", []string{"linux/amd64"}, "linux/amd64"},
-		// Exact variant first, then the best one the node runs.
-		{"linux/arm/v7", []string{"linux/arm/v6", "linux/arm/v7"}, "linux/arm/v7"},
-		{"linux/arm/v7", []string{"linux/arm/v5", "linux/arm/v6"}, "linux/arm/v6"},
-		{"linux/amd64/v3", []string{"linux/amd64/v2"}, "linux/amd64/v2"},
-		{"linux/amd64", []string{"linux/amd64/v3"}, ""},
+		{"linux/amd64", []string{"linux/arm64/v8", "linux/amd64"}, "linux/amd64", false},
+		{"linux/arm64", []string{"linux/amd64", "linux/arm64/v8"}, "linux/arm64/v8", false},
+		{"linux/arm64/v8", []string{"linux/amd64", "linux/arm64"}, "linux/arm64", false},
+		{"linux/aarch64", []string{"linux/arm64"}, "linux/arm64", false},
+		{"linux/x86_64", []string{"linux/amd64"}, "linux/amd64", false},
+		// The exact variant; older ones only when the task asks, best first.
+		{"linux/arm/v7", []string{"linux/arm/v6", "linux/arm/v7"}, "linux/arm/v7", false},
+		{"linux/arm/v7", []string{"linux/arm/v5", "linux/arm/v6"}, "", false},
+		{"linux/arm/v7", []string{"linux/arm/v5", "linux/arm/v6"}, "linux/arm/v6", true},
+		{"linux/amd64/v3", []string{"linux/amd64/v2"}, "", false},
+		{"linux/amd64/v3", []string{"linux/amd64/v2"}, "linux/amd64/v2", true},
+		{"linux/amd64", []string{"linux/amd64/v3"}, "", true},
 		// OS and architecture must match exactly: no 386 on amd64, no
 		// 32-bit arm on arm64, no windows on linux.
-		{"linux/amd64", []string{"linux/386", "windows/amd64"}, ""},
-		{"linux/arm64", []string{"linux/arm/v7"}, ""},
-		{"linux/amd64", []string{"unknown/unknown"}, ""},
+		{"linux/amd64", []string{"linux/386", "windows/amd64"}, "", false},
+		{"linux/arm64", []string{"linux/arm/v7"}, "", false},
+		{"linux/amd64", []string{"unknown/unknown"}, "", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.node, func(t *testing.T) {
-			m, ok := selectManifest(platformOf(tc.node), descs(tc.offered...))
+			m, ok := selectManifest(platformOf(tc.node), descs(tc.offered...), tc.fallback)
 			if tc.want == "" {
 				must.False(t, ok, must.Sprintf("chose %v", m.Platform))
 				return

@@ -21,6 +21,10 @@ type PullOptions struct {
 	// arm64). A single-platform image must have the same OS and
 	// architecture. Empty means the platform this process runs on.
 	Platform v1.Platform
+	// VariantFallback lets an index without the node's own variant serve
+	// the best older variant the node runs (amd64/v3 takes v2); without it
+	// the variant must match.
+	VariantFallback bool
 	// Auth authenticates to the registry; nil means anonymous unless
 	// Keychain finds credentials.
 	Auth authn.Authenticator
@@ -55,6 +59,10 @@ func (s *Store) Pull(ctx context.Context, ref Ref, opts PullOptions) (*Image, er
 	}
 	node := nodePlatform(opts.Platform)
 	key := resolveKey(ref, node)
+	if opts.VariantFallback {
+		// A tag may resolve to another manifest when older variants count.
+		key += " fallback"
+	}
 
 	if img, ok := s.cached(ctx, ref, node, key, opts); ok {
 		return img, nil

@@ -31,7 +31,7 @@ type source struct {
 // digest); layouts are read from disk.
 func (s *Store) resolve(ctx context.Context, ref Ref, node v1.Platform, opts PullOptions) (source, error) {
 	if ref.IsLayout() {
-		return resolveLayout(ref, node)
+		return resolveLayout(ref, node, opts)
 	}
 	return s.resolveRemote(ctx, ref, node, opts)
 }
@@ -68,7 +68,7 @@ func (s *Store) resolveRemote(ctx context.Context, ref Ref, node v1.Platform, op
 		if err != nil {
 			return source{}, registryError(ref, err)
 		}
-		m, ok := selectManifest(node, im.Manifests)
+		m, ok := selectManifest(node, im.Manifests, opts.VariantFallback)
 		if !ok {
 			return source{}, platformError(ref, node, im.Manifests)
 		}
@@ -82,7 +82,7 @@ func (s *Store) resolveRemote(ctx context.Context, ref Ref, node v1.Platform, op
 	}
 }
 
-func resolveLayout(ref Ref, node v1.Platform) (source, error) {
+func resolveLayout(ref Ref, node v1.Platform, opts PullOptions) (source, error) {
 	p, err := layout.FromPath(ref.LayoutDir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -119,18 +119,18 @@ func resolveLayout(ref Ref, node v1.Platform) (source, error) {
 	desc := candidates[0]
 	if len(candidates) > 1 && hasPlatforms(candidates) {
 		// Several images under one tag (or no tag): one per platform.
-		m, ok := selectManifest(node, candidates)
+		m, ok := selectManifest(node, candidates, opts.VariantFallback)
 		if !ok {
 			return source{}, platformError(ref, node, candidates)
 		}
 		desc = m
 	}
-	return layoutSource(ref, node, idx, desc)
+	return layoutSource(ref, node, idx, desc, opts)
 }
 
 // layoutSource descends from a descriptor of a layout's index to an image,
 // selecting the node's platform from nested indexes.
-func layoutSource(ref Ref, node v1.Platform, parent v1.ImageIndex, desc v1.Descriptor) (source, error) {
+func layoutSource(ref Ref, node v1.Platform, parent v1.ImageIndex, desc v1.Descriptor, opts PullOptions) (source, error) {
 	for depth := 0; desc.MediaType.IsIndex(); depth++ {
 		if depth > 4 {
 			return source{}, newKindError(ErrInvalid, nil, "image %q: indexes nested too deeply", ref.display())
@@ -150,7 +150,7 @@ func layoutSource(ref Ref, node v1.Platform, parent v1.ImageIndex, desc v1.Descr
 		if err != nil {
 			return source{}, layoutError(ref, err)
 		}
-		m, ok := selectManifest(node, im.Manifests)
+		m, ok := selectManifest(node, im.Manifests, opts.VariantFallback)
 		if !ok {
 			return source{}, platformError(ref, node, im.Manifests)
 		}

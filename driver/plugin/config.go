@@ -101,25 +101,28 @@ func (c *Config) validate() error {
 
 // TaskConfig is the decoded `config { ... }` block of a ferry task.
 type TaskConfig struct {
-	Image          string            `codec:"image"`
-	Images         map[string]string `codec:"images"`
-	ForcePull      bool              `codec:"force_pull"`
-	PullTimeout    string            `codec:"pull_timeout"`
-	Auth           TaskAuth          `codec:"auth"`
-	Entrypoint     []string          `codec:"entrypoint"`
-	Command        string            `codec:"command"`
-	Args           []string          `codec:"args"`
-	WorkDir        string            `codec:"work_dir"`
-	User           string            `codec:"user"`
-	Hostname       string            `codec:"hostname"`
-	ReadonlyRootfs bool              `codec:"readonly_rootfs"`
-	CapAdd         []string          `codec:"cap_add"`
-	CapDrop        []string          `codec:"cap_drop"`
-	Mount          []MountConfig     `codec:"mount"`
-	Mounts         []MountConfig     `codec:"mounts"`
-	Volumes        []string          `codec:"volumes"`
-	Ports          []string          `codec:"ports"`
-	Checkpoint     Checkpoint        `codec:"checkpoint"`
+	Image     string            `codec:"image"`
+	Images    map[string]string `codec:"images"`
+	ForcePull bool              `codec:"force_pull"`
+	// PlatformFallback lets an index without the node's variant serve the
+	// best older variant the node runs.
+	PlatformFallback bool          `codec:"platform_fallback"`
+	PullTimeout      string        `codec:"pull_timeout"`
+	Auth             TaskAuth      `codec:"auth"`
+	Entrypoint       []string      `codec:"entrypoint"`
+	Command          string        `codec:"command"`
+	Args             []string      `codec:"args"`
+	WorkDir          string        `codec:"work_dir"`
+	User             string        `codec:"user"`
+	Hostname         string        `codec:"hostname"`
+	ReadonlyRootfs   bool          `codec:"readonly_rootfs"`
+	CapAdd           []string      `codec:"cap_add"`
+	CapDrop          []string      `codec:"cap_drop"`
+	Mount            []MountConfig `codec:"mount"`
+	Mounts           []MountConfig `codec:"mounts"`
+	Volumes          []string      `codec:"volumes"`
+	Ports            []string      `codec:"ports"`
+	Checkpoint       Checkpoint    `codec:"checkpoint"`
 }
 
 // Checkpoint is a task's `checkpoint { ... }` block: whether the task is

@@ -19,10 +19,11 @@ func (d *Driver) pull(cfg *drivers.TaskConfig, conf *Config, env *environment, r
 	d.mu.RUnlock()
 
 	opts := image.PullOptions{
-		Platform:  imagePlatform(platform),
-		ForcePull: req.ForcePull,
-		Timeout:   req.pullTimeout,
-		Progress:  func(msg string) { d.emit(cfg, msg, nil) },
+		Platform:        imagePlatform(platform),
+		ForcePull:       req.ForcePull,
+		VariantFallback: req.PlatformFallback,
+		Timeout:         req.pullTimeout,
+		Progress:        func(msg string) { d.emit(cfg, msg, nil) },
 	}
 	if req.Auth.Username != "" {
 		opts.Auth = &authn.Basic{Username: req.Auth.Username, Password: req.Auth.Password}
