@@ -123,3 +123,41 @@ func TestImageForNodePlatform(t *testing.T) {
 		t.Fatalf("arm64 task without an emulator did not fail with an exec error:\n%s", events)
 	}
 }
+
+// TestImageWithoutEmulator: a client choosing images for an architecture
+// this machine cannot run (no binfmt emulator registered) gets that variant,
+// and the task fails with a clear exec error instead of running something
+// else.
+func TestImageWithoutEmulator(t *testing.T) {
+	arch := ""
+	for _, a := range []string{"riscv64", "s390x", "ppc64le", "mips64le"} {
+		if _, err := os.Stat("/proc/sys/fs/binfmt_misc/qemu-" + a); os.IsNotExist(err) {
+			arch = a
+			break
+		}
+	}
+	if arch == "" {
+		t.Skip("every candidate architecture has an emulator registered here")
+	}
+	dev.reconfigure(t, "FERRY_PLATFORM_C2=linux/"+arch)
+	defer dev.reconfigure(t)
+
+	idx := testutil.MultiPlatformIndex(t, map[string]v1.Image{
+		"linux/amd64":   archprintImage(t, "amd64"),
+		"linux/" + arch: archprintImage(t, arch),
+	})
+	testutil.PushIndex(t, idx, dev.push+"/ferry/archprint-"+arch+":1")
+	dev.runJob(t, fmt.Sprintf(archprintJob, "arch-noemu", "ferry-c2", dev.registry+"/ferry/archprint-"+arch+":1"))
+	t.Cleanup(func() { dev.purge(t, "arch-noemu") })
+	b := dev.waitAlloc(t, "arch-noemu", 2*time.Minute, func(a *nomad.AllocationListStub) bool {
+		return a.ClientStatus == nomad.AllocClientStatusFailed
+	})
+	events := strings.Join(dev.taskEvents(t, b.ID, "t"), "\n")
+	if !strings.Contains(events, "for linux/"+arch) {
+		t.Fatalf("the %s variant was not chosen:\n%s", arch, events)
+	}
+	stderr, _ := dev.nomadCLI(t, "alloc", "logs", "-stderr", b.ID, "t")
+	if !strings.Contains(stderr, "exec format error") {
+		t.Fatalf("the %s variant did not fail with an exec error; stderr:\n%s", arch, stderr)
+	}
+}
