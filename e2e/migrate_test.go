@@ -350,6 +350,33 @@ func (b *bufferedResponse) Header() http.Header         { return b.header }
 func (b *bufferedResponse) Write(p []byte) (int, error) { return b.body.Write(p) }
 func (b *bufferedResponse) WriteHeader(s int)           { b.status = s }
 
+// holdingPeer listens in the hub namespace and holds every connection it
+// accepts open until the test ends: a TCP peer outside the tasks.
+func holdingPeer(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := listenInNetNS("/var/run/netns/ferry-hub", "10.97.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, conn)
+		}
+	}()
+	return ln
+}
+
 // listenInNetNS opens a TCP listener inside the network namespace at path
 // (its socket stays there). The thread that entered the namespace is never
 // unlocked, so Go discards it.
@@ -383,20 +410,7 @@ func listenInNetNS(path, addr string) (net.Listener, error) {
 // reported, recorded as failed and stopped as usual; its replacement starts
 // fresh at once instead of waiting for a checkpoint.
 func TestFailedDumpStopsNormally(t *testing.T) {
-	ln, err := listenInNetNS("/var/run/netns/ferry-hub", "10.97.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer conn.Close() // held open until the test ends
-		}
-	}()
+	ln := holdingPeer(t)
 	image := dev.pushBusybox(t, "ferry/busybox:stateful")
 	peer := strings.Replace(ln.Addr().String(), ":", " ", 1)
 	job := checkpointedJob("dump-fails", image, "sleep 100000 | nc "+peer+" & "+counterScript, "enabled = true")
@@ -501,20 +515,7 @@ func (c *cluster) companionMigrate(t *testing.T, allocID, target string) string 
 // TCP connection and moves to a node with another address: it is restored
 // with the connection closed, and goes on.
 func TestMigrateTCPToNewAddress(t *testing.T) {
-	ln, err := listenInNetNS("/var/run/netns/ferry-hub", "10.97.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer conn.Close()
-		}
-	}()
+	ln := holdingPeer(t)
 	image := dev.pushBusybox(t, "ferry/busybox:stateful")
 	peer := strings.Replace(ln.Addr().String(), ":", " ", 1)
 	job := checkpointedJob("move-tcp", image, "sleep 100000 | nc "+peer+" & "+counterScript, "enabled = true; tcp_established = true")

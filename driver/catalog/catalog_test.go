@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,27 +12,11 @@ import (
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/catalog/catalogtest"
+	"github.com/ferry-nomad/ferry/driver/testutil"
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
 )
-
-// testLogger logs to the test output when FERRY_TEST_LOG is set (e.g.
-// FERRY_TEST_LOG=trace).
-func testLogger(t testing.TB) hclog.Logger {
-	level := os.Getenv("FERRY_TEST_LOG")
-	if level == "" {
-		return hclog.NewNullLogger()
-	}
-	return hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.LevelFromString(level), Output: testWriter{t}})
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 // newCatalog starts a Consul dev agent and returns a catalogue on it under
 // the default prefix, and the agent's client.
@@ -42,7 +25,7 @@ func newCatalog(t *testing.T) (*catalog.Catalog, *api.Client) {
 	addr := catalogtest.StartConsul(t)
 	client, err := api.NewClient(&api.Config{Address: addr})
 	must.NoError(t, err)
-	return catalog.New(client, "", testLogger(t)), client
+	return catalog.New(client, "", testutil.Logger(t, hclog.Off)), client
 }
 
 func testContext(t *testing.T) context.Context {
@@ -449,7 +432,7 @@ func TestWaitStateRetriesWhileConsulIsDown(t *testing.T) {
 	agent := catalogtest.RunConsul(t)
 	client, err := api.NewClient(&api.Config{Address: agent.Addr})
 	must.NoError(t, err)
-	cat := catalog.New(client, "", testLogger(t))
+	cat := catalog.New(client, "", testutil.Logger(t, hclog.Off))
 	ctx := testContext(t)
 	must.NoError(t, cat.Put(ctx, sampleRecord("alloc-1", "app", catalog.StateCheckpointing)))
 
@@ -480,7 +463,7 @@ func TestDeniedToken(t *testing.T) {
 	agent := catalogtest.RunConsulWith(t, catalogtest.ConsulOptions{ACLManagementToken: management})
 	ctx := testContext(t)
 
-	denied, err := catalog.NewFromConfig(agent.Addr, "", testLogger(t))
+	denied, err := catalog.NewFromConfig(agent.Addr, "", testutil.Logger(t, hclog.Off))
 	must.NoError(t, err)
 	err = denied.Put(ctx, sampleRecord("alloc-1", "app", catalog.StateReady))
 	must.ErrorContains(t, err, "ermission denied")
@@ -492,7 +475,7 @@ func TestDeniedToken(t *testing.T) {
 	must.Less(t, 5*time.Second, time.Since(start))
 
 	// The token given to NewFromConfig is used.
-	allowed, err := catalog.NewFromConfig(agent.Addr, management, testLogger(t))
+	allowed, err := catalog.NewFromConfig(agent.Addr, management, testutil.Logger(t, hclog.Off))
 	must.NoError(t, err)
 	must.NoError(t, allowed.Put(ctx, sampleRecord("alloc-1", "app", catalog.StateReady)))
 	rec, err := allowed.WaitState(ctx, "alloc-1", "app", catalog.StateReady)
@@ -538,7 +521,7 @@ func TestList(t *testing.T) {
 	_, err = client.KV().Put(&api.KVPair{Key: "ferry/checkpoints/alloc-e/app", Value: []byte(`{"alloc_id":"alloc-a","task":"app","state":"ready"}`)}, nil)
 	must.NoError(t, err)
 	// Records of another catalogue prefix are not listed.
-	other := catalog.New(client, "/ferry/other-checkpoints", testLogger(t))
+	other := catalog.New(client, "/ferry/other-checkpoints", testutil.Logger(t, hclog.Off))
 	must.Eq(t, "ferry/other-checkpoints/", other.Prefix())
 	must.NoError(t, other.Put(ctx, sampleRecord("alloc-z", "app", catalog.StateReady)))
 
@@ -618,14 +601,14 @@ func TestNewFromConfig(t *testing.T) {
 	addr := catalogtest.StartConsul(t)
 	ctx := testContext(t)
 
-	cat, err := catalog.NewFromConfig(addr, "", testLogger(t))
+	cat, err := catalog.NewFromConfig(addr, "", testutil.Logger(t, hclog.Off))
 	must.NoError(t, err)
 	must.Eq(t, catalog.DefaultPrefix, cat.Prefix())
 	must.NoError(t, cat.Put(ctx, sampleRecord("alloc-1", "app", catalog.StateReady)))
 
 	// An empty address falls back to CONSUL_HTTP_ADDR.
 	t.Setenv("CONSUL_HTTP_ADDR", "http://"+addr)
-	fromEnv, err := catalog.NewFromConfig("", "", testLogger(t))
+	fromEnv, err := catalog.NewFromConfig("", "", testutil.Logger(t, hclog.Off))
 	must.NoError(t, err)
 	got, err := fromEnv.Get(ctx, "alloc-1", "app")
 	must.NoError(t, err)

@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/testutil"
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/ferry-nomad/ferry/driver/runc"
 	"github.com/ferry-nomad/ferry/driver/runc/runctest"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -135,7 +138,7 @@ func checkpointOnce(t *testing.T, r *runc.Runc, tk *task, dir string) *Manifest 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m, err := Create(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, testLogger(t))
+	m, err := Create(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, testutil.Logger(t, hclog.Debug))
 	must.NoError(t, err)
 	t.Logf("checkpoint %s: %d files, %d bytes, dump %v, pack %v",
 		tk.id, len(m.Files), m.Bytes, m.DumpDuration, m.PackDuration)
@@ -314,7 +317,7 @@ func TestCreateDumpFails(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ckpt")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err = Create(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, testLogger(t))
+	_, err = Create(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, testutil.Logger(t, hclog.Debug))
 	must.Error(t, err)
 	t.Logf("create error: %v", err)
 	must.StrContains(t, err.Error(), "checkpoint "+tk.id+": dump: ")
@@ -326,13 +329,13 @@ func TestCreateDumpFails(t *testing.T) {
 	must.True(t, tk.proc.Alive())
 
 	// An unknown container: nothing to dump, nothing left behind.
-	_, err = Create(ctx, r, "ferry-ckpt-missing", tk.dir, dir, testMeta(), Options{}, testLogger(t))
+	_, err = Create(ctx, r, "ferry-ckpt-missing", tk.dir, dir, testMeta(), Options{}, testutil.Logger(t, hclog.Debug))
 	must.True(t, errors.Is(err, runc.ErrNotExist), must.Sprintf("error: %v", err))
 	must.DirNotExists(t, dir)
 
 	// An existing directory is never written into.
 	must.NoError(t, os.Mkdir(dir, 0o700))
-	_, err = Create(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, testLogger(t))
+	_, err = Create(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, testutil.Logger(t, hclog.Debug))
 	must.ErrorIs(t, err, fs.ErrExist)
 	tk.running()
 }
@@ -351,7 +354,7 @@ func TestCreatePackFailsKeepsImages(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ckpt")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err := Create(ctx, r, tk.id, t.TempDir(), dir, testMeta(), Options{}, testLogger(t))
+	_, err := Create(ctx, r, tk.id, t.TempDir(), dir, testMeta(), Options{}, testutil.Logger(t, hclog.Debug))
 	must.ErrorIs(t, err, ErrDumped)
 	t.Logf("create error: %v", err)
 	must.StrContains(t, err.Error(), "pack rootfs")

@@ -19,7 +19,6 @@ import (
 	"github.com/ferry-nomad/ferry/driver/runc"
 	"github.com/ferry-nomad/ferry/driver/runc/runctest"
 	"github.com/ferry-nomad/ferry/driver/shim"
-	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
 	"golang.org/x/sys/unix"
 )
@@ -40,21 +39,6 @@ func requireCriu(t *testing.T) {
 	if _, err := exec.LookPath("criu"); err != nil {
 		t.Skip("criu not found")
 	}
-}
-
-func testLogger(t *testing.T) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{
-		Name:   t.Name(),
-		Level:  hclog.Debug,
-		Output: testWriter{t},
-	})
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // newImage returns a busybox image rootfs, the overlay's lower directory.

@@ -3,34 +3,17 @@ package image
 import (
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/testutil"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
 )
-
-// testLogger logs to the test output when FERRY_TEST_LOG is set (e.g.
-// FERRY_TEST_LOG=trace).
-func testLogger(t testing.TB) hclog.Logger {
-	level := os.Getenv("FERRY_TEST_LOG")
-	if level == "" {
-		return hclog.NewNullLogger()
-	}
-	return hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.LevelFromString(level), Output: testWriter{t}})
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 // newTestStore opens a store in a temporary directory (or cfg.Dir) whose
 // registry requests are counted.
@@ -40,7 +23,7 @@ func newTestStore(t testing.TB, cfg StoreConfig) (*Store, *countingTransport) {
 		cfg.Dir = t.TempDir()
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = testLogger(t)
+		cfg.Logger = testutil.Logger(t, hclog.Off)
 	}
 	s, err := NewStore(cfg)
 	must.NoError(t, err)

@@ -80,20 +80,13 @@ func newHarness(t *testing.T, mutate func(*Config)) (*dtestutil.DriverHarness, *
 	if mutate != nil {
 		mutate(cfg)
 	}
-	d := New(hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: testWriter{t}}))
+	d := New(testutil.Logger(t, hclog.Debug))
 	h := dtestutil.NewDriverHarness(t, d)
 	var data []byte
 	must.NoError(t, base.MsgPackEncode(&data, cfg))
 	must.NoError(t, h.SetConfig(&base.Config{PluginConfig: data}))
 	t.Cleanup(d.Shutdown)
 	return h, cfg
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // newTask is a task with a 128 MiB memory limit running the given command.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/runc/runctest"
+	"github.com/ferry-nomad/ferry/driver/testutil"
 	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
 )
@@ -19,7 +20,7 @@ func newRunc(t *testing.T) *Runc {
 	return &Runc{
 		Path:   runctest.RuncPath(),
 		Root:   t.TempDir(),
-		Logger: hclog.New(&hclog.LoggerOptions{Name: "runc", Level: hclog.Debug, Output: testWriter{t}}),
+		Logger: testutil.Logger(t, hclog.Debug),
 	}
 }
 
@@ -29,13 +30,6 @@ func runningContainer(t *testing.T, r *Runc) string {
 	b := runctest.NewBundle(t, "sleep", "1000")
 	runctest.RunDetached(t, r.Root, b)
 	return b.ID
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(p))
-	return len(p), nil
 }
 
 func TestVersion(t *testing.T) {

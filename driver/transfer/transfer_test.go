@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/testutil"
 	"github.com/ferry-nomad/ferry/driver/transfer"
 	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
@@ -33,23 +34,6 @@ const (
 	testAlloc = "8a1d2f3e-0000-4000-8000-000000000001"
 	testTask  = "app"
 )
-
-// testLogger logs to the test output when FERRY_TEST_LOG is set (e.g.
-// FERRY_TEST_LOG=trace).
-func testLogger(t testing.TB) hclog.Logger {
-	level := os.Getenv("FERRY_TEST_LOG")
-	if level == "" {
-		return hclog.NewNullLogger()
-	}
-	return hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.LevelFromString(level), Output: testWriter{t}})
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -119,7 +103,7 @@ func sampleFiles(t *testing.T) map[string][]byte {
 // with the handler wrapped by wrap when given.
 func startServer(t *testing.T, root string, wrap func(http.Handler) http.Handler) *httptest.Server {
 	t.Helper()
-	s := &transfer.Server{Root: root, Token: testToken, Logger: testLogger(t)}
+	s := &transfer.Server{Root: root, Token: testToken, Logger: testutil.Logger(t, hclog.Off)}
 	h := s.Handler()
 	if wrap != nil {
 		h = wrap(h)
@@ -130,7 +114,7 @@ func startServer(t *testing.T, root string, wrap func(http.Handler) http.Handler
 }
 
 func fetch(t *testing.T, ctx context.Context, srv *httptest.Server, token, dest string) (int64, error) {
-	return transfer.Fetch(ctx, srv.Client(), srv.URL, token, testAlloc, testTask, dest, testLogger(t))
+	return transfer.Fetch(ctx, srv.Client(), srv.URL, token, testAlloc, testTask, dest, testutil.Logger(t, hclog.Off))
 }
 
 // assertNoManifest checks that dest holds no manifest and no partial file.
@@ -217,7 +201,7 @@ func TestFetchNilClientAndBasePath(t *testing.T) {
 	root := t.TempDir()
 	cp := writeCheckpoint(t, root, testAlloc, testTask, map[string][]byte{"a b/c%d.img": []byte("odd names")})
 	// The server mounted under a path prefix, as behind a proxy.
-	s := &transfer.Server{Root: root, Token: testToken, Logger: testLogger(t)}
+	s := &transfer.Server{Root: root, Token: testToken, Logger: testutil.Logger(t, hclog.Off)}
 	mux := http.NewServeMux()
 	mux.Handle("/ferry/", http.StripPrefix("/ferry", s.Handler()))
 	srv := httptest.NewServer(mux)
@@ -290,7 +274,7 @@ func TestToken(t *testing.T) {
 	must.ErrorContains(t, err, "token")
 
 	// A server without a token refuses everything, also an empty token.
-	open := httptest.NewServer((&transfer.Server{Root: root, Logger: testLogger(t)}).Handler())
+	open := httptest.NewServer((&transfer.Server{Root: root, Logger: testutil.Logger(t, hclog.Off)}).Handler())
 	t.Cleanup(open.Close)
 	code, _ = rawGet(t, open, checkpointURL("manifest.json"), nil)
 	must.Eq(t, http.StatusUnauthorized, code)
