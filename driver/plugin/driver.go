@@ -43,15 +43,15 @@ type Driver struct {
 	tasks   *task.Store
 
 	// set by SetConfig
-	mu       sync.RWMutex
-	config   *Config
-	env      *environment
-	compute  cpustats.Compute
-	platform string
+	mu     sync.RWMutex
+	config *Config
+	env    *environment
 }
 
 // environment is what SetConfig builds from the plugin config.
 type environment struct {
+	platform    string // os/arch[/variant] images are chosen for
+	compute     cpustats.Compute
 	layout      layout
 	runc        *runc.Runc
 	criu        *criuProbe
@@ -150,8 +150,8 @@ func (d *Driver) SetConfig(c *base.Config) error {
 		d.env.images.Close()
 	}
 	d.config = &cfg
-	d.platform = platform
 	d.env = &environment{
+		platform:    platform,
 		layout:      l,
 		runc:        &runc.Runc{Path: cfg.RuncPath, Root: l.runcRoot(), Logger: d.logger.Named("runc")},
 		criu:        &criuProbe{},
@@ -163,7 +163,7 @@ func (d *Driver) SetConfig(c *base.Config) error {
 		http:        cleanhttp.DefaultPooledClient(),
 	}
 	if c.AgentConfig != nil {
-		d.compute = c.AgentConfig.Compute()
+		d.env.compute = c.AgentConfig.Compute()
 	}
 	return nil
 }
@@ -218,10 +218,7 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 	if err := cfg.DecodeDriverConfig(&tc); err != nil {
 		return nil, nil, fmt.Errorf("task config: %w", err)
 	}
-	d.mu.RLock()
-	platform := d.platform
-	d.mu.RUnlock()
-	req, err := conf.validateTask(tc, cfg, platform)
+	req, err := conf.validateTask(tc, cfg, env.platform)
 	if err != nil {
 		return nil, nil, fmt.Errorf("task config: %w", err)
 	}

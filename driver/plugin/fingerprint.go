@@ -91,9 +91,7 @@ func (d *Driver) fingerprint(ctx context.Context) *drivers.Fingerprint {
 	if err != nil {
 		return &drivers.Fingerprint{Health: drivers.HealthStateUndetected, HealthDescription: err.Error()}
 	}
-	d.mu.RLock()
-	platform := d.platform
-	d.mu.RUnlock()
+	platform := env.platform
 
 	attrs := map[string]*pstructs.Attribute{
 		"driver.ferry":          pstructs.NewBoolAttribute(true),

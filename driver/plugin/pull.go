@@ -14,9 +14,7 @@ import (
 // pull fetches the task's image for the node's platform, reporting progress
 // as task events.
 func (d *Driver) pull(cfg *drivers.TaskConfig, conf *Config, env *environment, req *taskRequest) (*image.Image, error) {
-	d.mu.RLock()
-	platform := d.platform
-	d.mu.RUnlock()
+	platform := env.platform
 
 	opts := image.PullOptions{
 		Platform:        imagePlatform(platform),

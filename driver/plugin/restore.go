@@ -170,9 +170,7 @@ func (d *Driver) migratingPredecessor(ctx context.Context, env *environment, a *
 
 // restoreFrom fetches and verifies the checkpoint, then restores it.
 func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf *Config, env *environment, req *taskRequest, rec *catalog.Record, logger hclog.Logger) (*drivers.TaskHandle, error) {
-	d.mu.RLock()
-	platform := d.platform
-	d.mu.RUnlock()
+	platform := env.platform
 	if !sameArch(rec.Platform, platform) {
 		return nil, &crossArchError{from: rec.Platform, to: platform}
 	}

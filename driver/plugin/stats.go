@@ -21,14 +21,11 @@ func (d *Driver) TaskStats(ctx context.Context, taskID string, interval time.Dur
 	if err != nil {
 		return nil, err
 	}
-	d.mu.RLock()
-	compute := d.compute
-	d.mu.RUnlock()
 
 	ch := make(chan *drivers.TaskResourceUsage)
 	go func() {
 		defer close(ch)
-		s := newStatsSampler(compute)
+		s := newStatsSampler(env.compute)
 		timer := time.NewTimer(0)
 		defer timer.Stop()
 		for {
