@@ -5,6 +5,7 @@ package migrate
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
@@ -263,10 +264,10 @@ func (m *Mover) outcome(ctx context.Context, a *nomad.Allocation, res *Result) {
 		for _, e := range ts.Events {
 			msg := e.DisplayMessage
 			switch {
-			case hasPrefix(msg, "Restored from checkpoint"):
+			case strings.HasPrefix(msg, "Restored from checkpoint"):
 				res.Restored, res.Reason = true, ""
 				return
-			case hasPrefix(msg, "Restore failed"):
+			case strings.HasPrefix(msg, "Restore failed"):
 				res.Reason = msg
 			}
 		}
@@ -298,8 +299,6 @@ func (m *Mover) finish(ctx context.Context, rec *catalog.Migration, res *Result,
 	}
 	m.record(context.WithoutCancel(ctx), rec, result)
 }
-
-func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
 
 func shortID(id string) string {
 	if len(id) > 8 {

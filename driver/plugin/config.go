@@ -171,9 +171,10 @@ func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig, platform 
 	req := &taskRequest{TaskConfig: tc}
 	var errs []error
 
-	ref, err := image.ParseRef(imageFor(tc, platform), c.InsecureRegistries)
+	name := imageFor(tc, platform)
+	ref, err := image.ParseRef(name, c.InsecureRegistries)
 	switch {
-	case imageFor(tc, platform) == "":
+	case name == "":
 		errs = append(errs, fmt.Errorf("image: required, unless images has an entry for this node's platform %s", platform))
 	case err != nil:
 		errs = append(errs, err)
