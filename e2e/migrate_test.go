@@ -443,14 +443,15 @@ func TestFailedDumpStopsNormally(t *testing.T) {
 // reconfigure rewrites the clients' configs with env set and restarts them.
 func (c *cluster) reconfigure(t *testing.T, env ...string) {
 	t.Helper()
-	up := exec.Command("bash", filepath.Join(c.root, "scripts/cluster.sh"), "up", "--clients", "2")
+	clients := len(c.readyNodes(t))
+	up := exec.Command("bash", filepath.Join(c.root, "scripts/cluster.sh"), "up", "--clients", strconv.Itoa(clients))
 	up.Env = append(os.Environ(), env...)
 	if out, err := up.CombinedOutput(); err != nil {
 		t.Fatalf("cluster.sh up: %v\n%s", err, out)
 	}
-	for _, k := range []string{"1", "2"} {
-		if out, err := runScript(t, c.root, "restart-client", k); err != nil {
-			t.Fatalf("restart-client %s: %v\n%s", k, err, out)
+	for k := 1; k <= clients; k++ {
+		if out, err := runScript(t, c.root, "restart-client", strconv.Itoa(k)); err != nil {
+			t.Fatalf("restart-client %d: %v\n%s", k, err, out)
 		}
 	}
 }
@@ -617,8 +618,12 @@ func TestMoveAcrossArchitectures(t *testing.T) {
 	}
 	dev.waitLogs(t, a.ID, "counter", time.Minute, func(s string) bool { return strings.Contains(s, "arch "+src) && lastCount(s) >= 10 })
 
+	target := "ferry-c2"
+	if src == "arm64" {
+		target = "ferry-c1"
+	}
 	states := dev.watchRecord(t, a.ID, "counter")
-	dev.companionMigrate(t, a.ID, dev.otherNode(t, a.NodeID))
+	dev.companionMigrate(t, a.ID, target)
 	next := dev.replacement(t, "cross-arch", a)
 	events := strings.Join(dev.taskEvents(t, next.ID, "counter"), "\n")
 	want := fmt.Sprintf("Moved across architectures (linux/%s to linux/%s)", src, dst)

@@ -5,6 +5,7 @@
 #   scripts/cluster.sh env                print the environment for talking to it
 #   scripts/cluster.sh status             short summary
 #   scripts/cluster.sh restart-client K   SIGTERM client K (no drain) and start it again
+#   scripts/cluster.sh companion          resubmit the ferry-companion system job
 #   scripts/cluster.sh down [--purge]     stop everything `up` started; --purge also
 #                                         removes /var/lib/ferry-dev and /run/ferry-dev
 #
@@ -39,6 +40,8 @@
 #   FERRY_COMPANION_BIN      ferry-companion binary (default <repo>/bin/ferry-companion)
 #   FERRY_CHECKPOINT_DIR     a checkpoint_dir every client shares (default: none, checkpoints are served)
 #   FERRY_PLATFORM_C<K>      platform client K chooses images for, e.g. linux/arm64
+#   FERRY_COMPANION_CONFIG   HCL file with the companion's configuration (default:
+#                            none, the shipped defaults); read by `up` and `companion`
 # `up` writes these into the clients' configs; `restart-client K` applies them.
 set -euo pipefail
 
@@ -86,7 +89,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 require_root() { ((EUID == 0)) || die "must run as root"; }
@@ -355,6 +358,13 @@ advertise {
   http = "127.0.0.1:$(client_http_port "$k")"
 }
 
+# The companion measures allocations through the client's stats API, which
+# Nomad only collects with publish_allocation_metrics.
+telemetry {
+  publish_allocation_metrics = true
+  collection_interval        = "1s"
+}
+
 client {
   enabled           = true
   servers           = ["$HUB_IP:4647"]
@@ -448,6 +458,13 @@ companion_token() {
   cat "$f"
 }
 
+# companion_config: the companion's configuration file contents, if any.
+companion_config() {
+  if [[ -n ${FERRY_COMPANION_CONFIG:-} ]]; then
+    cat "$FERRY_COMPANION_CONFIG"
+  fi
+}
+
 # run_companion: install ferry-companion where the clients run it from, and
 # (re)submit its system job.
 run_companion() {
@@ -460,6 +477,7 @@ run_companion() {
     -var "binary=$DATA/bin/ferry-companion" \
     -var "consul=$HUB_IP:8500" \
     -var "build=$(sha256sum "$DATA/bin/ferry-companion" | cut -c1-16)" \
+    -var "config=$(companion_config)" \
     "$REPO/jobspecs/companion.nomad.hcl" >/dev/null
   local deadline=$((SECONDS + TIMEOUT)) want have
   want=$(running_clients | wc -l)
@@ -1000,6 +1018,7 @@ main() {
     env) cmd_env ;;
     status) cmd_status ;;
     restart-client) cmd_restart_client "$@" ;;
+    companion) require_root && run_companion ;;
     -h | --help | help) usage ;;
     *)
       usage >&2

@@ -1,11 +1,11 @@
-// Package agent is `ferry-companion agent`, run on every Nomad client by a
-// system job: it serves the node's checkpoints to the nodes that restore
-// them, and removes a checkpoint once its restore succeeded.
+// Package agent serves a node's checkpoints to the nodes that restore
+// them, and removes a checkpoint once its restore succeeded: the part of
+// `ferry-companion agent` (run on every Nomad client by a system job) that
+// the drivers talk to.
 package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -25,33 +25,7 @@ type Config struct {
 	Token         string // shared with the drivers' companion.token
 	NodeID        string // this Nomad node
 	NodeName      string
-	ReapInterval  time.Duration
-}
-
-// Validate checks every field and names the one that is wrong.
-func (c *Config) Validate() error {
-	var errs []error
-	if c.Listen == "" {
-		errs = append(errs, errors.New("-listen: required, e.g. \":4700\""))
-	}
-	if c.Advertise == "" {
-		errs = append(errs, errors.New("-advertise: required: the host:port other nodes reach this agent at"))
-	} else if _, _, err := net.SplitHostPort(c.Advertise); err != nil {
-		errs = append(errs, fmt.Errorf("-advertise: %q is not host:port", c.Advertise))
-	}
-	if c.CheckpointDir == "" {
-		errs = append(errs, errors.New("-checkpoint-dir: required: the driver's checkpoint directory (data_dir/checkpoints)"))
-	}
-	if c.Token == "" {
-		errs = append(errs, errors.New("-token (or FERRY_TOKEN): required: the token the drivers present (companion.token)"))
-	}
-	if c.NodeID == "" {
-		errs = append(errs, errors.New("-node-id: required: this Nomad node's ID (${node.unique.id} in the jobspec)"))
-	}
-	if c.ReapInterval <= 0 {
-		c.ReapInterval = 2 * time.Second
-	}
-	return errors.Join(errs...)
+	ReapInterval  time.Duration // default 2s
 }
 
 // Agent serves checkpoints and cleans up after restores.
@@ -59,11 +33,16 @@ type Agent struct {
 	cfg     Config
 	catalog *catalog.Catalog
 	logger  hclog.Logger
+	routes  map[string]http.Handler
 }
 
-// New returns an agent; Run starts it.
-func New(cfg Config, cat *catalog.Catalog, logger hclog.Logger) *Agent {
-	return &Agent{cfg: cfg, catalog: cat, logger: logger}
+// New returns an agent; Run starts it. routes are served next to the
+// checkpoints on the agent's port (e.g. "/metrics"); may be nil.
+func New(cfg Config, cat *catalog.Catalog, routes map[string]http.Handler, logger hclog.Logger) *Agent {
+	if cfg.ReapInterval <= 0 {
+		cfg.ReapInterval = 2 * time.Second
+	}
+	return &Agent{cfg: cfg, catalog: cat, routes: routes, logger: logger}
 }
 
 // Run serves until ctx ends.
@@ -71,9 +50,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.CheckpointDir, 0o700); err != nil {
 		return fmt.Errorf("checkpoint dir: %w", err)
 	}
+	mux := http.NewServeMux()
+	mux.Handle("/", (&transfer.Server{Root: a.cfg.CheckpointDir, Token: a.cfg.Token, Logger: a.logger.Named("transfer")}).Handler())
+	for pattern, h := range a.routes {
+		mux.Handle(pattern, h)
+	}
 	srv := &http.Server{
 		Addr:              a.cfg.Listen,
-		Handler:           (&transfer.Server{Root: a.cfg.CheckpointDir, Token: a.cfg.Token, Logger: a.logger.Named("transfer")}).Handler(),
+		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	ln, err := net.Listen("tcp", a.cfg.Listen)

@@ -30,6 +30,15 @@ type Request struct {
 	TargetNode string        // node ID, ID prefix or name; empty lets Nomad choose
 	Timeout    time.Duration // for the replacement to run
 	Reason     string        // recorded with the outcome
+
+	// Set by the rebalancer: how the move was planned, and what the
+	// allocation holds on its target while the move is in flight.
+	Kind          string
+	CPU, MemoryMB float64
+	// Fence, when set, makes the move start only while the planner still
+	// holds its lock: the first record is written under it, and nothing
+	// is touched if that write fails.
+	Fence *catalog.Fence
 }
 
 // Result is how a move went.
@@ -44,7 +53,18 @@ type Result struct {
 	Restored     bool   // the task resumed from its checkpoint
 	Reason       string // why not, when not restored
 	TargetMissed bool   // Nomad placed the replacement elsewhere than TargetNode
+
+	destinationID string
 }
+
+// Results recorded in a migration's record.
+const (
+	ResultInProgress = "in_progress"
+	ResultRestored   = "restored"   // resumed from its checkpoint
+	ResultColdStart  = "cold_start" // started fresh on the destination
+	ResultFailed     = "failed"
+	ResultAbandoned  = "abandoned" // its mover died; see Abandon
+)
 
 // Mover moves allocations through Nomad's API and records the moves in the
 // catalogue.
@@ -72,7 +92,12 @@ func (m *Mover) Move(ctx context.Context, req Request) (*Result, error) {
 	}
 	id, _ := uuid.GenerateUUID()
 	res := &Result{MigrationID: id, OldAlloc: alloc.ID, Source: alloc.NodeName}
-	rec := &catalog.Migration{ID: id, AllocID: alloc.ID, JobID: alloc.JobID, SourceNode: alloc.NodeName, Reason: req.Reason, StartedAt: time.Now()}
+	rec := &catalog.Migration{
+		ID: id, AllocID: alloc.ID, JobID: alloc.JobID,
+		SourceNode: alloc.NodeName, SourceNodeID: alloc.NodeID,
+		Reason: req.Reason, Kind: req.Kind, CPU: req.CPU, MemoryMB: req.MemoryMB,
+		StartedAt: time.Now(), Deadline: time.Now().Add(req.Timeout),
+	}
 
 	var target *nomad.Node
 	if req.TargetNode != "" {
@@ -82,16 +107,24 @@ func (m *Mover) Move(ctx context.Context, req Request) (*Result, error) {
 		if target.ID == alloc.NodeID {
 			return nil, fmt.Errorf("allocation %s already runs on %s", shortID(alloc.ID), target.Name)
 		}
-		rec.TargetNode = target.Name
+		rec.TargetNode, rec.TargetNodeID = target.Name, target.ID
 	}
-	m.record(ctx, rec, "in_progress")
+	if req.Fence != nil {
+		rec.Result = ResultInProgress
+		if err := m.Catalog.PutMigrationFenced(ctx, rec, req.Fence); err != nil {
+			return nil, fmt.Errorf("move %s: %w", shortID(alloc.ID), err)
+		}
+	} else {
+		m.record(ctx, rec, ResultInProgress)
+	}
 
-	restoreNodes, err := m.steer(ctx, alloc.NodeID, target)
-	defer restoreNodes()
+	err = m.steer(ctx, rec)
+	defer m.unsteer(rec) // finish undoes it; this is for a panic
 	if err != nil {
 		m.finish(ctx, rec, res, err)
 		return nil, err
 	}
+	m.record(ctx, rec, ResultInProgress) // with what to undo
 
 	start := time.Now()
 	if _, err := m.Nomad.Allocations().Stop(alloc, (&nomad.QueryOptions{}).WithContext(ctx)); err != nil {
@@ -107,7 +140,7 @@ func (m *Mover) Move(ctx context.Context, req Request) (*Result, error) {
 		return res, err
 	}
 	res.Downtime = time.Since(start)
-	res.NewAlloc, res.Destination = next.ID, next.NodeName
+	res.NewAlloc, res.Destination, res.destinationID = next.ID, next.NodeName, next.NodeID
 	res.TargetMissed = target != nil && next.NodeID != target.ID
 	m.outcome(ctx, next, res)
 	m.finish(ctx, rec, res, nil)
@@ -171,41 +204,65 @@ func (m *Mover) findNode(ctx context.Context, ref string) (*nomad.Node, error) {
 }
 
 // steer marks the target with TargetMeta and makes the source ineligible, so
-// the replacement neither returns to the source nor misses the target. The
-// returned function undoes both.
-func (m *Mover) steer(ctx context.Context, sourceID string, target *nomad.Node) (func(), error) {
-	var undo []func()
-	restore := func() {
-		for i := len(undo) - 1; i >= 0; i-- {
-			undo[i]()
-		}
-	}
-	src, _, err := m.Nomad.Nodes().Info(sourceID, (&nomad.QueryOptions{}).WithContext(ctx))
+// the replacement neither returns to the source nor misses the target. It
+// notes in rec what it changed, for unsteer to undo.
+func (m *Mover) steer(ctx context.Context, rec *catalog.Migration) error {
+	src, _, err := m.Nomad.Nodes().Info(rec.SourceNodeID, (&nomad.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		return restore, fmt.Errorf("read source node: %w", err)
+		return fmt.Errorf("read source node: %w", err)
 	}
-	if target != nil {
+	if rec.TargetNodeID != "" {
 		yes := "true"
-		if _, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: target.ID, Meta: map[string]*string{TargetMeta: &yes}}, nil); err != nil {
-			return restore, fmt.Errorf("mark target %s: %w", target.Name, err)
+		if _, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: rec.TargetNodeID, Meta: map[string]*string{TargetMeta: &yes}}, nil); err != nil {
+			return fmt.Errorf("mark target %s: %w", rec.TargetNode, err)
 		}
-		undo = append(undo, func() {
-			if _, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: target.ID, Meta: map[string]*string{TargetMeta: nil}}, nil); err != nil {
-				m.Logger.Warn("unmark target node", "node", target.Name, "error", err)
-			}
-		})
+		rec.TargetMarked = true
 	}
 	if src.SchedulingEligibility == nomad.NodeSchedulingEligible {
 		if _, err := m.Nomad.Nodes().ToggleEligibility(src.ID, false, nil); err != nil {
-			return restore, fmt.Errorf("make source %s ineligible: %w", src.Name, err)
+			return fmt.Errorf("make source %s ineligible: %w", src.Name, err)
 		}
-		undo = append(undo, func() {
-			if _, err := m.Nomad.Nodes().ToggleEligibility(src.ID, true, nil); err != nil {
-				m.Logger.Warn("restore source eligibility", "node", src.Name, "error", err)
-			}
-		})
+		rec.SourceMadeIneligible = true
 	}
-	return restore, nil
+	return nil
+}
+
+// unsteer undoes what steer noted in rec.
+func (m *Mover) unsteer(rec *catalog.Migration) {
+	if rec.SourceMadeIneligible {
+		if _, err := m.Nomad.Nodes().ToggleEligibility(rec.SourceNodeID, true, nil); err != nil {
+			m.Logger.Warn("restore source eligibility", "node", rec.SourceNode, "error", err)
+		} else {
+			rec.SourceMadeIneligible = false
+		}
+	}
+	if rec.TargetMarked {
+		if _, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: rec.TargetNodeID, Meta: map[string]*string{TargetMeta: nil}}, nil); err != nil {
+			m.Logger.Warn("unmark target node", "node", rec.TargetNode, "error", err)
+		} else {
+			rec.TargetMarked = false
+		}
+	}
+}
+
+// Abandoned reports whether rec is a move still recorded in progress well
+// after its deadline: its mover died on the way.
+func Abandoned(rec *catalog.Migration, now time.Time) bool {
+	return rec.Result == ResultInProgress && !rec.Deadline.IsZero() && now.After(rec.Deadline.Add(abandonGrace))
+}
+
+// abandonGrace is how long after its deadline a move in progress counts as
+// abandoned.
+const abandonGrace = time.Minute
+
+// Abandon closes the record of a move whose mover died: it undoes the
+// steering the mover left behind and records the move as abandoned.
+func (m *Mover) Abandon(ctx context.Context, rec *catalog.Migration) {
+	m.unsteer(rec)
+	rec.FinishedAt = time.Now()
+	rec.Reason = "abandoned: its mover stopped before the move finished; the steering of the nodes was undone"
+	m.Logger.Warn("abandoned move closed", "id", rec.ID, "alloc", rec.AllocID, "source", rec.SourceNode, "target", rec.TargetNode)
+	m.record(ctx, rec, ResultAbandoned)
 }
 
 // follow waits for the allocation that replaces old to run, and notes the
@@ -285,17 +342,21 @@ func (m *Mover) record(ctx context.Context, rec *catalog.Migration, result strin
 }
 
 func (m *Mover) finish(ctx context.Context, rec *catalog.Migration, res *Result, err error) {
+	m.unsteer(rec)
 	rec.FinishedAt = time.Now()
 	rec.NewAllocID, rec.Downtime, rec.Bytes = res.NewAlloc, res.Downtime, res.Bytes
-	result := "restored"
+	result := ResultRestored
 	switch {
 	case err != nil:
-		result, rec.Reason = "failed", err.Error()
+		result, rec.Reason = ResultFailed, err.Error()
 	case !res.Restored:
-		result, rec.Reason = "cold_start", res.Reason
+		result, rec.Reason = ResultColdStart, res.Reason
 	}
 	if res.Destination != "" {
 		rec.TargetNode = res.Destination
+	}
+	if res.destinationID != "" {
+		rec.TargetNodeID = res.destinationID
 	}
 	m.record(context.WithoutCancel(ctx), rec, result)
 }

@@ -54,7 +54,7 @@ func DefaultConfig() Config {
 		OnlinePriority: 70, // above Nomad's default job priority of 50
 		Cooldown:       30 * time.Minute,
 		Limits: Limits{
-			InFlight: 4,
+			InFlight: 1, // one checkpoint at a time
 			PerNode:  1,
 			PerJob:   1,
 			PerHour:  30,

@@ -135,6 +135,8 @@ func (r *round) unavailable(n *Node) string {
 		return "ineligible for scheduling"
 	case n.Draining:
 		return "draining"
+	case n.Platform == "":
+		return "no healthy ferry driver"
 	case n.Capacity.CPU <= 0 || n.Capacity.MemoryMB <= 0:
 		return "no capacity reported"
 	case r.budget.destFull(n.ID):

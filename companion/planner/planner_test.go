@@ -397,6 +397,7 @@ func TestExcludedDestinations(t *testing.T) {
 		{"ineligible", func(n *Node) { n.Eligible = false }, "not a destination: ineligible for scheduling"},
 		{"not ready", func(n *Node) { n.Ready = false }, "not a destination: not ready"},
 		{"no capacity", func(n *Node) { n.Capacity = Resources{} }, "not a destination: no capacity reported"},
+		{"no ferry driver", func(n *Node) { n.Platform = "" }, "not a destination: no healthy ferry driver"},
 		{"other datacenter", func(n *Node) { n.Datacenter = "dc2" }, ""},
 		{"other pool", func(n *Node) { n.Pool = "gpu" }, ""},
 		{"hot", hot, "hot, but no allocation moves off it this round (see the allocations' reasons)"},

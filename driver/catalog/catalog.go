@@ -444,9 +444,26 @@ func (c *Catalog) List(ctx context.Context) ([]*Record, error) {
 // MigrationKey returns the KV key of the migration record id.
 func (c *Catalog) MigrationKey(id string) string { return c.migrationPrefix + id }
 
+// Fence makes a write conditional on a Consul lock still being held: the
+// write happens only while Session holds Key. A process that lost its lock
+// can then no longer record (and so start) anything.
+type Fence struct {
+	Key, Session string
+}
+
+// ErrFenced: a fenced write found the lock no longer held by its session.
+var ErrFenced = errors.New("lock no longer held")
+
 // PutMigration creates or overwrites m's record (m.ID must be set). It sets
 // m.StartedAt to now when zero.
 func (c *Catalog) PutMigration(ctx context.Context, m *Migration) error {
+	return c.PutMigrationFenced(ctx, m, nil)
+}
+
+// PutMigrationFenced is PutMigration that writes only while fence's session
+// holds its lock (any time when fence is nil); otherwise it returns an error
+// matching ErrFenced and writes nothing.
+func (c *Catalog) PutMigrationFenced(ctx context.Context, m *Migration, fence *Fence) error {
 	if m == nil {
 		return errors.New("catalog: put migration: nil record")
 	}
@@ -461,10 +478,34 @@ func (c *Catalog) PutMigration(ctx context.Context, m *Migration) error {
 	if err != nil {
 		return fmt.Errorf("catalog: put migration %s: encode: %w", key, err)
 	}
-	if _, err := c.client.KV().Put(&api.KVPair{Key: key, Value: value}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+	ops := api.TxnOps{}
+	if fence != nil {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: fence.Key, Session: fence.Session}})
+	}
+	ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: value}})
+	ok, resp, _, err := c.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	switch {
+	case err != nil:
 		return fmt.Errorf("catalog: put migration %s: %w", key, err)
+	case !ok && fence != nil:
+		return fmt.Errorf("catalog: put migration %s: %s not held by session %s (%s): %w", key, fence.Key, fence.Session, txnErrors(resp), ErrFenced)
+	case !ok:
+		return fmt.Errorf("catalog: put migration %s: transaction rolled back: %s", key, txnErrors(resp))
 	}
 	c.logger.Debug("migration written", "id", m.ID, "alloc_id", m.AllocID, "result", m.Result)
+	return nil
+}
+
+// DeleteMigration removes the migration record id; a missing one is not an
+// error.
+func (c *Catalog) DeleteMigration(ctx context.Context, id string) error {
+	if err := checkName("migration ID", id); err != nil {
+		return fmt.Errorf("catalog: delete migration: %w", err)
+	}
+	key := c.MigrationKey(id)
+	if _, err := c.client.KV().Delete(key, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("catalog: delete migration %s: %w", key, err)
+	}
 	return nil
 }
 

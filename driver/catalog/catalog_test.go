@@ -614,3 +614,36 @@ func TestNewFromConfig(t *testing.T) {
 	must.NoError(t, err)
 	must.Eq(t, catalog.StateReady, got.State)
 }
+
+func TestPutMigrationFenced(t *testing.T) {
+	cat, client := newCatalog(t)
+	ctx := testContext(t)
+
+	session, _, err := client.Session().Create(&api.SessionEntry{TTL: "30s", Behavior: api.SessionBehaviorRelease}, nil)
+	must.NoError(t, err)
+	t.Cleanup(func() { _, _ = client.Session().Destroy(session, nil) })
+	fence := &catalog.Fence{Key: "ferry/leader", Session: session}
+
+	// Nobody holds the lock yet: nothing is written.
+	err = cat.PutMigrationFenced(ctx, &catalog.Migration{ID: "m-1", AllocID: "a"}, fence)
+	must.ErrorIs(t, err, catalog.ErrFenced)
+	_, err = cat.GetMigration(ctx, "m-1")
+	must.ErrorIs(t, err, catalog.ErrNotFound)
+
+	ok, _, err := client.KV().Acquire(&api.KVPair{Key: fence.Key, Session: session}, nil)
+	must.NoError(t, err)
+	must.True(t, ok)
+	must.NoError(t, cat.PutMigrationFenced(ctx, &catalog.Migration{ID: "m-1", AllocID: "a"}, fence))
+
+	// Once the lock is released, the holder is fenced off again.
+	_, _, err = client.KV().Release(&api.KVPair{Key: fence.Key, Session: session}, nil)
+	must.NoError(t, err)
+	err = cat.PutMigrationFenced(ctx, &catalog.Migration{ID: "m-2", AllocID: "b"}, fence)
+	must.ErrorIs(t, err, catalog.ErrFenced)
+
+	must.NoError(t, cat.DeleteMigration(ctx, "m-1"))
+	must.NoError(t, cat.DeleteMigration(ctx, "m-1"))
+	migrations, err := cat.ListMigrations(ctx)
+	must.NoError(t, err)
+	must.SliceEmpty(t, migrations)
+}

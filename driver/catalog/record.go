@@ -147,8 +147,24 @@ type Migration struct {
 	JobID      string `json:"job_id,omitempty"`
 	SourceNode string `json:"source_node,omitempty"`
 	TargetNode string `json:"target_node,omitempty"`
-	NewAllocID string `json:"new_alloc_id,omitempty"`
-	// Result is empty while the migration runs.
+	// Node IDs, set as soon as they are known (the target once chosen).
+	SourceNodeID string `json:"source_node_id,omitempty"`
+	TargetNodeID string `json:"target_node_id,omitempty"`
+	// Kind is "live" (checkpoint and restore) or "restart"; empty for
+	// moves requested without a plan.
+	Kind string `json:"kind,omitempty"`
+	// What the allocation reserves: a move in flight holds it on its target.
+	CPU      float64 `json:"cpu_mhz,omitempty"`
+	MemoryMB float64 `json:"memory_mb,omitempty"`
+	// Deadline is when the mover gives up; a record still in progress
+	// well after it was abandoned by a mover that died.
+	Deadline time.Time `json:"deadline,omitempty"`
+	// What the mover changed to steer the replacement, and must undo:
+	// the source made ineligible, the target given the steering metadata.
+	SourceMadeIneligible bool   `json:"source_made_ineligible,omitempty"`
+	TargetMarked         bool   `json:"target_marked,omitempty"`
+	NewAllocID           string `json:"new_alloc_id,omitempty"`
+	// Result is "in_progress" while the migration runs.
 	Result     string        `json:"result,omitempty"`
 	Reason     string        `json:"reason,omitempty"`
 	Downtime   time.Duration `json:"downtime,omitempty"`

@@ -1,25 +1,37 @@
 // Command ferry-companion is Ferry's daemon and operator tool:
 //
-//	ferry-companion agent    serve this node's checkpoints (run by a system job)
+//	ferry-companion agent    serve this node's checkpoints, measure its load, and
+//	                         plan and move when it holds the lock (run by a system job)
+//	ferry-companion plan     print what the planner would do now; changes nothing
+//	ferry-companion status   planner, node loads, moves in flight, last moves
 //	ferry-companion migrate  move an allocation to another node, live
 //	ferry-companion version
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/ferry-nomad/ferry/companion/agent"
+	"github.com/ferry-nomad/ferry/companion/config"
+	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/migrate"
+	"github.com/ferry-nomad/ferry/companion/planner"
+	"github.com/ferry-nomad/ferry/companion/rebalance"
 	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/hashicorp/go-hclog"
 	nomad "github.com/hashicorp/nomad/api"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
 )
 
 // version is set at build time with -ldflags.
@@ -28,12 +40,16 @@ var version = "0.1.0-dev"
 const usage = `usage: ferry-companion <command> [flags]
 
 commands:
-  agent     serve this node's checkpoints to other nodes (run by jobspecs/companion.nomad.hcl)
+  agent     serve this node's checkpoints, measure its load, rebalance (run by jobspecs/companion.nomad.hcl)
+            ferry-companion agent -config FILE [-dry-run] [-h for every flag]
+  plan      print the round the planner would run now: loads, moves, rejections; changes nothing
+  status    print the planner, each node's load, moves in flight and the last moves
   migrate   move an allocation to another node: ferry-companion migrate ALLOC [--node NODE]
   version   print the version
 
 Nomad and Consul are found as their CLIs find them: NOMAD_ADDR, NOMAD_TOKEN,
-CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN.
+CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN. agent, plan and status read the same
+-config FILE (companion/config/example.hcl).
 `
 
 func main() {
@@ -54,6 +70,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runAgent(ctx, args[1:], logger)
 	case "migrate":
 		err = runMigrate(ctx, args[1:], stdout, logger)
+	case "plan":
+		err = runPlan(ctx, args[1:], stdout)
+	case "status":
+		err = runStatus(ctx, args[1:], stdout)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "ferry-companion", version)
 	case "help", "-h", "--help":
@@ -77,26 +97,143 @@ func envOr(k, def string) string {
 }
 
 func runAgent(ctx context.Context, args []string, logger hclog.Logger) error {
-	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	var cfg agent.Config
-	fs.StringVar(&cfg.Listen, "listen", ":4700", "address to serve checkpoints on")
-	fs.StringVar(&cfg.Advertise, "advertise", os.Getenv("NOMAD_ADDR_http"), "host:port other nodes reach this agent at")
-	fs.StringVar(&cfg.CheckpointDir, "checkpoint-dir", "/var/lib/ferry/checkpoints", "the driver's checkpoint directory on this node")
-	fs.StringVar(&cfg.Token, "token", os.Getenv("FERRY_TOKEN"), "token drivers present to fetch checkpoints (companion.token)")
-	fs.StringVar(&cfg.NodeID, "node-id", "", "this Nomad node's ID")
-	fs.StringVar(&cfg.NodeName, "node-name", "", "this Nomad node's name")
-	consulAddr := fs.String("consul", "", "Consul address (default CONSUL_HTTP_ADDR)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	cat, err := catalog.NewFromConfig(*consulAddr, "", logger.Named("catalog"))
+	cfg, err := config.Load(args, os.Getenv)
 	if err != nil {
 		return err
 	}
-	return agent.New(cfg, cat, logger.Named("agent")).Run(ctx)
+	nomadClient, err := newNomad(cfg)
+	if err != nil {
+		return err
+	}
+	cat, err := catalog.NewFromConfig(cfg.Consul.Address, "", logger.Named("catalog"))
+	if err != nil {
+		return err
+	}
+	metrics := rebalance.NewMetrics()
+	var self atomic.Pointer[load.Record]
+
+	sampler := load.NewSampler(nomadClient, load.SamplerConfig{
+		NodeID: cfg.NodeID, NodeName: cfg.NodeName,
+		Window: cfg.Sample.Window, Source: cfg.Sample.Source,
+		OnlinePriority: cfg.Rebalance.Policy.OnlinePriority,
+	}, logger.Named("load"))
+	publisher := load.NewPublisher(cat.Client(), cfg.Sample.Prefix, load.SessionTTL(cfg.Sample.Interval), logger.Named("load"))
+	rebalancer := &rebalance.Rebalancer{
+		Config: rebalance.Config{
+			Policy: cfg.Rebalance.Policy, Interval: cfg.Rebalance.Interval,
+			MoveTimeout: cfg.Rebalance.MoveTimeout, DryRun: cfg.Rebalance.DryRun,
+			StateKey: cfg.Rebalance.StateKey,
+		},
+		Sources: sources(cfg, nomadClient, cat),
+		Mover:   &migrate.Mover{Nomad: nomadClient, Catalog: cat, Logger: logger.Named("migrate")},
+		Metrics: metrics,
+		Logger:  logger.Named("planner"),
+	}
+	status := func(w http.ResponseWriter, r *http.Request) {
+		st, err := rebalance.ReadStatus(r.Context(), cat.Client(), cat, cfg.Rebalance.LockKey, cfg.Sample.Prefix)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		st.Self, st.LastRound = self.Load(), rebalancer.Last()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(st)
+	}
+	routes := map[string]http.Handler{
+		"/metrics":   promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}),
+		"/v1/status": http.HandlerFunc(status),
+	}
+	server := agent.New(agent.Config{
+		Listen: cfg.Listen, Advertise: cfg.Advertise, CheckpointDir: cfg.CheckpointDir,
+		Token: cfg.Token, NodeID: cfg.NodeID, NodeName: cfg.NodeName,
+	}, cat, routes, logger.Named("agent"))
+
+	// The agent's parts run side by side; the first to fail stops the rest.
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return server.Run(ctx) })
+	g.Go(func() error {
+		return load.Run(ctx, sampler, publisher, cfg.Sample.Interval, func(r load.Record) {
+			self.Store(&r)
+			metrics.Record(r)
+		})
+	})
+	if cfg.Rebalance.Enabled {
+		leader := &rebalance.Leader{
+			Consul: cat.Client(),
+			Key:    cfg.Rebalance.LockKey,
+			Holder: rebalance.Holder{
+				NodeID: cfg.NodeID, NodeName: cfg.NodeName,
+				AllocID: os.Getenv("NOMAD_ALLOC_ID"), Address: cfg.Advertise,
+			},
+			TTL:       10 * time.Second,
+			LockDelay: time.Second,
+			Logger:    logger.Named("leader"),
+		}
+		g.Go(func() error { return leader.Run(ctx, rebalancer.Lead) })
+	}
+	return g.Wait()
+}
+
+// runPlan prints the round the planner would run now; it changes nothing.
+func runPlan(ctx context.Context, args []string, stdout io.Writer) error {
+	cfg, err := config.LoadTool("plan", args, os.Getenv)
+	if err != nil {
+		return err
+	}
+	nomadClient, err := newNomad(cfg)
+	if err != nil {
+		return err
+	}
+	cat, err := catalog.NewFromConfig(cfg.Consul.Address, "", hclog.NewNullLogger())
+	if err != nil {
+		return err
+	}
+	in, err := sources(cfg, nomadClient, cat).Read(ctx)
+	if err != nil {
+		return err
+	}
+	state, err := rebalance.LoadState(ctx, cat.Client(), cfg.Rebalance.StateKey)
+	if err != nil {
+		return err
+	}
+	snap := in.Snapshot(cfg.Rebalance.MoveTimeout)
+	printPlan(stdout, in, snap, planner.Round(cfg.Rebalance.Policy, state, snap))
+	return nil
+}
+
+// runStatus prints the planner, the nodes' loads and the moves.
+func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
+	cfg, err := config.LoadTool("status", args, os.Getenv)
+	if err != nil {
+		return err
+	}
+	cat, err := catalog.NewFromConfig(cfg.Consul.Address, "", hclog.NewNullLogger())
+	if err != nil {
+		return err
+	}
+	st, err := rebalance.ReadStatus(ctx, cat.Client(), cat, cfg.Rebalance.LockKey, cfg.Sample.Prefix)
+	if err != nil {
+		return err
+	}
+	printStatus(stdout, st, time.Now())
+	return nil
+}
+
+func newNomad(cfg *config.Config) (*nomad.Client, error) {
+	nc := nomad.DefaultConfig()
+	nc.Address = cfg.Nomad.Address
+	client, err := nomad.NewClient(nc)
+	if err != nil {
+		return nil, fmt.Errorf("nomad client for %s: %w", cfg.Nomad.Address, err)
+	}
+	return client, nil
+}
+
+func sources(cfg *config.Config, nomadClient *nomad.Client, cat *catalog.Catalog) *rebalance.Sources {
+	return &rebalance.Sources{
+		Nomad: nomadClient, Consul: cat.Client(), Catalog: cat,
+		NodesPrefix: cfg.Sample.Prefix, MoveTimeout: cfg.Rebalance.MoveTimeout,
+	}
 }
 
 func runMigrate(ctx context.Context, args []string, stdout io.Writer, logger hclog.Logger) error {

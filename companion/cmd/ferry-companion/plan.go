@@ -1,0 +1,139 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ferry-nomad/ferry/companion/load"
+	"github.com/ferry-nomad/ferry/companion/planner"
+	"github.com/ferry-nomad/ferry/companion/rebalance"
+)
+
+// printPlan writes one planning round as tables: each node's smoothed load
+// and state, the moves the planner would make and why, and what it
+// rejected and why.
+func printPlan(w io.Writer, in *rebalance.Inputs, snap planner.Snapshot, plan planner.Plan) {
+	names := map[string]string{}
+	for _, n := range in.Nodes {
+		names[n.ID] = n.Name
+	}
+	records := map[string]load.Record{}
+	for _, r := range in.Records {
+		records[r.NodeID] = r
+	}
+	reports := map[string]planner.NodeReport{}
+	for _, n := range plan.Nodes {
+		reports[n.NodeID] = n
+	}
+	allocJob := map[string]string{}
+	for _, a := range snap.Allocs {
+		allocJob[a.ID] = a.JobID + "/" + a.Group
+	}
+
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tPLATFORM\tSTATE\tONLINE CPU\tONLINE MEM\tOFFLINE CPU\tOFFLINE MEM\tSTREAK\tSAMPLED")
+	for _, n := range snap.Nodes {
+		r := records[n.ID]
+		state := "ok"
+		switch rep, ok := reports[n.ID]; {
+		case ok && rep.Hot:
+			state = "hot"
+		case !n.Ready:
+			state = "not ready"
+		case n.Draining:
+			state = "draining"
+		case !n.Eligible:
+			state = "ineligible"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s ago\n", n.Name, orDash(n.Platform), state,
+			pct(n.Online.CPU, n.Capacity.CPU), pct(n.Online.MemoryMB, n.Capacity.MemoryMB),
+			pct(n.Offline.CPU, n.Capacity.CPU), pct(n.Offline.MemoryMB, n.Capacity.MemoryMB),
+			reports[n.ID].Streak, rebalance.Age(in.Now, r.SampledAt))
+	}
+	tw.Flush()
+
+	fmt.Fprintf(w, "\nMoves (%d):\n", len(plan.Moves))
+	if len(plan.Moves) > 0 {
+		fmt.Fprintln(tw, "ALLOC\tJOB\tFROM\tTO\tKIND\tREASON")
+		for _, d := range plan.Moves {
+			m := d.Move
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", short(m.AllocID), allocJob[m.AllocID], names[m.From], names[m.To], m.Kind, d.Reason)
+		}
+		tw.Flush()
+	}
+	if len(snap.InFlight) > 0 {
+		fmt.Fprintf(w, "\nIn flight (%d):\n", len(snap.InFlight))
+		fmt.Fprintln(tw, "ALLOC\tJOB\tFROM\tTO\tKIND\tSTARTED")
+		for _, m := range snap.InFlight {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s ago\n", short(m.AllocID), m.JobID, names[m.From], names[m.To], orDash(string(m.Kind)), rebalance.Age(in.Now, m.Started))
+		}
+		tw.Flush()
+	}
+	fmt.Fprintf(w, "\nRejected (%d):\n", len(plan.Rejected))
+	if len(plan.Rejected) > 0 {
+		fmt.Fprintln(tw, "ALLOC\tJOB\tNODE\tREASON")
+		for _, r := range plan.Rejected {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", orDash(short(r.AllocID)), orDash(allocJob[r.AllocID]), names[r.NodeID], r.Reason)
+		}
+		tw.Flush()
+	}
+}
+
+// printStatus writes the rebalancer's status.
+func printStatus(w io.Writer, st *rebalance.Status, now time.Time) {
+	if st.Leader != nil {
+		fmt.Fprintf(w, "Planner: %s (allocation %s, leading for %s)\n", st.Leader.NodeName, orDash(short(st.Leader.AllocID)), rebalance.Age(now, st.Leader.Since))
+	} else {
+		fmt.Fprintln(w, "Planner: none (no agent holds the lock)")
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "\nNodes (%d):\n", len(st.Nodes))
+	fmt.Fprintln(tw, "NODE\tSOURCE\tONLINE CPU\tONLINE MEM\tOFFLINE CPU\tOFFLINE MEM\tALLOCS\tSAMPLED")
+	for _, r := range st.Nodes {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s ago\n", r.NodeName, r.Source,
+			pct(r.Online.CPU, r.Capacity.CPU), pct(r.Online.MemoryMB, r.Capacity.MemoryMB),
+			pct(r.Offline.CPU, r.Capacity.CPU), pct(r.Offline.MemoryMB, r.Capacity.MemoryMB),
+			len(r.Allocs), rebalance.Age(now, r.SampledAt))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nMoves in flight (%d):\n", len(st.InFlight))
+	if len(st.InFlight) > 0 {
+		fmt.Fprintln(tw, "ALLOC\tJOB\tFROM\tTO\tSTARTED")
+		for _, m := range st.InFlight {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s ago\n", short(m.AllocID), m.JobID, m.SourceNode, orDash(m.TargetNode), rebalance.Age(now, m.StartedAt))
+		}
+		tw.Flush()
+	}
+	fmt.Fprintf(w, "\nLast moves (%d):\n", len(st.Last))
+	if len(st.Last) > 0 {
+		fmt.Fprintln(tw, "ALLOC\tJOB\tFROM\tTO\tRESULT\tDOWNTIME\tFINISHED\tREASON")
+		for _, m := range st.Last {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", short(m.AllocID), m.JobID, m.SourceNode, orDash(m.TargetNode), m.Result,
+				m.Downtime.Round(10*time.Millisecond), rebalance.Age(now, m.FinishedAt), m.Reason)
+		}
+		tw.Flush()
+	}
+}
+
+func pct(used, capacity float64) string {
+	if capacity <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", 100*used/capacity)
+}
+
+func short(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

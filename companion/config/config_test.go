@@ -1,0 +1,660 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-nomad/ferry/companion/load"
+	"github.com/ferry-nomad/ferry/companion/planner"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/shoenig/test/must"
+)
+
+// required are the flags without which no configuration is valid.
+var required = []string{"-advertise", "10.0.0.1:4700", "-token", "secret", "-node-id", "node-1"}
+
+// withRequired is Default with what required sets.
+func withRequired() Config {
+	c := Default()
+	c.Advertise, c.Token, c.NodeID = "10.0.0.1:4700", "secret", "node-1"
+	return c
+}
+
+func env(kv map[string]string) func(string) string {
+	return func(k string) string { return kv[k] }
+}
+
+// writeFile writes src to a file named companion.hcl in a new directory and
+// returns its path.
+func writeFile(t *testing.T, src string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "companion.hcl")
+	must.NoError(t, os.WriteFile(path, []byte(src), 0o600))
+	return path
+}
+
+func TestDefault(t *testing.T) {
+	c := Default()
+	must.Eq(t, ":4700", c.Listen)
+	must.Eq(t, "", c.Advertise)
+	must.Eq(t, "/var/lib/ferry/checkpoints", c.CheckpointDir)
+	must.Eq(t, "http://127.0.0.1:4646", c.Nomad.Address)
+	must.Eq(t, "127.0.0.1:8500", c.Consul.Address)
+	must.Eq(t, Sample{Interval: 5 * time.Second, Window: 30 * time.Second, Source: load.SourceAllocations, Prefix: load.DefaultPrefix}, c.Sample)
+	must.Eq(t, Rebalance{
+		Enabled: true, Interval: 30 * time.Second, MoveTimeout: 10 * time.Minute,
+		LockKey: "ferry/leader", StateKey: "ferry/planner/state",
+		Policy: planner.DefaultConfig(),
+	}, c.Rebalance)
+
+	// Valid once the node says what only it can.
+	err := c.Validate()
+	must.ErrorContains(t, err, "advertise (-advertise, NOMAD_ADDR_http): required")
+	must.ErrorContains(t, err, "token (-token, FERRY_TOKEN): required")
+	must.ErrorContains(t, err, "node_id (-node-id): required")
+	must.Len(t, 3, unjoin(err))
+	c = withRequired()
+	must.NoError(t, c.Validate())
+
+	// Without a file, or with an empty one, Load is the defaults.
+	got, err := Load(required, env(nil))
+	must.NoError(t, err)
+	must.Eq(t, withRequired(), *got)
+	got, err = Load(append([]string{"-config", writeFile(t, "")}, required...), env(nil))
+	must.NoError(t, err)
+	must.Eq(t, withRequired(), *got)
+}
+
+// TestExample checks that example.hcl writes every field, each at its
+// default.
+func TestExample(t *testing.T) {
+	got, err := Load([]string{"-config", "example.hcl"}, env(map[string]string{EnvAdvertise: "10.0.0.5:4700"}))
+	must.NoError(t, err)
+	want := Default()
+	want.Advertise = "10.0.0.5:4700" // commented out in the file: the system job's port
+	want.Token = "replace-with-the-drivers-companion-token"
+	want.NodeID = "9c0e1a5e-3f4b-4d7a-8c2e-6b1f0d9e7a21"
+	must.Eq(t, want, *got)
+
+	// Every field is written, but advertise.
+	file, diags := hclparse.NewParser().ParseHCLFile("example.hcl")
+	must.False(t, diags.HasErrors(), must.Sprint(diags))
+	var f fileConfig
+	diags = gohcl.DecodeBody(file.Body, nil, &f)
+	must.False(t, diags.HasErrors(), must.Sprint(diags))
+	for _, missing := range unset(reflect.ValueOf(f), "") {
+		if missing != "advertise" {
+			t.Errorf("example.hcl lacks %s", missing)
+		}
+	}
+	var labels []string
+	for _, th := range f.Rebalance.Thresholds {
+		labels = append(labels, th.Resource)
+	}
+	must.Eq(t, []string{"cpu", "memory"}, labels)
+}
+
+// unset lists the fields of a decoded file that were left out, by their
+// names in the file.
+func unset(v reflect.Value, prefix string) []string {
+	var out []string
+	exprType := reflect.TypeFor[hcl.Expression]()
+	for i := range v.NumField() {
+		sf, fv := v.Type().Field(i), v.Field(i)
+		name, _, _ := strings.Cut(sf.Tag.Get("hcl"), ",")
+		if name == "" {
+			continue // the body
+		}
+		name = prefix + name
+		switch {
+		case sf.Type == exprType:
+			if val, _ := fv.Interface().(hcl.Expression).Value(nil); val.IsNull() {
+				out = append(out, name)
+			}
+		case fv.Kind() == reflect.Pointer:
+			if fv.IsNil() {
+				out = append(out, name)
+			} else if fv.Elem().Kind() == reflect.Struct {
+				out = append(out, unset(fv.Elem(), name+".")...)
+			}
+		case fv.Kind() == reflect.Slice:
+			for j := range fv.Len() {
+				out = append(out, unset(fv.Index(j), name+".")...)
+			}
+		}
+	}
+	return out
+}
+
+func TestPrecedence(t *testing.T) {
+	// A file that changes every field from its default.
+	const everything = `
+listen         = "127.0.0.1:4800"
+advertise      = "10.0.0.2:4800"
+checkpoint_dir = "/srv/ferry/checkpoints"
+token          = "file-token"
+node_id        = "file-node"
+node_name      = "file-name"
+nomad  { address = "https://nomad.service:4646" }
+consul { address = "https://consul.service:8501" }
+sample {
+  interval = "2s"
+  window   = "1m"
+  source   = "host"
+  prefix   = "cluster/nodes/"
+}
+rebalance {
+  enabled         = false
+  dry_run         = true
+  interval        = "1m"
+  move_timeout    = "15m"
+  lock_key        = "cluster/leader"
+  state_key       = "cluster/state"
+  online_priority = 60
+  consecutive     = 5
+  cooldown        = "1h"
+  threshold "cpu" {
+    high = 0.9
+    low  = 0.5
+  }
+  threshold "memory" {
+    high = 0.95
+    low  = 0.6
+  }
+  limits {
+    in_flight = 8
+    per_node  = 2
+    per_job   = 3
+    per_hour  = 60
+    per_round = 2
+  }
+}
+`
+	fromFile := Config{
+		Listen: "127.0.0.1:4800", Advertise: "10.0.0.2:4800", CheckpointDir: "/srv/ferry/checkpoints",
+		Token: "file-token", NodeID: "file-node", NodeName: "file-name",
+		Nomad:  Nomad{Address: "https://nomad.service:4646"},
+		Consul: Consul{Address: "https://consul.service:8501"},
+		Sample: Sample{Interval: 2 * time.Second, Window: time.Minute, Source: load.SourceHost, Prefix: "cluster/nodes/"},
+		Rebalance: Rebalance{
+			Enabled: false, DryRun: true, Interval: time.Minute, MoveTimeout: 15 * time.Minute,
+			LockKey: "cluster/leader", StateKey: "cluster/state",
+			Policy: planner.Config{
+				Thresholds: planner.Thresholds{
+					CPU:    planner.Threshold{High: 0.9, Low: 0.5},
+					Memory: planner.Threshold{High: 0.95, Low: 0.6},
+				},
+				Consecutive: 5, OnlinePriority: 60, Cooldown: time.Hour,
+				Limits:   planner.Limits{InFlight: 8, PerNode: 2, PerJob: 3, PerHour: 60, PerRound: 2},
+				HostLoad: true,
+			},
+		},
+	}
+	allEnv := map[string]string{
+		EnvAdvertise: "10.0.0.3:4900",
+		EnvToken:     "env-token",
+		EnvNomad:     "http://10.0.0.3:4646",
+		EnvConsul:    "10.0.0.3:8500",
+	}
+
+	cases := []struct {
+		name string
+		file string // none if empty
+		args []string
+		env  map[string]string
+		want func(c *Config)
+	}{
+		{
+			name: "file overrides defaults",
+			file: everything,
+			want: func(c *Config) { *c = fromFile },
+		},
+		{
+			name: "file changes only what it writes",
+			file: `
+token   = "t"
+node_id = "n"
+sample { source = "host" }
+rebalance {
+  threshold "memory" { low = 0.5 }
+  limits { per_hour = 10 }
+}
+`,
+			args: []string{"-advertise", "10.0.0.1:4700"},
+			want: func(c *Config) {
+				*c = Default()
+				c.Advertise, c.Token, c.NodeID = "10.0.0.1:4700", "t", "n"
+				c.Sample.Source = load.SourceHost
+				c.Rebalance.Policy.HostLoad = true
+				c.Rebalance.Policy.Thresholds.Memory.Low = 0.5
+				c.Rebalance.Policy.Limits.PerHour = 10
+			},
+		},
+		{
+			name: "environment overrides file",
+			file: everything,
+			env:  allEnv,
+			want: func(c *Config) {
+				*c = fromFile
+				c.Advertise, c.Token = "10.0.0.3:4900", "env-token"
+				c.Nomad.Address, c.Consul.Address = "http://10.0.0.3:4646", "10.0.0.3:8500"
+			},
+		},
+		{
+			name: "environment overrides defaults",
+			args: []string{"-node-id", "n"},
+			env:  allEnv,
+			want: func(c *Config) {
+				*c = Default()
+				c.NodeID = "n"
+				c.Advertise, c.Token = "10.0.0.3:4900", "env-token"
+				c.Nomad.Address, c.Consul.Address = "http://10.0.0.3:4646", "10.0.0.3:8500"
+			},
+		},
+		{
+			name: "empty environment variables are not set",
+			file: everything,
+			env:  map[string]string{EnvAdvertise: "", EnvToken: "", EnvNomad: "", EnvConsul: ""},
+			want: func(c *Config) { *c = fromFile },
+		},
+		{
+			name: "flags given override environment and file",
+			file: everything,
+			env:  allEnv,
+			args: []string{
+				"-listen", ":5000", "-advertise", "10.0.0.4:5000", "-checkpoint-dir", "/data/checkpoints",
+				"-token", "flag-token", "-node-id", "flag-node", "-node-name", "flag-name",
+				"-nomad", "http://127.0.0.1:5646", "-consul", "127.0.0.1:5500",
+				"-sample-interval", "10s", "-sample-window", "2m", "-sample-source", "allocations",
+				"-rebalance=true", "-dry-run=false", "-rebalance-interval", "45s",
+			},
+			want: func(c *Config) {
+				*c = fromFile
+				c.Listen, c.Advertise, c.CheckpointDir = ":5000", "10.0.0.4:5000", "/data/checkpoints"
+				c.Token, c.NodeID, c.NodeName = "flag-token", "flag-node", "flag-name"
+				c.Nomad.Address, c.Consul.Address = "http://127.0.0.1:5646", "127.0.0.1:5500"
+				c.Sample.Interval, c.Sample.Window, c.Sample.Source = 10*time.Second, 2*time.Minute, load.SourceAllocations
+				c.Rebalance.Policy.HostLoad = false
+				c.Rebalance.Enabled, c.Rebalance.DryRun, c.Rebalance.Interval = true, false, 45*time.Second
+			},
+		},
+		{
+			name: "flags not given leave the file's values",
+			file: everything,
+			args: []string{"-node-name", "flag-name", "-dry-run=false"},
+			want: func(c *Config) {
+				*c = fromFile
+				c.NodeName = "flag-name"
+				c.Rebalance.DryRun = false
+			},
+		},
+		{
+			name: "empty file",
+			file: "# nothing set\n",
+			args: required,
+			want: func(c *Config) { *c = withRequired() },
+		},
+		{
+			name: "-rebalance=false and -dry-run",
+			args: append([]string{"-rebalance=false", "-dry-run"}, required...),
+			want: func(c *Config) {
+				*c = withRequired()
+				c.Rebalance.Enabled, c.Rebalance.DryRun = false, true
+			},
+		},
+		{
+			name: "-config may come last",
+			file: `node_id = "file-node"`,
+			args: []string{"-advertise", "10.0.0.1:4700", "-token", "t"},
+			want: func(c *Config) {
+				*c = Default()
+				c.Advertise, c.Token, c.NodeID = "10.0.0.1:4700", "t", "file-node"
+			},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			args := tc.args
+			if tc.file != "" {
+				args = append([]string{"-config", writeFile(t, tc.file)}, args...)
+			}
+			got, err := Load(args, env(tc.env))
+			must.NoError(t, err)
+			var want Config
+			tc.want(&want)
+			must.Eq(t, want, *got)
+		})
+	}
+}
+
+func TestValidation(t *testing.T) {
+	cases := []struct {
+		name string
+		file string
+		args []string
+		env  map[string]string
+		want []string // each a part of one error
+	}{
+		{name: "listen empty", args: []string{"-listen", ""},
+			want: []string{`listen (-listen): required`}},
+		{name: "listen not host:port", file: `listen = "4700"`,
+			want: []string{`listen (-listen): "4700" is not host:port`}},
+		{name: "listen bad port", file: `listen = ":http"`,
+			want: []string{`listen (-listen): ":http" has port "http", not a number from 0 to 65535`}},
+		{name: "advertise required", args: []string{"-advertise", ""},
+			want: []string{`advertise (-advertise, NOMAD_ADDR_http): required`}},
+		{name: "advertise lacks host", args: []string{"-advertise", ":4700"},
+			want: []string{`advertise (-advertise, NOMAD_ADDR_http): ":4700" lacks the host`}},
+		{name: "advertise not host:port", args: []string{"-advertise", "10.0.0.1"},
+			want: []string{`advertise (-advertise, NOMAD_ADDR_http): "10.0.0.1" is not host:port`}},
+		{name: "checkpoint_dir required", file: `checkpoint_dir = ""`,
+			want: []string{`checkpoint_dir (-checkpoint-dir): required`}},
+		{name: "checkpoint_dir relative", args: []string{"-checkpoint-dir", "checkpoints"},
+			want: []string{`checkpoint_dir (-checkpoint-dir): "checkpoints" must be an absolute path`}},
+		{name: "token required", args: []string{"-token", ""},
+			want: []string{`token (-token, FERRY_TOKEN): required`}},
+		{name: "node_id required", args: []string{"-node-id", ""},
+			want: []string{`node_id (-node-id): required`}},
+		{name: "nomad address required", file: `nomad { address = "" }`,
+			want: []string{`nomad.address (-nomad, NOMAD_ADDR): required`}},
+		{name: "nomad address not http", env: map[string]string{EnvNomad: "127.0.0.1:4646"},
+			want: []string{`nomad.address (-nomad, NOMAD_ADDR): "127.0.0.1:4646" must be an http:// or https:// URL`}},
+		{name: "nomad address lacks host", args: []string{"-nomad", "http:///v1"},
+			want: []string{`nomad.address (-nomad, NOMAD_ADDR): "http:///v1" lacks the host`}},
+		{name: "consul address required", args: []string{"-consul", ""},
+			want: []string{`consul.address (-consul, CONSUL_HTTP_ADDR): required`}},
+		{name: "consul address bad", file: `consul { address = "consul" }`,
+			want: []string{`consul.address (-consul, CONSUL_HTTP_ADDR): "consul" is not host:port, or an http:// or https:// URL`}},
+		{name: "consul address bad scheme", env: map[string]string{EnvConsul: "tcp://127.0.0.1:8500"},
+			want: []string{`consul.address (-consul, CONSUL_HTTP_ADDR): "tcp://127.0.0.1:8500" must be an http:// or https:// URL`}},
+		{name: "sample interval zero", file: `sample { interval = "0s" }`,
+			want: []string{`sample.interval (-sample-interval): "0s" must be positive`}},
+		{name: "sample interval negative", args: []string{"-sample-interval", "-5s"},
+			want: []string{`sample.interval (-sample-interval): "-5s" must be positive`}},
+		{name: "sample window below interval", file: `sample { window = "3s" }`,
+			want: []string{`sample.window (-sample-window): "3s" must be at least sample.interval ("5s")`}},
+		{name: "sample source", args: []string{"-sample-source", "cgroups"},
+			want: []string{`sample.source (-sample-source): "cgroups" must be "allocations" (the allocations' own usage) or "host"`}},
+		{name: "sample prefix required", file: `sample { prefix = "" }`,
+			want: []string{`sample.prefix: required`}},
+		{name: "sample prefix leading slash", file: `sample { prefix = "/ferry/nodes/" }`,
+			want: []string{`sample.prefix: "/ferry/nodes/" must not start with "/"`}},
+		{name: "key under prefix without slash", file: "sample { prefix = \"ferry/nodes\" }\nrebalance { state_key = \"ferry/nodes/state\" }\n",
+			want: []string{`rebalance.state_key: "ferry/nodes/state" must not be under sample.prefix ("ferry/nodes")`}},
+		{name: "rebalance interval", args: []string{"-rebalance-interval", "0s"},
+			want: []string{`rebalance.interval (-rebalance-interval): "0s" must be positive`}},
+		{name: "move timeout", file: `rebalance { move_timeout = "-1m" }`,
+			want: []string{`rebalance.move_timeout: "-1m0s" must be positive`}},
+		{name: "lock key required", file: `rebalance { lock_key = "" }`,
+			want: []string{`rebalance.lock_key: required`}},
+		{name: "state key leading slash", file: `rebalance { state_key = "/ferry/state" }`,
+			want: []string{`rebalance.state_key: "/ferry/state" must not start with "/"`}},
+		{name: "keys equal", file: `rebalance { state_key = "ferry/leader" }`,
+			want: []string{`rebalance.state_key: "ferry/leader" must differ from rebalance.lock_key`}},
+		{name: "key under prefix", file: `rebalance { lock_key = "ferry/nodes/leader" }`,
+			want: []string{`rebalance.lock_key: "ferry/nodes/leader" must not be under sample.prefix ("ferry/nodes/")`}},
+		{name: "threshold high", file: "rebalance {\n  threshold \"cpu\" { high = 1.5 }\n}\n",
+			want: []string{`rebalance.threshold "cpu".high: 1.5 must be a fraction of capacity in (0, 1]`}},
+		{name: "threshold high below low", file: "rebalance {\n  threshold \"memory\" { high = 0.5 }\n}\n",
+			want: []string{`rebalance.threshold "memory".high: 0.5 must be above rebalance.threshold "memory".low (0.7)`}},
+		{name: "threshold low", file: "rebalance {\n  threshold \"memory\" { low = 0 }\n}\n",
+			want: []string{`rebalance.threshold "memory".low: 0 must be a fraction of capacity in (0, 1)`}},
+		{name: "consecutive", file: `rebalance { consecutive = 0 }`,
+			want: []string{`rebalance.consecutive: 0 must be at least 1`}},
+		{name: "online priority", file: `rebalance { online_priority = 101 }`,
+			want: []string{`rebalance.online_priority: 101 must be a Nomad job priority between 1 and 100`}},
+		{name: "cooldown", file: `rebalance { cooldown = "-1s" }`,
+			want: []string{`rebalance.cooldown: -1s must not be negative`}},
+		{name: "limits", file: "rebalance {\n  limits { per_node = 0 }\n}\n",
+			want: []string{`rebalance.limits.per_node: 0 must be at least 1`}},
+		{
+			name: "all problems at once",
+			file: `
+listen = "nowhere"
+sample { source = "guess" }
+rebalance {
+  interval = "0s"
+  limits {
+    in_flight = 0
+    per_round = 0
+  }
+}
+`,
+			args: []string{"-token", ""},
+			want: []string{
+				`listen (-listen): "nowhere" is not host:port`,
+				`token (-token, FERRY_TOKEN): required`,
+				`sample.source (-sample-source): "guess" must be`,
+				`rebalance.interval (-rebalance-interval): "0s" must be positive`,
+				`rebalance.limits.in_flight: 0 must be at least 1`,
+				`rebalance.limits.per_round: 0 must be at least 1`,
+			},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			assertErrors(t, tc.file, tc.args, tc.env, tc.want)
+		})
+	}
+}
+
+// TestFileErrors covers what is wrong in the file itself: each error says
+// where.
+func TestFileErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		file string
+		want []string
+	}{
+		{
+			name: "syntax error",
+			file: "token = \"t\"\nnode_id = \"n\"\nsample {\n  interval = \n}\n",
+			want: []string{`companion.hcl:4,…: Invalid expression`},
+		},
+		{
+			name: "unclosed block",
+			file: "token = \"t\"\nrebalance {\n  enabled = true\n",
+			want: []string{`companion.hcl:2,…: Unclosed configuration block`},
+		},
+		{
+			name: "unknown attribute",
+			file: "token = \"t\"\nnode_id = \"n\"\nlisten_addr = \":4700\"\n",
+			want: []string{`companion.hcl:3,1: Unsupported argument; An argument named "listen_addr" is not expected here.`},
+		},
+		{
+			name: "unknown attribute in a block",
+			file: "rebalance {\n  limits {\n    per_minute = 3\n  }\n}\n",
+			want: []string{`companion.hcl:3,5: Unsupported argument; An argument named "per_minute" is not expected here.`},
+		},
+		{
+			name: "unknown block",
+			file: "vault {\n  address = \"x\"\n}\n",
+			want: []string{`companion.hcl:1,1: Unsupported block type; Blocks of type "vault" are not expected here.`},
+		},
+		{
+			name: "unknown threshold label",
+			file: "rebalance {\n  threshold \"cpu\" { high = 0.9 }\n  threshold \"disk\" {\n    high = 0.9\n  }\n}\n",
+			want: []string{`companion.hcl:3,13: rebalance.threshold "disk": unknown resource; thresholds are "cpu" and "memory"`},
+		},
+		{
+			name: "threshold without label",
+			file: "rebalance {\n  threshold {\n    high = 0.9\n  }\n}\n",
+			want: []string{`companion.hcl:2,13: Missing resource for threshold; All threshold blocks must have 1 labels (resource).`},
+		},
+		{
+			name: "threshold twice",
+			file: "rebalance {\n  threshold \"cpu\" { high = 0.9 }\n  threshold \"cpu\" { high = 0.95 }\n}\n",
+			want: []string{`companion.hcl:3,13: rebalance.threshold "cpu": written twice; the first is at …companion.hcl:2,13`},
+		},
+		{
+			name: "block twice",
+			file: "sample {}\nsample {}\n",
+			want: []string{`companion.hcl:2,1: Duplicate sample block`},
+		},
+		{
+			name: "bad duration",
+			file: "sample {\n  interval = \"5 seconds\"\n  window = 30\n}\n",
+			want: []string{
+				`companion.hcl:2,14: sample.interval: "5 seconds" is not a duration, e.g. "30s" or "10m"`,
+				`companion.hcl:3,12: sample.window: "30" is not a duration`,
+			},
+		},
+		{
+			name: "wrong type",
+			file: "rebalance {\n  consecutive = \"three\"\n  enabled = \"maybe\"\n}\n",
+			want: []string{`companion.hcl:2,18: Unsuitable value type; Unsuitable value: a number is required`, `companion.hcl:3,14: Unsuitable value type; Unsuitable value: a bool is required`},
+		},
+		{
+			name: "variables",
+			file: "node_id = node.unique.id\n",
+			want: []string{`companion.hcl:1,11: Variables not allowed; Variables may not be used here.`},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			assertErrors(t, tc.file, nil, nil, tc.want)
+		})
+	}
+}
+
+func TestArgs(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		want string
+		is   error
+	}{
+		{name: "positional", args: []string{"-token", "t", "extra"},
+			want: `unexpected argument "extra"`},
+		{name: "unknown flag", args: []string{"-lsiten", ":1"},
+			want: "flag provided but not defined: -lsiten"},
+		{name: "bad duration flag", args: []string{"-sample-window", "soon"},
+			want: `invalid value "soon" for flag -sample-window`},
+		{name: "missing file", args: []string{"-config", "/nonexistent/companion.hcl"},
+			want: "-config: open /nonexistent/companion.hcl:", is: os.ErrNotExist},
+		{name: "help", args: []string{"-h"}, want: "help requested", is: flag.ErrHelp},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			quietStderr(t)
+			_, err := Load(tc.args, env(nil))
+			must.ErrorContains(t, err, tc.want)
+			if tc.is != nil {
+				must.ErrorIs(t, err, tc.is)
+			}
+		})
+	}
+}
+
+// assertErrors loads a configuration valid but for file, args and env, and
+// checks that there is one error for each of want, and that each of want
+// matches exactly one error.
+func assertErrors(t *testing.T, file string, args []string, kv map[string]string, want []string) {
+	t.Helper()
+	base := append(append([]string{}, required...), args...)
+	if file != "" {
+		base = append([]string{"-config", writeFile(t, file)}, base...)
+	}
+	got, err := Load(base, env(kv))
+	must.Nil(t, got)
+	must.Error(t, err)
+	errs := unjoin(err)
+	for _, w := range want {
+		n := 0
+		for _, e := range errs {
+			if matches(e.Error(), w) {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("want one error containing\n\t%s\ngot %d in\n\t%v", w, n, err)
+		}
+	}
+	if len(errs) != len(want) {
+		t.Errorf("want %d errors, got %d:\n%v", len(want), len(errs), err)
+	}
+}
+
+// matches says whether msg holds w, in which "…" stands for any text.
+func matches(msg, w string) bool {
+	for _, part := range strings.Split(w, "…") {
+		i := strings.Index(msg, part)
+		if i < 0 {
+			return false
+		}
+		msg = msg[i+len(part):]
+	}
+	return true
+}
+
+// unjoin is the errors errors.Join joined.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// quietStderr discards what the flag package prints on a bad flag.
+func quietStderr(t *testing.T) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	must.NoError(t, err)
+	old := os.Stderr
+	os.Stderr = w
+	done := make(chan struct{})
+	go func() { _, _ = io.Copy(io.Discard, r); close(done) }()
+	t.Cleanup(func() {
+		os.Stderr = old
+		_ = w.Close()
+		<-done
+		_ = r.Close()
+	})
+}
+
+func TestPolicyErrorUnwraps(t *testing.T) {
+	c := withRequired()
+	c.Rebalance.Policy.Consecutive = 0
+	err := c.Validate()
+	var pe *policyError
+	must.True(t, errors.As(err, &pe))
+	must.Eq(t, "rebalance.consecutive: 0 must be at least 1 (rounds over the high threshold before a node is hot)", pe.Error())
+}
+
+func TestLoadTool(t *testing.T) {
+	noEnv := func(string) string { return "" }
+	// The agent needs its node's fields; plan and status do not.
+	_, err := Load(nil, noEnv)
+	if err == nil || !strings.Contains(err.Error(), "token (-token, FERRY_TOKEN): required") {
+		t.Fatalf("agent without a token: %v", err)
+	}
+	cfg, err := LoadTool("plan", []string{"-rebalance-interval", "7s"}, noEnv)
+	if err != nil {
+		t.Fatalf("plan: %v", err)
+	}
+	if cfg.Rebalance.Interval != 7*time.Second {
+		t.Fatalf("interval %s", cfg.Rebalance.Interval)
+	}
+	// The policy is still checked.
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.hcl")
+	if err := os.WriteFile(path, []byte("rebalance {\n  consecutive = 0\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = LoadTool("plan", []string{"-config", path}, noEnv)
+	if err == nil || !strings.Contains(err.Error(), "rebalance.consecutive") {
+		t.Fatalf("plan with a bad policy: %v", err)
+	}
+	if _, err := LoadTool("status", []string{"extra"}, noEnv); err == nil || !strings.Contains(err.Error(), "status takes only flags") {
+		t.Fatalf("status with an argument: %v", err)
+	}
+}

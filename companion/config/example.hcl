@@ -1,0 +1,111 @@
+# ferry-companion agent configuration: every field, at its default.
+#
+#   ferry-companion agent -config /etc/ferry/companion.hcl
+#
+# Any field left out keeps its default. The environment overrides this file
+# (NOMAD_ADDR_http, FERRY_TOKEN, NOMAD_ADDR, CONSUL_HTTP_ADDR), and the flags
+# given on the command line override both. Durations are strings such as
+# "30s", "10m" or "1h30m".
+
+# The host:port to serve checkpoints on. Flag -listen.
+listen = ":4700"
+
+# The host:port other nodes reach this agent at. Required; there is no
+# default. The system job passes its "http" port, NOMAD_ADDR_http, which
+# overrides this. Flag -advertise.
+# advertise = "10.0.0.5:4700"
+
+# The driver's checkpoint directory on this node: its data_dir/checkpoints,
+# published as the node attribute driver.ferry.checkpoint_dir.
+# Flag -checkpoint-dir.
+checkpoint_dir = "/var/lib/ferry/checkpoints"
+
+# The token the drivers present: it must equal their companion.token.
+# Required. Environment FERRY_TOKEN, flag -token.
+token = "replace-with-the-drivers-companion-token"
+
+# This Nomad node's ID (${node.unique.id} in a jobspec) and name
+# (${node.unique.name}). The ID is required. Flags -node-id and -node-name.
+node_id   = "9c0e1a5e-3f4b-4d7a-8c2e-6b1f0d9e7a21"
+node_name = ""
+
+# The local Nomad agent, as an http:// or https:// URL.
+# Environment NOMAD_ADDR, flag -nomad.
+nomad {
+  address = "http://127.0.0.1:4646"
+}
+
+# The local Consul agent, as host:port or an http:// or https:// URL.
+# Environment CONSUL_HTTP_ADDR, flag -consul.
+consul {
+  address = "127.0.0.1:8500"
+}
+
+# How this node's load is measured and published.
+sample {
+  # How often the node is sampled. Flag -sample-interval.
+  interval = "5s"
+
+  # The samples of this last window are averaged; at least interval.
+  # Flag -sample-window.
+  window = "30s"
+
+  # "allocations": the allocations' own usage, the only source that tells
+  # online from offline work. "host": whole-host usage, of which all that is
+  # not an offline allocation's counts as online. Flag -sample-source.
+  source = "allocations"
+
+  # Consul KV prefix under which each node publishes its load record.
+  prefix = "ferry/nodes/"
+}
+
+# The rebalancer: one agent at a time, holding lock_key, moves work off hot
+# nodes.
+rebalance {
+  # Flag -rebalance=false turns it off.
+  enabled = true
+
+  # Decide and log every move, but make none. Flag -dry-run.
+  dry_run = false
+
+  # One planning round per interval. Flag -rebalance-interval.
+  interval = "30s"
+
+  # How long one move may take before it counts as failed.
+  move_timeout = "10m"
+
+  # Consul KV keys of the leader lock and of the planner's state. Neither
+  # may be under sample.prefix.
+  lock_key  = "ferry/leader"
+  state_key = "ferry/planner/state"
+
+  # Jobs at or above this priority are online, and so are all service jobs;
+  # only offline work is moved. Nomad's default job priority is 50.
+  online_priority = 70
+
+  # Rounds in a row at or above a high threshold before a node is hot.
+  consecutive = 3
+
+  # An allocation that moved does not move again within this. "0" disables.
+  cooldown = "30m"
+
+  # Fractions of a node's capacity used by online work. A node is over when
+  # either resource is at or above high, and cools once both are below low.
+  threshold "cpu" {
+    high = 0.8
+    low  = 0.65
+  }
+  threshold "memory" {
+    high = 0.85
+    low  = 0.7
+  }
+
+  # How much moves at once; every limit is at least 1.
+  limits {
+    in_flight = 1  # moves in flight and planned, cluster-wide
+    per_node  = 1  # from, and to, any one node
+    per_job   = 1  # of any one job
+    per_hour  = 30 # finished in the last hour, in flight and planned
+    per_round = 1  # planned from one hot node in one round
+  }
+}

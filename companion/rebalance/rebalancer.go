@@ -1,0 +1,258 @@
+// Package rebalance is the companion's planner at work: the agent that holds
+// the planner's Consul lock (leader.go) reads every node record and the
+// migrations (snapshot.go), plans a round with companion/planner, keeps the
+// hysteresis state in Consul so that the next planner carries on, and moves
+// allocations with companion/migrate, each followed to the end. Every move
+// starts under the lock's fence: a planner that lost its lock never acts.
+package rebalance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferry-nomad/ferry/companion/migrate"
+	"github.com/ferry-nomad/ferry/companion/planner"
+	"github.com/ferry-nomad/ferry/driver/catalog"
+	consul "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Config is how the planner runs.
+type Config struct {
+	Policy      planner.Config
+	Interval    time.Duration // between rounds
+	MoveTimeout time.Duration // for one move to finish
+	DryRun      bool          // decide and log, never act
+	StateKey    string        // Consul key of the hysteresis state
+}
+
+// Rebalancer plans and acts while its agent leads.
+type Rebalancer struct {
+	Config  Config
+	Sources *Sources
+	Mover   *migrate.Mover
+	Metrics *Metrics
+	Logger  hclog.Logger
+
+	mu     sync.Mutex
+	last   *RoundReport
+	acting map[string]planner.Move // moves started by this planner, by allocation
+}
+
+// RoundReport is the outcome of the last round this agent planned.
+type RoundReport struct {
+	At     time.Time         `json:"at"`
+	DryRun bool              `json:"dry_run"`
+	Plan   *planner.Plan     `json:"plan"`
+	Moves  []planner.Move    `json:"acting"` // moves this planner is following
+	Error  string            `json:"error,omitempty"`
+	Nodes  map[string]string `json:"node_names,omitempty"`
+}
+
+// Last returns the last round's report, or nil.
+func (r *Rebalancer) Last() *RoundReport {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.last
+}
+
+// Lead plans a round every interval until ctx ends (the lock was lost or
+// the agent stops), then waits for the moves it started.
+func (r *Rebalancer) Lead(ctx context.Context, fence *catalog.Fence) {
+	r.Metrics.setLeader(true)
+	defer r.Metrics.setLeader(false)
+	state, err := LoadState(ctx, r.Sources.Consul, r.Config.StateKey)
+	if err != nil {
+		r.Logger.Warn("planner state unreadable, starting afresh", "error", err)
+	}
+	var moves sync.WaitGroup
+	defer moves.Wait()
+	tick := time.NewTicker(r.Config.Interval)
+	defer tick.Stop()
+	for {
+		state = r.round(ctx, fence, state, &moves)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// round plans once and starts the planned moves.
+func (r *Rebalancer) round(ctx context.Context, fence *catalog.Fence, state planner.State, moves *sync.WaitGroup) planner.State {
+	report := &RoundReport{At: time.Now().UTC(), DryRun: r.Config.DryRun}
+	defer func() {
+		r.mu.Lock()
+		r.last = report
+		r.mu.Unlock()
+	}()
+	in, err := r.Sources.Read(ctx)
+	if err != nil {
+		report.Error = err.Error()
+		if ctx.Err() == nil {
+			r.Logger.Warn("planning round skipped", "error", err)
+		}
+		return state
+	}
+	snap := in.Snapshot(r.Config.MoveTimeout)
+	snap.InFlight = r.withActing(snap.InFlight)
+	plan := planner.Round(r.Config.Policy, state, snap)
+	report.Plan, report.Nodes = &plan, nodeNames(in)
+	r.Metrics.round(&plan)
+	if err := SaveState(ctx, r.Sources.Consul, r.Config.StateKey, plan.State, fence); err != nil {
+		// Most likely the lock is gone: act on nothing.
+		report.Error = err.Error()
+		r.Logger.Warn("planner state not saved; no moves this round", "error", err)
+		return plan.State
+	}
+	if !r.Config.DryRun {
+		r.prune(ctx, in)
+	}
+	for _, n := range plan.Nodes {
+		if n.Hot {
+			r.Logger.Info("hot node", "node", n.Name, "online_load", fmt.Sprintf("%.0f%%", 100*n.Fraction), "streak", n.Streak)
+		}
+	}
+	for _, d := range plan.Moves {
+		if r.Config.DryRun {
+			r.Logger.Info("dry run: would move", "alloc", d.Move.AllocID, "job", d.Move.JobID, "from", report.Nodes[d.Move.From], "to", report.Nodes[d.Move.To], "kind", d.Move.Kind, "reason", d.Reason)
+			continue
+		}
+		r.start(ctx, fence, d, report.Nodes, moves)
+	}
+	report.Moves = r.withActing(nil)
+	return plan.State
+}
+
+// start moves one allocation in the background, followed to the end.
+func (r *Rebalancer) start(ctx context.Context, fence *catalog.Fence, d planner.Decision, names map[string]string, moves *sync.WaitGroup) {
+	r.mu.Lock()
+	if r.acting == nil {
+		r.acting = map[string]planner.Move{}
+	}
+	r.acting[d.Move.AllocID] = d.Move
+	r.mu.Unlock()
+	log := r.Logger.With("alloc", d.Move.AllocID, "job", d.Move.JobID, "from", names[d.Move.From], "to", names[d.Move.To], "kind", d.Move.Kind)
+	log.Info("moving allocation", "reason", d.Reason)
+	moves.Add(1)
+	go func() {
+		defer moves.Done()
+		defer func() {
+			r.mu.Lock()
+			delete(r.acting, d.Move.AllocID)
+			r.mu.Unlock()
+		}()
+		res, err := r.Mover.Move(ctx, migrate.Request{
+			AllocID:    d.Move.AllocID,
+			TargetNode: d.Move.To,
+			Timeout:    r.Config.MoveTimeout,
+			Reason:     d.Reason,
+			Kind:       string(d.Move.Kind),
+			CPU:        d.Move.Reserved.CPU,
+			MemoryMB:   d.Move.Reserved.MemoryMB,
+			Fence:      fence,
+		})
+		switch {
+		case errors.Is(err, catalog.ErrFenced):
+			r.Metrics.moved("fenced", 0)
+			log.Warn("move not started: the planner lock is no longer held", "error", err)
+		case err != nil:
+			r.Metrics.moved(migrate.ResultFailed, 0)
+			log.Error("move failed", "error", err)
+		default:
+			result := migrate.ResultRestored
+			if !res.Restored {
+				result = migrate.ResultColdStart
+			}
+			r.Metrics.moved(result, res.Downtime.Seconds())
+			log.Info("allocation moved", "result", result, "new_alloc", res.NewAlloc, "destination", res.Destination, "downtime", res.Downtime, "bytes", res.Bytes, "why_not_restored", res.Reason)
+		}
+	}()
+}
+
+// withActing adds the moves this planner started and has not yet seen
+// recorded, so that a move is never planned twice while its first record
+// is being written.
+func (r *Rebalancer) withActing(inFlight []planner.Move) []planner.Move {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	seen := make(map[string]bool, len(inFlight))
+	for _, m := range inFlight {
+		seen[m.AllocID] = true
+	}
+	for id, m := range r.acting {
+		if !seen[id] {
+			inFlight = append(inFlight, m)
+		}
+	}
+	return inFlight
+}
+
+// prune closes the records of moves whose mover died (undoing the node
+// steering it left behind), and removes records older than the history
+// kept.
+func (r *Rebalancer) prune(ctx context.Context, in *Inputs) {
+	for _, m := range in.Migrations {
+		if migrate.Abandoned(m, in.Now) {
+			r.Mover.Abandon(ctx, m)
+			continue
+		}
+		at := m.FinishedAt
+		if at.IsZero() {
+			at = m.StartedAt
+		}
+		if in.Now.Sub(at) < history {
+			continue
+		}
+		if err := r.Sources.Catalog.DeleteMigration(ctx, m.ID); err != nil {
+			r.Logger.Debug("prune migration record", "id", m.ID, "error", err)
+		}
+	}
+}
+
+func nodeNames(in *Inputs) map[string]string {
+	names := make(map[string]string, len(in.Nodes))
+	for _, n := range in.Nodes {
+		names[n.ID] = n.Name
+	}
+	return names
+}
+
+// LoadState reads the hysteresis state the last planner saved; a missing
+// key is the zero state.
+func LoadState(ctx context.Context, c *consul.Client, key string) (planner.State, error) {
+	pair, _, err := c.KV().Get(key, (&consul.QueryOptions{}).WithContext(ctx))
+	if err != nil || pair == nil {
+		return planner.State{}, err
+	}
+	var s planner.State
+	if err := json.Unmarshal(pair.Value, &s); err != nil {
+		return planner.State{}, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return s, nil
+}
+
+// SaveState writes the state under the fence: only the lock holder saves.
+func SaveState(ctx context.Context, c *consul.Client, key string, s planner.State, fence *catalog.Fence) error {
+	value, err := json.Marshal(s)
+	if err != nil {
+		return fmt.Errorf("encode planner state: %w", err)
+	}
+	ops := consul.TxnOps{
+		{KV: &consul.KVTxnOp{Verb: consul.KVCheckSession, Key: fence.Key, Session: fence.Session}},
+		{KV: &consul.KVTxnOp{Verb: consul.KVSet, Key: key, Value: value}},
+	}
+	ok, _, _, err := c.Txn().Txn(ops, (&consul.QueryOptions{}).WithContext(ctx))
+	switch {
+	case err != nil:
+		return fmt.Errorf("save planner state %s: %w", key, err)
+	case !ok:
+		return fmt.Errorf("save planner state %s: %w", key, catalog.ErrFenced)
+	}
+	return nil
+}

@@ -1,0 +1,62 @@
+package rebalance
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/ferry-nomad/ferry/companion/load"
+	"github.com/ferry-nomad/ferry/companion/migrate"
+	"github.com/ferry-nomad/ferry/driver/catalog"
+	consul "github.com/hashicorp/consul/api"
+)
+
+// Status is the rebalancer as the cluster sees it: who plans, every node's
+// smoothed load, the moves in flight and the last moves. `ferry-companion
+// status` prints it; the agents serve it at /v1/status.
+type Status struct {
+	Leader   *Holder              `json:"leader"`
+	Nodes    []load.Record        `json:"nodes"`
+	InFlight []*catalog.Migration `json:"in_flight"`
+	Last     []*catalog.Migration `json:"last_moves"` // newest first
+	// Set by an agent serving /v1/status: itself, and its last round
+	// when it is the planner.
+	Self      *load.Record `json:"self,omitempty"`
+	LastRound *RoundReport `json:"last_round,omitempty"`
+}
+
+// lastMoves is how many finished moves a status shows.
+const lastMoves = 10
+
+// ReadStatus reads the status from Consul.
+func ReadStatus(ctx context.Context, c *consul.Client, cat *catalog.Catalog, lockKey, nodesPrefix string) (*Status, error) {
+	holder, err := ReadHolder(ctx, c, lockKey)
+	if err != nil {
+		return nil, err
+	}
+	records, _, err := load.List(ctx, c, nodesPrefix)
+	if err != nil {
+		return nil, err
+	}
+	migrations, err := cat.ListMigrations(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st := &Status{Leader: holder, Nodes: records, InFlight: []*catalog.Migration{}, Last: []*catalog.Migration{}}
+	for _, m := range slices.Backward(migrations) {
+		if m.Result == migrate.ResultInProgress {
+			st.InFlight = append(st.InFlight, m)
+		} else if len(st.Last) < lastMoves {
+			st.Last = append(st.Last, m)
+		}
+	}
+	return st, nil
+}
+
+// Age is how long ago t was, rounded for display.
+func Age(now, t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return now.Sub(t).Round(time.Second).String()
+}
