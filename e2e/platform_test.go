@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -101,6 +102,9 @@ func TestImageForNodePlatform(t *testing.T) {
 	t.Cleanup(func() { dev.purge(t, "arch-c1") })
 	a := dev.waitAlloc(t, "arch-c1", 2*time.Minute, running)
 	dev.waitLogs(t, a.ID, "t", time.Minute, func(s string) bool { return strings.Contains(s, "arch amd64\n") })
+	if events := strings.Join(dev.taskEvents(t, a.ID, "t"), "\n"); strings.Contains(events, "Entrypoint ") {
+		t.Fatalf("the native variant got an event about its entrypoint's architecture:\n%s", events)
+	}
 
 	// The client choosing linux/arm64 runs the arm64 variant from the layout.
 	dev.runJob(t, fmt.Sprintf(archprintJob, "arch-c2", "ferry-c2", "oci:"+layout+":1"))
@@ -112,9 +116,16 @@ func TestImageForNodePlatform(t *testing.T) {
 		if !strings.Contains(events, "for linux/arm64") {
 			t.Fatalf("events do not name the chosen platform:\n%s", events)
 		}
+		// The task says it runs under emulation, naming the handler.
+		emulated := "Entrypoint /archprint is a linux/arm64 binary; this node is linux/" + runtime.GOARCH +
+			" and runs it under emulation (binfmt_misc handler qemu-aarch64: "
+		if !strings.Contains(events, emulated) {
+			t.Fatalf("no event about the emulation (want %q):\n%s", emulated, events)
+		}
 		return
 	}
-	// Without an arm64 emulator the arm64 program cannot run here.
+	// Without an arm64 emulator the arm64 program cannot run here, and
+	// the task says why before it fails.
 	b := dev.waitAlloc(t, "arch-c2", 2*time.Minute, func(a *nomad.AllocationListStub) bool {
 		return a.ClientStatus == nomad.AllocClientStatusFailed
 	})
@@ -122,12 +133,23 @@ func TestImageForNodePlatform(t *testing.T) {
 	if !strings.Contains(events, "exec format error") {
 		t.Fatalf("arm64 task without an emulator did not fail with an exec error:\n%s", events)
 	}
+	if want := noEmulatorEvent("arm64"); !strings.Contains(events, want) {
+		t.Fatalf("no event about the missing emulator (want %q):\n%s", want, events)
+	}
+}
+
+// noEmulatorEvent is the task event for an entrypoint built for arch on
+// this machine, which has no binfmt_misc handler for it.
+func noEmulatorEvent(arch string) string {
+	node := "linux/" + runtime.GOARCH
+	return "Entrypoint /archprint is a linux/" + arch + " binary; this node is " + node +
+		` and has no binfmt_misc handler for it: the task will fail with "exec format error" (register an emulator such as qemu-user-static, or use the image for ` + node + ")"
 }
 
 // TestImageWithoutEmulator: a client choosing images for an architecture
 // this machine cannot run (no binfmt emulator registered) gets that variant,
-// and the task fails with a clear exec error instead of running something
-// else.
+// a task event says its entrypoint cannot run here, and the task fails with
+// a clear exec error instead of running something else.
 func TestImageWithoutEmulator(t *testing.T) {
 	arch := ""
 	for _, a := range []string{"riscv64", "s390x", "ppc64le", "mips64le"} {
@@ -155,6 +177,9 @@ func TestImageWithoutEmulator(t *testing.T) {
 	events := strings.Join(dev.taskEvents(t, b.ID, "t"), "\n")
 	if !strings.Contains(events, "for linux/"+arch) {
 		t.Fatalf("the %s variant was not chosen:\n%s", arch, events)
+	}
+	if want := noEmulatorEvent(arch); !strings.Contains(events, want) {
+		t.Fatalf("no event about the missing emulator (want %q):\n%s", want, events)
 	}
 	stderr, _ := dev.nomadCLI(t, "alloc", "logs", "-stderr", b.ID, "t")
 	if !strings.Contains(stderr, "exec format error") {

@@ -5,19 +5,36 @@
 // host/repo@sha256:...) or an OCI image layout directory on the node
 // ("oci:/path/to/layout[:tag]"). The Store selects the manifest for the node's
 // platform, downloads the blobs it does not have yet into a content-addressed
-// cache, flattens the layers into one read-only-by-convention rootfs
-// directory per manifest digest, and keeps a reference count per image so that
-// images no task uses any more are removed after a delay.
+// cache, unpacks each layer it has not unpacked before into a directory of
+// its own keyed by the layer's diff ID, assembles the layers into one
+// read-only-by-convention rootfs directory per manifest digest, and keeps a
+// reference count per image so that images no task uses any more are
+// removed after a delay (with the blobs and layers no other image needs).
 //
 // On-disk layout under StoreConfig.Dir:
 //
 //	blobs/sha256/<hex>              manifests, configs and compressed layers
-//	rootfs/sha256/<manifest hex>/   the flattened rootfs of one image
+//	layers/sha256/<diff ID hex>/    one unpacked layer, shared by every image
+//	                                (and platform) that has it:
+//	    fs/                         its files; whiteouts kept as OCI
+//	                                ".wh.<name>" and ".wh..wh..opq" markers
+//	    layer.json                  what fs/ cannot say: directories that are
+//	                                only parents, hard links to lower layers
+//	rootfs/sha256/<manifest hex>/   the rootfs of one image, assembled from
+//	                                its layers in order; its files are hard
+//	                                links to the layers' (copies where the
+//	                                file system refuses), its directories
+//	                                its own
 //	rootfs/sha256/<manifest hex>.json  its metadata (written last: an image
 //	                                   without metadata is incomplete)
 //	resolved.json                   reference+platform -> manifest digest
 //
 // Every entry is written under a temporary name in the same directory and
 // renamed into place, so a crash never leaves a partial entry under a final
-// name.
+// name. Concurrent pulls of one reference share one download; pulls of
+// different images that share a layer unpack it once.
+//
+// Because a rootfs shares its files' inodes with the layer cache, nothing
+// may write to it: tasks see it only as the read-only lower directory of an
+// overlay of their own.
 package image

@@ -2,11 +2,8 @@ package image
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,22 +14,25 @@ import (
 // maxParallelDownloads bounds concurrent layer downloads of one pull.
 const maxParallelDownloads = 3
 
-type layerJob struct {
-	desc  v1.Descriptor
-	ready chan struct{}
-	err   error
-}
-
-// fetchAndUnpack downloads the layers missing from the cache, a few at a
-// time, and unpacks each into u as soon as it and all layers below it are
-// available.
-func (s *Store) fetchAndUnpack(ctx context.Context, ref Ref, img v1.Image, manifest *v1.Manifest, cfg *v1.ConfigFile, u *unpacker, progress func(string)) error {
+// fetchAndUnpack makes sure every layer of the image is unpacked in the
+// layer cache, downloading the blobs it needs a few at a time and unpacking
+// each as soon as it is there, and assembles the layers in order into the
+// rootfs of a as they become ready. Layers the cache has are neither
+// downloaded nor unpacked again. It returns the layers, lowest first, and
+// how many came from the cache. hold receives functions to run once the
+// image is recorded (see prepareLayer).
+func (s *Store) fetchAndUnpack(ctx context.Context, ref Ref, img v1.Image, manifest *v1.Manifest, cfg *v1.ConfigFile, a *assembler, hold func(func()), progress func(string)) ([]*layerMeta, int, error) {
 	n := len(manifest.Layers)
 	jobs := make([]layerJob, n)
 	var total int64
 	for i, l := range manifest.Layers {
 		jobs[i] = layerJob{desc: l, ready: make(chan struct{})}
-		if !s.hasBlob(l.Digest) {
+		if len(cfg.RootFS.DiffIDs) == n {
+			if d := cfg.RootFS.DiffIDs[i]; d.Algorithm == "sha256" && isHex64(d.Hex) {
+				jobs[i].diffID = d
+			}
+		}
+		if !s.hasBlob(l.Digest) && (jobs[i].diffID.Hex == "" || !s.hasLayer(jobs[i].diffID)) {
 			total += l.Size
 		}
 	}
@@ -71,30 +71,43 @@ func (s *Store) fetchAndUnpack(ctx context.Context, ref Ref, img v1.Image, manif
 			go func(i int) {
 				defer wg.Done()
 				defer func() { <-sem }()
-				jobs[i].err = s.fetchLayer(dctx, ref, img, i, n, jobs[i].desc, &downloaded, progress)
-				close(jobs[i].ready)
+				job := &jobs[i]
+				fetch := func() error {
+					return s.fetchLayer(dctx, ref, img, i, n, job.desc, &downloaded, progress)
+				}
+				job.err = s.prepareLayer(dctx, ref, img, i, n, job, fetch, hold)
+				close(job.ready)
 			}(i)
 		}
 	}()
 
+	layers := make([]*layerMeta, 0, n)
+	reused := 0
 	for i := range jobs {
 		select {
 		case <-jobs[i].ready:
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, 0, ctx.Err()
 		}
 		if err := jobs[i].err; err != nil {
-			return err
+			if ctx.Err() != nil {
+				return nil, 0, ctx.Err()
+			}
+			return nil, 0, err
 		}
-		var diffID v1.Hash
-		if len(cfg.RootFS.DiffIDs) == n {
-			diffID = cfg.RootFS.DiffIDs[i]
+		m := jobs[i].meta
+		if err := a.apply(ctx, i+1, layerFS(s.layerPath(m.DiffID)), m); err != nil {
+			if ctx.Err() != nil {
+				return nil, 0, ctx.Err()
+			}
+			return nil, 0, fmt.Errorf("pull %s: unpack %w", ref.display(), err)
 		}
-		if err := s.unpackLayer(ctx, ref, u, i, n, jobs[i].desc, diffID); err != nil {
-			return err
+		layers = append(layers, m)
+		if jobs[i].reused {
+			reused++
 		}
 	}
-	return nil
+	return layers, reused, nil
 }
 
 // fetchLayer downloads one layer into the blob cache unless it is there.
@@ -145,39 +158,4 @@ func (s *Store) reportDownloads(ctx context.Context, ref Ref, downloaded *atomic
 			progress(fmt.Sprintf("Downloading %s: %s of %s", ref.display(), humanSize(cur), humanSize(total)))
 		}
 	}
-}
-
-// unpackLayer applies a cached layer blob to the rootfs and checks its
-// uncompressed digest against the config's diff_id.
-func (s *Store) unpackLayer(ctx context.Context, ref Ref, u *unpacker, i, n int, desc v1.Descriptor, diffID v1.Hash) error {
-	f, err := s.openBlob(desc.Digest)
-	if err != nil {
-		return fmt.Errorf("pull %s: %w", ref.display(), err)
-	}
-	defer f.Close()
-	zr, err := decompress(f)
-	if err != nil {
-		return newKindError(ErrInvalid, err, "pull %s: layer %d/%d %s", ref.display(), i+1, n, desc.Digest)
-	}
-	defer zr.Close()
-	h := sha256.New()
-	r := io.TeeReader(zr, h)
-	if err := u.apply(ctx, i+1, r); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("pull %s: unpack %w", ref.display(), err)
-	}
-	// Drain the end of the archive so the digest covers the whole stream
-	// (and gzip verifies its checksum).
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		return newKindError(ErrInvalid, err, "pull %s: layer %d/%d %s", ref.display(), i+1, n, desc.Digest)
-	}
-	if diffID.Hex != "" && diffID.Algorithm == "sha256" {
-		if got := hex.EncodeToString(h.Sum(nil)); got != diffID.Hex {
-			return newKindError(ErrInvalid, nil, "pull %s: layer %d/%d %s uncompresses to sha256:%s, but the config says %s (corrupt image)",
-				ref.display(), i+1, n, desc.Digest, got, diffID)
-		}
-	}
-	return nil
 }

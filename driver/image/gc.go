@@ -52,7 +52,13 @@ func (s *Store) collect(d v1.Hash, rt *removalTimer) {
 	delete(s.removing, d)
 	close(done)
 	s.sweepBlobsLocked()
+	trash := s.sweepLayersLocked()
 	s.mu.Unlock()
+	for _, p := range trash {
+		if err := removeTree(p); err != nil {
+			s.logger.Warn("cannot remove layer", "path", p, "error", err)
+		}
+	}
 }
 
 // sweepBlobsLocked removes the blobs that no complete image lists and no pull

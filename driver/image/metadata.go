@@ -28,7 +28,11 @@ type imageMeta struct {
 	Size     int64       `json:"size"`
 	// Blobs lists the manifest, config and layer blobs of the image so
 	// that removal can tell which blobs are still referenced.
-	Blobs   []v1.Hash `json:"blobs"`
+	Blobs []v1.Hash `json:"blobs"`
+	// Layers lists the diff IDs of the unpacked layers the rootfs was
+	// assembled from, lowest first, so that removal can tell which
+	// layers are still needed.
+	Layers  []v1.Hash `json:"layers,omitempty"`
 	Created time.Time `json:"created"`
 
 	rootfs string

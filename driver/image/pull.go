@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -170,7 +171,8 @@ func (s *Store) materialize(ctx context.Context, ref Ref, node v1.Platform, src 
 	return s.build(ctx, ref, node, src, progress)
 }
 
-// build downloads the blobs of an image and unpacks its rootfs.
+// build downloads the blobs of an image, unpacks the layers the cache does
+// not have yet, and assembles its rootfs from them.
 func (s *Store) build(ctx context.Context, ref Ref, node v1.Platform, src source, progress func(string)) (*Image, error) {
 	d := src.digest
 	start := time.Now()
@@ -228,6 +230,25 @@ func (s *Store) build(ctx context.Context, ref Ref, node v1.Platform, src source
 		return nil, fmt.Errorf("pull %s: %w", ref.display(), err)
 	}
 
+	// Layers this pull pins stay pinned until the image is recorded (or
+	// the pull failed), so that no removal takes them in between.
+	var (
+		heldMu sync.Mutex
+		held   []func()
+	)
+	hold := func(f func()) {
+		heldMu.Lock()
+		held = append(held, f)
+		heldMu.Unlock()
+	}
+	defer func() {
+		heldMu.Lock()
+		defer heldMu.Unlock()
+		for _, f := range held {
+			f()
+		}
+	}()
+
 	tmp, err := os.MkdirTemp(s.rootDir, tmpPrefix+d.Hex+"-")
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: %w", ref.display(), err)
@@ -243,9 +264,16 @@ func (s *Store) build(ctx context.Context, ref Ref, node v1.Platform, src source
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return nil, fmt.Errorf("pull %s: %w", ref.display(), err)
 	}
-	u := newUnpacker(tmp, s.logger.With("ref", ref.String(), "digest", d.String()))
-	if err := s.fetchAndUnpack(ctx, ref, img, manifest, cfg, u, progress); err != nil {
+	a := newAssembler(tmp, s.logger.With("ref", ref.String(), "digest", d.String()))
+	layers, reused, err := s.fetchAndUnpack(ctx, ref, img, manifest, cfg, a, hold, progress)
+	if err != nil {
 		return nil, err
+	}
+	var size int64
+	diffIDs := make([]v1.Hash, 0, len(layers))
+	for _, l := range layers {
+		size += l.Size
+		diffIDs = append(diffIDs, l.DiffID)
 	}
 
 	final := s.rootfsPath(d)
@@ -265,8 +293,9 @@ func (s *Store) build(ctx context.Context, ref Ref, node v1.Platform, src source
 		Digest:   d,
 		Platform: platform,
 		Config:   cfg.Config,
-		Size:     u.size,
+		Size:     size,
 		Blobs:    blobs,
+		Layers:   diffIDs,
 		Created:  time.Now().UTC(),
 		rootfs:   final,
 	}
@@ -279,12 +308,13 @@ func (s *Store) build(ctx context.Context, ref Ref, node v1.Platform, src source
 	s.mu.Unlock()
 
 	elapsed := time.Since(start).Round(100 * time.Millisecond)
-	if u.skippedDevices > 0 {
-		s.logger.Warn("device nodes not created (not permitted)", "ref", ref.String(), "count", u.skippedDevices)
-	}
 	s.logger.Info("image pulled", "ref", ref.String(), "digest", d, "platform", formatPlatform(platform),
-		"layers", len(manifest.Layers), "size", u.size, "duration", elapsed)
-	progress(fmt.Sprintf("Unpacked %s (%d layers, %s) in %s", ref.display(), len(manifest.Layers), humanSize(u.size), elapsed))
+		"layers", len(manifest.Layers), "layers_cached", reused, "size", size, "linked", a.linked, "copied", a.copied, "duration", elapsed)
+	cached := ""
+	if reused > 0 {
+		cached = fmt.Sprintf(", %d already unpacked", reused)
+	}
+	progress(fmt.Sprintf("Unpacked %s (%d layers, %s%s) in %s", ref.display(), len(manifest.Layers), humanSize(size), cached, elapsed))
 	return meta.image(ref.String()), nil
 }
 

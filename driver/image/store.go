@@ -58,8 +58,9 @@ type Image struct {
 	// Config holds Env, Entrypoint, Cmd, WorkingDir, User, ...
 	Config v1.Config
 	// RootFS is the absolute path of the flattened rootfs. It is shared by
-	// every task using the image and must not be written to: mount an
-	// overlay on top of it.
+	// every task using the image, and its files share their inodes with
+	// the layer cache (and so with other images): it must never be
+	// written to. Use it as the read-only lower directory of an overlay.
 	RootFS string
 	// Size is the unpacked size in bytes, roughly.
 	Size int64
@@ -80,6 +81,7 @@ func (img *Image) clone() *Image {
 type Store struct {
 	dir       string
 	blobDir   string
+	layerDir  string
 	rootDir   string
 	logger    hclog.Logger
 	gcEnabled bool
@@ -108,11 +110,16 @@ type Store struct {
 	timers   map[v1.Hash]*removalTimer // pending removals
 	pins     map[v1.Hash]*pin          // pulls using a manifest digest
 	blobPins map[v1.Hash]int           // blobs pulls in progress rely on
-	removing map[v1.Hash]chan struct{}
-	flights  map[string]*flight
+	// layerPins holds the layers (by diff ID) pulls in progress rely on;
+	// a pin's lock is held while its layer is unpacked.
+	layerPins map[v1.Hash]*pin
+	removing  map[v1.Hash]chan struct{}
+	flights   map[string]*flight
 
 	// blobFetches counts blobs downloaded (not found in the cache).
 	blobFetches atomic.Int64
+	// layerUnpacks counts layers unpacked into the layer cache.
+	layerUnpacks atomic.Int64
 }
 
 // NewStore opens (creating if needed) the image cache in cfg.Dir, removes
@@ -137,6 +144,7 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 	s := &Store{
 		dir:              dir,
 		blobDir:          filepath.Join(dir, "blobs", "sha256"),
+		layerDir:         filepath.Join(dir, "layers", "sha256"),
 		rootDir:          filepath.Join(dir, "rootfs", "sha256"),
 		logger:           logger.Named("image"),
 		gcEnabled:        cfg.GCEnabled,
@@ -152,15 +160,22 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 		timers:           map[v1.Hash]*removalTimer{},
 		pins:             map[v1.Hash]*pin{},
 		blobPins:         map[v1.Hash]int{},
+		layerPins:        map[v1.Hash]*pin{},
 		removing:         map[v1.Hash]chan struct{}{},
 		flights:          map[string]*flight{},
 	}
 	// The cache root only needs to be traversable by others: the overlay
-	// lower directories live below it.
+	// lower directories live below it. Layers are reached through the
+	// rootfs directories only.
 	for _, d := range []struct {
 		path string
 		mode os.FileMode
-	}{{dir, 0o711}, {filepath.Dir(s.blobDir), 0o700}, {s.blobDir, 0o700}, {filepath.Dir(s.rootDir), 0o711}, {s.rootDir, 0o711}} {
+	}{
+		{dir, 0o711},
+		{filepath.Dir(s.blobDir), 0o700}, {s.blobDir, 0o700},
+		{filepath.Dir(s.layerDir), 0o700}, {s.layerDir, 0o700},
+		{filepath.Dir(s.rootDir), 0o711}, {s.rootDir, 0o711},
+	} {
 		if err := os.MkdirAll(d.path, d.mode); err != nil {
 			cancel()
 			return nil, fmt.Errorf("image store: create %s: %w", d.path, err)
@@ -184,6 +199,9 @@ func (s *Store) load() error {
 		return fmt.Errorf("image store: %w", err)
 	}
 	if err := removeTemps(s.rootDir); err != nil {
+		return fmt.Errorf("image store: %w", err)
+	}
+	if err := s.loadLayers(); err != nil {
 		return fmt.Errorf("image store: %w", err)
 	}
 	entries, err := os.ReadDir(s.rootDir)

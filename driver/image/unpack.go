@@ -10,9 +10,11 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -30,15 +32,28 @@ const (
 // without creating.
 var errMissing = errors.New("no such directory")
 
-// unpacker applies image layers, in order, to one directory. It does not use
-// go-containerregistry's mutate.Extract: it handles hard links, whiteouts
-// and unsafe paths itself.
+// unpacker writes one image layer (a tar stream) into an empty directory of
+// its own, so that the layer can be shared by every image that has it. It
+// does not use go-containerregistry's mutate.Extract: it handles hard links,
+// whiteouts and unsafe paths itself.
 //
-// Entries are resolved inside the rootfs: a path with ".." components that
-// leaves the rootfs, a parent that is a symlink to an absolute path or to a
-// path outside the rootfs, or a hard link to something outside the rootfs
-// are refused. The final component of an entry is never followed: an
-// existing file, link or directory in its place is replaced.
+// What a layer cannot apply on its own is kept for the assembly of a rootfs
+// (see assembler):
+//
+//   - whiteouts stay in the layer as OCI marker files: an empty ".wh.<name>"
+//     next to where <name> was, and ".wh..wh..opq" in a directory that hides
+//     what lower layers put there;
+//   - directories the layer has no entry for (parents of its entries, made
+//     with mode 0755) are listed as implicit: their metadata belongs to
+//     lower layers;
+//   - a hard link to a file the layer does not have (one of a lower layer)
+//     is recorded with its target, to be linked in the rootfs.
+//
+// Entries are resolved inside the layer: a path with ".." components that
+// leaves it, a parent that is a symlink to an absolute path or to a path
+// outside the layer, or a hard link to something outside it are refused.
+// The final component of an entry is never followed: an existing file, link
+// or directory in its place is replaced.
 type unpacker struct {
 	root   string
 	logger hclog.Logger
@@ -51,12 +66,14 @@ type unpacker struct {
 	skippedDevices int
 	skippedXattrs  int
 
-	// Per layer: paths (resolved, relative to root) the current layer
-	// created, their ancestors, and directory metadata applied once the
-	// layer's entries are all written.
-	created map[string]bool
-	touched map[string]bool
-	dirs    []dirMeta
+	// implicit holds the directories (relative to root, "" for root)
+	// that no entry of the layer declared.
+	implicit map[string]bool
+	// links maps the path of a hard link to its target in a lower layer.
+	links map[string]string
+	// dirs is the directory metadata applied once the layer's entries
+	// are all written.
+	dirs []dirMeta
 }
 
 type dirMeta struct {
@@ -66,15 +83,19 @@ type dirMeta struct {
 }
 
 func newUnpacker(root string, logger hclog.Logger) *unpacker {
-	return &unpacker{root: root, logger: logger, buf: make([]byte, 1<<20)}
+	return &unpacker{
+		root:     root,
+		logger:   logger,
+		buf:      make([]byte, 1<<20),
+		implicit: map[string]bool{"": true},
+		links:    map[string]string{},
+	}
 }
 
-// apply writes one layer (an uncompressed tar stream). n is the layer's
-// 1-based position, used in errors.
+// apply writes the layer (an uncompressed tar stream). n is the layer's
+// 1-based position in its image, used in errors. An unpacker applies one
+// layer only.
 func (u *unpacker) apply(ctx context.Context, n int, r io.Reader) error {
-	u.created = map[string]bool{}
-	u.touched = map[string]bool{}
-	u.dirs = u.dirs[:0]
 	tr := tar.NewReader(r)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -103,6 +124,20 @@ func (u *unpacker) apply(ctx context.Context, n int, r io.Reader) error {
 		}
 	}
 	return nil
+}
+
+// meta describes the unpacked layer for its layer.json.
+func (u *unpacker) meta(diffID v1.Hash) *layerMeta {
+	m := &layerMeta{DiffID: diffID, Size: u.size, SkippedDevices: u.skippedDevices}
+	for p := range u.implicit {
+		m.Implicit = append(m.Implicit, p)
+	}
+	sort.Strings(m.Implicit)
+	for p, target := range u.links {
+		m.Links = append(m.Links, layerLink{Path: p, Target: target})
+	}
+	sort.Slice(m.Links, func(i, j int) bool { return m.Links[i].Path < m.Links[j].Path })
+	return m
 }
 
 // cleanEntryPath turns a tar entry name into a clean path relative to the
@@ -145,20 +180,20 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 
 	if fi, err := os.Lstat(host); err == nil {
 		if hdr.Typeflag == tar.TypeDir && fi.IsDir() {
-			// Directories merge with the lower layer's; only the
-			// metadata changes. The directory counts as touched, not
-			// created: an opaque whiteout above it must still hide
-			// what lower layers put inside.
-			u.touched[resolved] = true
-			u.markCreated(resolved)
+			// A directory declared again (or after its entries): only
+			// the metadata changes, and it is the layer's own now.
+			delete(u.implicit, resolved)
 			return u.setMeta(host, hdr)
 		}
 		if err := removeTree(host); err != nil {
 			return fmt.Errorf("replace %s: %w", resolved, err)
 		}
+		u.forget(resolved)
 	} else if !os.IsNotExist(err) {
 		return err
 	}
+	// A hard link to a lower layer recorded at this path is replaced.
+	delete(u.links, resolved)
 
 	switch hdr.Typeflag {
 	case tar.TypeDir:
@@ -176,11 +211,7 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		}
 	case tar.TypeLink:
 		// A hard link shares the target's inode and metadata.
-		if err := u.hardlink(hdr.Linkname, host); err != nil {
-			return err
-		}
-		u.markCreated(resolved)
-		return nil
+		return u.hardlink(hdr.Linkname, host, resolved)
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 		created, err := u.mknod(host, hdr)
 		if err != nil {
@@ -193,15 +224,30 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		u.logger.Debug("skipping unsupported tar entry", "name", hdr.Name, "type", string(hdr.Typeflag))
 		return nil
 	}
-	u.markCreated(resolved)
 	return u.setMeta(host, hdr)
 }
 
-// rootEntry applies the metadata of the "./" entry to the rootfs itself.
+// forget drops what was recorded about rel and below after it was removed.
+func (u *unpacker) forget(rel string) {
+	prefix := rel + "/"
+	for p := range u.implicit {
+		if p == rel || strings.HasPrefix(p, prefix) {
+			delete(u.implicit, p)
+		}
+	}
+	for p := range u.links {
+		if p == rel || strings.HasPrefix(p, prefix) {
+			delete(u.links, p)
+		}
+	}
+}
+
+// rootEntry applies the metadata of the "./" entry to the layer's root.
 func (u *unpacker) rootEntry(hdr *tar.Header) error {
 	if hdr.Typeflag != tar.TypeDir {
 		return newKindError(ErrInvalid, nil, "the rootfs itself must be a directory, the layer has type %q", string(hdr.Typeflag))
 	}
+	delete(u.implicit, "")
 	return u.setMeta(u.root, hdr)
 }
 
@@ -217,7 +263,10 @@ func (u *unpacker) writeFile(host string, r io.Reader) error {
 	return f.Close()
 }
 
-func (u *unpacker) hardlink(linkname, host string) error {
+// hardlink links host (at resolved) to linkname. A target this layer wrote
+// is linked at once; any other is a file of a lower layer, linked when the
+// rootfs is assembled.
+func (u *unpacker) hardlink(linkname, host, resolved string) error {
 	rel, err := cleanEntryPath(linkname)
 	if err != nil {
 		return newKindError(ErrInvalid, nil, "hard link target %q escapes the rootfs (the image is malformed or malicious)", linkname)
@@ -228,7 +277,8 @@ func (u *unpacker) hardlink(linkname, host string) error {
 	dir, base := path.Split(rel)
 	dirHost, _, err := u.resolveDir(strings.TrimSuffix(dir, "/"), false)
 	if errors.Is(err, errMissing) {
-		return newKindError(ErrInvalid, nil, "hard link target %q does not exist in the rootfs", linkname)
+		u.links[resolved] = rel
+		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("hard link target %q: %w", linkname, err)
@@ -236,15 +286,17 @@ func (u *unpacker) hardlink(linkname, host string) error {
 	src := filepath.Join(dirHost, base)
 	fi, err := os.Lstat(src)
 	switch {
-	case os.IsNotExist(err):
-		return newKindError(ErrInvalid, nil, "hard link target %q does not exist in the rootfs", linkname)
+	case os.IsNotExist(err), strings.HasPrefix(base, whiteoutPrefix):
+		// Whiteout markers are no files of the image.
+		u.links[resolved] = rel
+		return nil
 	case err != nil:
 		return err
 	case fi.IsDir():
 		return newKindError(ErrInvalid, nil, "hard link target %q is a directory", linkname)
 	}
 	// link(2) does not follow a symlink source: the link shares the
-	// symlink's inode, which stays inside the rootfs.
+	// symlink's inode, which stays inside the layer.
 	return os.Link(src, host)
 }
 
@@ -289,86 +341,49 @@ func (u *unpacker) setMeta(host string, hdr *tar.Header) error {
 	return setTimes(host, atime, hdr.ModTime)
 }
 
-// markCreated records that the current layer wrote rel, so whiteouts in the
-// same layer (which only apply to lower layers) leave it alone.
-func (u *unpacker) markCreated(rel string) {
-	u.created[rel] = true
-	for p := path.Dir(rel); p != "." && p != "/"; p = path.Dir(p) {
-		if u.touched[p] {
-			break
-		}
-		u.touched[p] = true
-	}
-}
-
-// whiteout handles ".wh.<name>" (remove <name> of lower layers) and
-// ".wh..wh..opq" (hide everything lower layers put in the directory).
+// whiteout records ".wh.<name>" (remove <name> of lower layers) and
+// ".wh..wh..opq" (hide everything lower layers put in the directory) as
+// marker files for the assembly of the rootfs. They never hide what this
+// layer itself writes.
 func (u *unpacker) whiteout(dir, base string) error {
-	if base == whiteoutOpaque {
-		dirHost, dirRel, err := u.resolveDir(dir, true)
-		if err != nil {
-			return err
+	if base != whiteoutOpaque {
+		if strings.HasPrefix(base, whiteoutMeta) {
+			// Other ".wh..wh." entries are aufs bookkeeping.
+			return nil
 		}
-		entries, err := os.ReadDir(dirHost)
-		if err != nil {
-			return err
+		name := strings.TrimPrefix(base, whiteoutPrefix)
+		if name == "" || name == "." || name == ".." {
+			return newKindError(ErrInvalid, nil, "invalid whiteout name %q", base)
 		}
-		for _, e := range entries {
-			if err := u.removeLower(path.Join(dirRel, e.Name()), filepath.Join(dirHost, e.Name())); err != nil {
-				return err
-			}
-		}
-		return nil
 	}
-	if strings.HasPrefix(base, whiteoutMeta) {
-		// Other ".wh..wh." entries are aufs bookkeeping.
-		return nil
-	}
-	name := strings.TrimPrefix(base, whiteoutPrefix)
-	if name == "" || name == "." || name == ".." {
-		return newKindError(ErrInvalid, nil, "invalid whiteout name %q", base)
-	}
-	dirHost, dirRel, err := u.resolveDir(dir, false)
-	if errors.Is(err, errMissing) {
-		return nil // nothing below to hide
-	}
+	dirHost, _, err := u.resolveDir(dir, true)
 	if err != nil {
 		return err
 	}
-	host := filepath.Join(dirHost, name)
-	if _, err := os.Lstat(host); os.IsNotExist(err) {
-		return nil
-	}
-	return u.removeLower(path.Join(dirRel, name), host)
-}
-
-// removeLower removes what lower layers put at rel, keeping whatever the
-// current layer wrote there.
-func (u *unpacker) removeLower(rel, host string) error {
-	if u.created[rel] && !u.touched[rel] {
-		return nil
-	}
-	if !u.touched[rel] {
-		return removeTree(host)
-	}
-	entries, err := os.ReadDir(host)
+	f, err := os.OpenFile(filepath.Join(dirHost, base), os.O_WRONLY|os.O_CREATE|noFollow, 0o600)
 	if err != nil {
-		return err
+		return fmt.Errorf("record whiteout: %w", err)
 	}
-	for _, e := range entries {
-		if err := u.removeLower(path.Join(rel, e.Name()), filepath.Join(host, e.Name())); err != nil {
-			return err
-		}
-	}
-	return nil
+	return f.Close()
 }
 
-// resolveDir returns the host path of directory rel (relative to the rootfs)
-// and its symlink-free relative path. Symlinks among the components are
-// followed when they stay inside the rootfs; an absolute symlink or one that
-// climbs out of the rootfs is refused. Missing directories are created with
-// mode 0755 when create is set; otherwise errMissing is returned.
+// resolveDir resolves directory rel inside the layer (see resolveDir);
+// directories it creates are implicit.
 func (u *unpacker) resolveDir(rel string, create bool) (string, string, error) {
+	var created func(string)
+	if create {
+		created = func(p string) { u.implicit[p] = true }
+	}
+	return resolveDir(u.root, rel, create, created)
+}
+
+// resolveDir returns the host path of directory rel (relative to root) and
+// its symlink-free relative path. Symlinks among the components are
+// followed when they stay inside root; an absolute symlink or one that
+// climbs out of root is refused. Missing directories are created with mode
+// 0755 when create is set (and passed to created, if not nil); otherwise
+// errMissing is returned.
+func resolveDir(root, rel string, create bool, created func(string)) (string, string, error) {
 	var parts []string
 	if rel != "" {
 		parts = strings.Split(rel, "/")
@@ -394,7 +409,7 @@ func (u *unpacker) resolveDir(rel string, create bool) (string, string, error) {
 			continue
 		}
 		next := path.Join(resolved, c)
-		host := filepath.Join(u.root, next)
+		host := filepath.Join(root, next)
 		fi, err := os.Lstat(host)
 		switch {
 		case os.IsNotExist(err):
@@ -408,7 +423,9 @@ func (u *unpacker) resolveDir(rel string, create bool) (string, string, error) {
 			if err := os.Chmod(host, 0o755); err != nil {
 				return "", "", err
 			}
-			u.markCreated(next)
+			if created != nil {
+				created(next)
+			}
 			resolved = next
 		case err != nil:
 			return "", "", err
@@ -431,5 +448,5 @@ func (u *unpacker) resolveDir(rel string, create bool) (string, string, error) {
 			return "", "", newKindError(ErrInvalid, nil, "parent %q is not a directory", next)
 		}
 	}
-	return filepath.Join(u.root, resolved), resolved, nil
+	return filepath.Join(root, resolved), resolved, nil
 }

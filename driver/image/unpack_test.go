@@ -5,12 +5,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ferry-nomad/ferry/driver/testutil"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
 	"golang.org/x/sys/unix"
@@ -18,16 +22,38 @@ import (
 
 type entry = testutil.TarEntry
 
-// unpackLayers applies tar layers to a fresh rootfs and returns its path.
+// unpackLayers unpacks each tar layer into a directory of its own and
+// assembles them, in order, into a fresh rootfs, whose path it returns.
 func unpackLayers(t *testing.T, layers ...[]entry) (string, error) {
 	t.Helper()
-	root := filepath.Join(t.TempDir(), "rootfs")
-	must.NoError(t, os.Mkdir(root, 0o755))
-	u := newUnpacker(root, hclog.NewNullLogger())
+	tars := make([][]byte, len(layers))
 	for i, l := range layers {
 		b, err := testutil.Tar(l...)
 		must.NoError(t, err)
+		tars[i] = b
+	}
+	return unpackTars(t, nil, tars...)
+}
+
+// unpackTars is unpackLayers for tar archives; configure, if set, adjusts
+// the assembler.
+func unpackTars(t *testing.T, configure func(*assembler), tars ...[]byte) (string, error) {
+	t.Helper()
+	dir := t.TempDir()
+	root := filepath.Join(dir, "rootfs")
+	must.NoError(t, os.Mkdir(root, 0o755))
+	a := newAssembler(root, hclog.NewNullLogger())
+	if configure != nil {
+		configure(a)
+	}
+	for i, b := range tars {
+		layer := filepath.Join(dir, fmt.Sprintf("layer%d", i+1))
+		must.NoError(t, os.Mkdir(layer, 0o755))
+		u := newUnpacker(layer, hclog.NewNullLogger())
 		if err := u.apply(context.Background(), i+1, bytes.NewReader(b)); err != nil {
+			return root, err
+		}
+		if err := a.apply(context.Background(), i+1, layer, u.meta(v1.Hash{})); err != nil {
 			return root, err
 		}
 	}
@@ -149,7 +175,8 @@ func TestUnpack_HardLink(t *testing.T) {
 	must.NoError(t, unix.Lstat(filepath.Join(root, "usr/tool"), &c))
 	must.Eq(t, a.Ino, b.Ino)
 	must.Eq(t, a.Ino, c.Ino)
-	must.Eq(t, uint64(3), uint64(a.Nlink))
+	// Three names in the rootfs, two in the first layer's directory.
+	must.Eq(t, uint64(5), uint64(a.Nlink))
 	target, err := os.Readlink(filepath.Join(root, "sym-hardlink"))
 	must.NoError(t, err)
 	must.Eq(t, "/nowhere", target)
@@ -255,26 +282,41 @@ func TestUnpack_Xattrs(t *testing.T) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	must.NoError(t, tw.WriteHeader(&tar.Header{
-		Name: "f", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1, Format: tar.FormatPAX,
+		Name: "d/", Typeflag: tar.TypeDir, Mode: 0o755, Format: tar.FormatPAX,
+		PAXRecords: map[string]string{"SCHILY.xattr.user.ferry": "dir"},
+	}))
+	must.NoError(t, tw.WriteHeader(&tar.Header{
+		Name: "d/f", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1, Format: tar.FormatPAX,
 		PAXRecords: map[string]string{"SCHILY.xattr.user.ferry": "yes"},
 	}))
 	_, err := tw.Write([]byte("x"))
 	must.NoError(t, err)
 	must.NoError(t, tw.Close())
 
-	root := filepath.Join(t.TempDir(), "rootfs")
-	must.NoError(t, os.Mkdir(root, 0o755))
-	u := newUnpacker(root, hclog.NewNullLogger())
-	must.NoError(t, u.apply(context.Background(), 1, &buf))
+	layer := filepath.Join(t.TempDir(), "layer")
+	must.NoError(t, os.Mkdir(layer, 0o755))
+	u := newUnpacker(layer, hclog.NewNullLogger())
+	must.NoError(t, u.apply(context.Background(), 1, bytes.NewReader(buf.Bytes())))
 	val := make([]byte, 16)
-	n, err := unix.Lgetxattr(filepath.Join(root, "f"), "user.ferry", val)
+	n, err := unix.Lgetxattr(filepath.Join(layer, "d/f"), "user.ferry", val)
 	if err != nil {
 		// Some file systems do not store user xattrs; the unpack must not
 		// fail because of it.
-		must.Eq(t, 1, u.skippedXattrs)
+		must.Eq(t, 2, u.skippedXattrs)
 		t.Skipf("file system without user xattrs: %v", err)
 	}
 	must.Eq(t, "yes", string(val[:n]))
+
+	// The rootfs has them too: the file is the layer's, the directory
+	// a copy.
+	root, err := unpackTars(t, nil, buf.Bytes())
+	must.NoError(t, err)
+	n, err = unix.Lgetxattr(filepath.Join(root, "d/f"), "user.ferry", val)
+	must.NoError(t, err)
+	must.Eq(t, "yes", string(val[:n]))
+	n, err = unix.Lgetxattr(filepath.Join(root, "d"), "user.ferry", val)
+	must.NoError(t, err)
+	must.Eq(t, "dir", string(val[:n]))
 }
 
 func TestUnpack_RefusesEscapes(t *testing.T) {
@@ -310,6 +352,26 @@ func TestUnpack_RefusesEscapes(t *testing.T) {
 			{Name: "evil", Type: tar.TypeSymlink, Linkname: outside},
 			{Name: "hl", Type: tar.TypeLink, Linkname: "evil/keep"},
 		}}},
+		{"whiteout through a lower layer's absolute symlink", [][]entry{
+			{{Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
+			{{Name: "evil/.wh.keep"}},
+		}},
+		{"opaque directory through a lower layer's absolute symlink", [][]entry{
+			{{Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
+			{{Name: "evil/.wh..wh..opq"}},
+		}},
+		{"hard link through a lower layer's absolute symlink", [][]entry{
+			{{Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
+			{{Name: "hl", Type: tar.TypeLink, Linkname: "evil/keep"}},
+		}},
+		{"hard link into a lower layer's absolute symlink", [][]entry{
+			{{Name: "f", Body: "f"}, {Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
+			{{Name: "evil/pwned", Type: tar.TypeLink, Linkname: "f"}},
+		}},
+		{"relative symlink of a lower layer climbing out", [][]entry{
+			{{Name: "a/", Type: tar.TypeDir}, {Name: "a/up", Type: tar.TypeSymlink, Linkname: "../../../../../../../.." + outside}},
+			{{Name: "a/up/pwned", Body: "x"}},
+		}},
 	}
 	must.NoError(t, os.WriteFile(filepath.Join(outside, "keep"), []byte("keep"), 0o644))
 	for _, tc := range cases {
@@ -329,4 +391,173 @@ func TestUnpack_HardLinkToMissingTarget(t *testing.T) {
 	must.Error(t, err)
 	must.StrContains(t, err.Error(), `hard link target "nope" does not exist`)
 	must.StrContains(t, err.Error(), `layer 1: entry "hl"`)
+}
+
+func TestUnpack_LayerKeepsWhatItCannotApply(t *testing.T) {
+	b, err := testutil.Tar(
+		entry{Name: "a/.wh.x"},
+		entry{Name: "b/.wh..wh..opq"},
+		entry{Name: ".wh..wh.plnk"}, // aufs bookkeeping: ignored
+		entry{Name: "c/d/file", Body: "f"},
+		entry{Name: "e/", Type: tar.TypeDir},
+		entry{Name: "e/f", Body: "e"},
+		entry{Name: "in-layer", Type: tar.TypeLink, Linkname: "e/f"},
+		entry{Name: "to-lower", Type: tar.TypeLink, Linkname: "/usr/bin/tool"},
+		entry{Name: "replaced", Type: tar.TypeLink, Linkname: "/usr/bin/other"},
+		entry{Name: "replaced", Body: "now a file"},
+	)
+	must.NoError(t, err)
+	layer := filepath.Join(t.TempDir(), "layer")
+	must.NoError(t, os.Mkdir(layer, 0o755))
+	u := newUnpacker(layer, hclog.NewNullLogger())
+	must.NoError(t, u.apply(context.Background(), 1, bytes.NewReader(b)))
+
+	m := u.meta(v1.Hash{})
+	// The layer has no entry for its root, a, b, c and c/d.
+	must.Eq(t, []string{"", "a", "b", "c", "c/d"}, m.Implicit)
+	must.Eq(t, []layerLink{{Path: "to-lower", Target: "usr/bin/tool"}}, m.Links)
+	must.True(t, exists(filepath.Join(layer, "a/.wh.x")))
+	must.True(t, exists(filepath.Join(layer, "b/.wh..wh..opq")))
+	must.False(t, exists(filepath.Join(layer, ".wh..wh.plnk")))
+	must.False(t, exists(filepath.Join(layer, "to-lower")))
+	var in, f unix.Stat_t
+	must.NoError(t, unix.Lstat(filepath.Join(layer, "in-layer"), &in))
+	must.NoError(t, unix.Lstat(filepath.Join(layer, "e/f"), &f))
+	must.Eq(t, f.Ino, in.Ino)
+	must.Eq(t, "now a file", readFile(t, filepath.Join(layer, "replaced")))
+}
+
+func TestUnpack_WhiteoutsUnderADirectoryThatReplacesASymlink(t *testing.T) {
+	// The upper layer replaces the symlink d with a directory of its own:
+	// its whiteouts there hide nothing behind the old symlink.
+	root := mustUnpack(t,
+		[]entry{
+			{Name: "target/", Type: tar.TypeDir},
+			{Name: "target/keep", Body: "k"},
+			{Name: "d", Type: tar.TypeSymlink, Linkname: "target"},
+		},
+		[]entry{
+			{Name: "d/", Type: tar.TypeDir},
+			{Name: "d/.wh.keep"},
+			{Name: "d/.wh..wh..opq"},
+			{Name: "d/new", Body: "n"},
+		},
+	)
+	fi, err := os.Lstat(filepath.Join(root, "d"))
+	must.NoError(t, err)
+	must.True(t, fi.IsDir())
+	must.Eq(t, "n", readFile(t, filepath.Join(root, "d/new")))
+	must.Eq(t, "k", readFile(t, filepath.Join(root, "target/keep")))
+}
+
+func TestUnpack_WhiteoutThroughALowerSymlink(t *testing.T) {
+	// Whiteouts under a path that is a symlink below apply where it
+	// points, as entries written there do.
+	root := mustUnpack(t,
+		[]entry{
+			{Name: "usr/", Type: tar.TypeDir},
+			{Name: "usr/lib/", Type: tar.TypeDir},
+			{Name: "usr/lib/old.so", Body: "o"},
+			{Name: "usr/lib/keep.so", Body: "k"},
+			{Name: "lib", Type: tar.TypeSymlink, Linkname: "usr/lib"},
+		},
+		[]entry{
+			{Name: "lib/.wh.old.so"},
+			{Name: "lib/new.so", Body: "n"},
+		},
+	)
+	must.False(t, exists(filepath.Join(root, "usr/lib/old.so")))
+	must.Eq(t, "k", readFile(t, filepath.Join(root, "usr/lib/keep.so")))
+	must.Eq(t, "n", readFile(t, filepath.Join(root, "usr/lib/new.so")))
+	target, err := os.Readlink(filepath.Join(root, "lib"))
+	must.NoError(t, err)
+	must.Eq(t, "usr/lib", target)
+}
+
+func TestUnpack_HardLinkToLowerThroughSymlinkOfItsLayer(t *testing.T) {
+	root := mustUnpack(t,
+		[]entry{
+			{Name: "bin/", Type: tar.TypeDir},
+			{Name: "bin/tool", Body: "t", Mode: 0o755},
+		},
+		[]entry{
+			{Name: "l", Type: tar.TypeSymlink, Linkname: "bin"},
+			{Name: "hl", Type: tar.TypeLink, Linkname: "l/tool"},
+			// Whited out in the same layer after being linked: the link
+			// keeps the file.
+			{Name: "bin/.wh.gone"},
+		},
+	)
+	var tool, hl unix.Stat_t
+	must.NoError(t, unix.Lstat(filepath.Join(root, "bin/tool"), &tool))
+	must.NoError(t, unix.Lstat(filepath.Join(root, "hl"), &hl))
+	must.Eq(t, tool.Ino, hl.Ino)
+}
+
+func TestUnpack_CopiesWhenLinksRefused(t *testing.T) {
+	// A file system that refuses links from the layers to the rootfs (at
+	// its link limit, say) gets copies with the same content and
+	// metadata, hard links kept.
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	mtime := time.Date(2023, 5, 6, 7, 8, 9, 0, time.UTC)
+	for _, h := range []*tar.Header{
+		{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime},
+		{Name: "bin/tool", Typeflag: tar.TypeReg, Mode: 0o4755, Size: 4, Uid: 1000, Gid: 2000, ModTime: mtime, Format: tar.FormatPAX,
+			PAXRecords: map[string]string{"SCHILY.xattr.user.ferry": "yes"}},
+		{Name: "bin/alias", Typeflag: tar.TypeLink, Linkname: "bin/tool"},
+		{Name: "bin/sh", Typeflag: tar.TypeSymlink, Linkname: "tool", ModTime: mtime},
+		{Name: "fifo", Typeflag: tar.TypeFifo, Mode: 0o640, ModTime: mtime},
+	} {
+		must.NoError(t, tw.WriteHeader(h))
+		if h.Size > 0 {
+			_, err := tw.Write([]byte("tool"))
+			must.NoError(t, err)
+		}
+	}
+	must.NoError(t, tw.Close())
+	upper, err := testutil.Tar(entry{Name: "usr/tool", Type: tar.TypeLink, Linkname: "bin/tool"})
+	must.NoError(t, err)
+
+	var root string
+	root, err = unpackTars(t, func(a *assembler) {
+		a.link = func(oldname, newname string) error {
+			if !strings.HasPrefix(oldname, a.root+string(filepath.Separator)) {
+				return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: unix.EMLINK}
+			}
+			return os.Link(oldname, newname)
+		}
+	}, buf.Bytes(), upper)
+	must.NoError(t, err)
+	layer := filepath.Join(filepath.Dir(root), "layer1")
+
+	var inRoot, inLayer, alias, usrTool unix.Stat_t
+	must.NoError(t, unix.Lstat(filepath.Join(root, "bin/tool"), &inRoot))
+	must.NoError(t, unix.Lstat(filepath.Join(layer, "bin/tool"), &inLayer))
+	must.NoError(t, unix.Lstat(filepath.Join(root, "bin/alias"), &alias))
+	must.NoError(t, unix.Lstat(filepath.Join(root, "usr/tool"), &usrTool))
+	must.NotEq(t, inLayer.Ino, inRoot.Ino)
+	must.Eq(t, inRoot.Ino, alias.Ino)
+	must.Eq(t, inRoot.Ino, usrTool.Ino)
+	must.Eq(t, "tool", readFile(t, filepath.Join(root, "bin/tool")))
+	must.Eq(t, uint32(0o4755), inRoot.Mode&0o7777)
+	must.Eq(t, mtime.Unix(), inRoot.Mtim.Sec)
+	if os.Geteuid() == 0 {
+		must.Eq(t, uint32(1000), inRoot.Uid)
+		must.Eq(t, uint32(2000), inRoot.Gid)
+	}
+	val := make([]byte, 16)
+	if n, err := unix.Lgetxattr(filepath.Join(layer, "bin/tool"), "user.ferry", val); err == nil {
+		must.Eq(t, "yes", string(val[:n]))
+		n, err = unix.Lgetxattr(filepath.Join(root, "bin/tool"), "user.ferry", val)
+		must.NoError(t, err)
+		must.Eq(t, "yes", string(val[:n]))
+	}
+	target, err := os.Readlink(filepath.Join(root, "bin/sh"))
+	must.NoError(t, err)
+	must.Eq(t, "tool", target)
+	fi, err := os.Lstat(filepath.Join(root, "fifo"))
+	must.NoError(t, err)
+	must.True(t, fi.Mode()&os.ModeNamedPipe != 0)
+	must.Eq(t, os.FileMode(0o640), fi.Mode().Perm())
 }

@@ -315,6 +315,8 @@ func (d *Driver) launch(cfg *drivers.TaskConfig, conf *Config, env *environment,
 		if err := checkpoint.RebaseSpec(st.Dir, from.options); err != nil {
 			return nil, fmt.Errorf("restore: %w", err)
 		}
+	} else {
+		d.checkEntrypoint(cfg, s)
 	}
 
 	ctx, cancel := context.WithTimeout(d.ctx, 2*time.Minute)

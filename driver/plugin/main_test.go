@@ -13,5 +13,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "shim" {
 		os.Exit(shim.Main(os.Args[2:]))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if archBinaries.dir != "" {
+		_ = os.RemoveAll(archBinaries.dir)
+	}
+	os.Exit(code)
 }

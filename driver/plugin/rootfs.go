@@ -12,6 +12,10 @@ import (
 // A task's rootfs is an overlay: the image's shared, read-only rootfs below,
 // the task's own changes in dir/upper. The changes stay in the task directory,
 // apart from the image, which is what a checkpoint carries to another node.
+// The overlay is also what keeps the image cache intact: the files of an
+// image's rootfs are hard links to the cache's unpacked layers, shared with
+// other images, and the overlay never writes to its lower directory (a task
+// changing a file gets a copy in its upper directory).
 
 // mountRootfs mounts the task's overlay at dir/rootfs and returns that path.
 func mountRootfs(lower, dir string) (string, error) {
