@@ -55,7 +55,7 @@ func startCluster() (*cluster, error) {
 	root := repoRoot()
 	clients := os.Getenv("FERRY_E2E_CLIENTS")
 	if clients == "" {
-		clients = "2"
+		clients = "3"
 	}
 	up := exec.Command("bash", filepath.Join(root, "scripts/cluster.sh"), "up", "--clients", clients)
 	up.Stdout, up.Stderr = os.Stdout, os.Stderr

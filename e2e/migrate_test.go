@@ -623,7 +623,10 @@ func TestMoveAcrossArchitectures(t *testing.T) {
 		target = "ferry-c1"
 	}
 	states := dev.watchRecord(t, a.ID, "counter")
-	dev.companionMigrate(t, a.ID, target)
+	out := dev.companionMigrate(t, a.ID, target)
+	if !strings.Contains(out, "started fresh: Moved across architectures") {
+		t.Fatalf("ferry-companion migrate does not report the cold start:\n%s", out)
+	}
 	next := dev.replacement(t, "cross-arch", a)
 	events := strings.Join(dev.taskEvents(t, next.ID, "counter"), "\n")
 	want := fmt.Sprintf("Moved across architectures (linux/%s to linux/%s)", src, dst)

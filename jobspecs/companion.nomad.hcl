@@ -52,6 +52,14 @@ job "ferry-companion" {
   }
 
   group "agent" {
+    # Keep trying: a node without its agent serves no checkpoints.
+    restart {
+      attempts = 10
+      interval = "30m"
+      delay    = "15s"
+      mode     = "delay"
+    }
+
     network {
       port "http" {
         static = 4700

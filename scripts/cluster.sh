@@ -479,13 +479,19 @@ run_companion() {
     -var "build=$(sha256sum "$DATA/bin/ferry-companion" | cut -c1-16)" \
     -var "config=$(companion_config)" \
     "$REPO/jobspecs/companion.nomad.hcl" >/dev/null
-  local deadline=$((SECONDS + TIMEOUT)) want have
+  # Wait for the submitted version everywhere, and for the allocations it
+  # replaces to be gone: a client still running a replaced allocation holds
+  # its static port, and Nomad then places nothing else on that node.
+  local deadline=$((SECONDS + TIMEOUT)) want have version
   want=$(running_clients | wc -l)
   while :; do
+    version=$(curl -sf -m 3 "$NOMAD_API/v1/job/ferry-companion" 2>/dev/null | jq '.Version' 2>/dev/null || echo -1)
     have=$(curl -sf -m 3 "$NOMAD_API/v1/job/ferry-companion/allocations" 2>/dev/null |
-      jq '[.[] | select(.ClientStatus == "running" and .DesiredStatus == "run")] | length' 2>/dev/null || echo 0)
+      jq --argjson v "$version" '
+        if any(.[]; .DesiredStatus != "run" and (.ClientStatus == "running" or .ClientStatus == "pending")) then 0
+        else [.[] | select(.ClientStatus == "running" and .DesiredStatus == "run" and .JobVersion == $v)] | length end' 2>/dev/null || echo 0)
     ((have >= want)) && break
-    ((SECONDS < deadline)) || die "ferry-companion is running on $have of $want clients; see 'nomad job status ferry-companion'"
+    ((SECONDS < deadline)) || die "ferry-companion version $version is running on $have of $want clients; see 'nomad job status ferry-companion'"
     sleep 1
   done
 }

@@ -68,14 +68,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { errc <- srv.Serve(ln) }()
 	a.logger.Info("serving checkpoints", "listen", a.cfg.Listen, "advertise", a.cfg.Advertise, "dir", a.cfg.CheckpointDir)
 
-	deregister, err := a.catalog.RegisterAgent(ctx, catalog.Agent{
-		NodeID:   a.cfg.NodeID,
-		NodeName: a.cfg.NodeName,
-		Address:  "http://" + a.cfg.Advertise,
-	})
+	deregister, err := a.register(ctx)
 	if err != nil {
 		_ = srv.Close()
-		return fmt.Errorf("register in Consul: %w", err)
+		return err
 	}
 	defer deregister()
 
@@ -91,6 +87,29 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("serve: %w", err)
 		case <-ticker.C:
 			a.reap(ctx)
+		}
+	}
+}
+
+// register writes this agent's record in Consul, trying again until ctx
+// ends: Consul being away for a while is no reason to stop serving.
+func (a *Agent) register(ctx context.Context) (func(), error) {
+	wait := time.Second
+	for {
+		deregister, err := a.catalog.RegisterAgent(ctx, catalog.Agent{
+			NodeID:   a.cfg.NodeID,
+			NodeName: a.cfg.NodeName,
+			Address:  "http://" + a.cfg.Advertise,
+		})
+		if err == nil {
+			return deregister, nil
+		}
+		a.logger.Warn("cannot register in Consul yet", "error", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("register in Consul: %w", err)
+		case <-time.After(wait):
+			wait = min(2*wait, 30*time.Second)
 		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/planner"
+	"github.com/ferry-nomad/ferry/driver/catalog"
 )
 
 // Config is the companion's configuration. The comments give each field's
@@ -72,7 +73,6 @@ type Rebalance struct {
 	// Policy is written flat in the rebalance block: online_priority,
 	// consecutive, cooldown, threshold "cpu" and "memory" { high, low } and
 	// limits { in_flight, per_node, per_job, per_hour, per_round }.
-	// Policy.HostLoad is not written: Load sets it from Sample.Source.
 	Policy planner.Config
 }
 
@@ -154,8 +154,8 @@ func (c *Config) validate(agent bool) []error {
 
 	// Sampling.
 	s := c.Sample
-	if s.Interval <= 0 {
-		add(`sample.interval (-sample-interval): %q must be positive, e.g. "5s"`, s.Interval)
+	if s.Interval < minInterval {
+		add(`sample.interval (-sample-interval): %q must be at least %s, e.g. "5s"`, s.Interval, minInterval)
 	} else if s.Window < s.Interval {
 		add(`sample.window (-sample-window): %q must be at least sample.interval (%q): samples are averaged over the window`, s.Window, s.Interval)
 	}
@@ -166,14 +166,16 @@ func (c *Config) validate(agent bool) []error {
 	folder := ""
 	if err := checkKey(s.Prefix); err != nil {
 		add(`sample.prefix: %v, e.g. %q`, err, load.DefaultPrefix)
+	} else if err := checkOwnKey(strings.TrimSuffix(s.Prefix, "/") + "/"); err != nil {
+		add(`sample.prefix: %v`, err)
 	} else {
 		folder = strings.TrimSuffix(s.Prefix, "/") + "/"
 	}
 
 	// Rebalancing.
 	r := c.Rebalance
-	if r.Interval <= 0 {
-		add(`rebalance.interval (-rebalance-interval): %q must be positive, e.g. "30s"`, r.Interval)
+	if r.Interval < minInterval {
+		add(`rebalance.interval (-rebalance-interval): %q must be at least %s, e.g. "30s"`, r.Interval, minInterval)
 	}
 	if r.MoveTimeout <= 0 {
 		add(`rebalance.move_timeout: %q must be positive, e.g. "10m"`, r.MoveTimeout)
@@ -185,6 +187,8 @@ func (c *Config) validate(agent bool) []error {
 	for _, k := range keys {
 		if err := checkKey(k.key); err != nil {
 			add("%s: %v, e.g. %q", k.name, err, k.example)
+		} else if err := checkOwnKey(k.key); err != nil {
+			add("%s: %v", k.name, err)
 		} else if folder != "" && strings.HasPrefix(k.key, folder) {
 			add("%s: %q must not be under sample.prefix (%q), where every key is a node's load record", k.name, k.key, s.Prefix)
 		}
@@ -282,6 +286,21 @@ func checkKey(k string) error {
 		return fmt.Errorf("%q must not start with \"/\" (Consul KV keys have no leading slash)", k)
 	case strings.TrimSpace(k) != k:
 		return fmt.Errorf("%q must not start or end with spaces", k)
+	}
+	return nil
+}
+
+// minInterval is the shortest sampling or planning interval: shorter ones
+// would only load Nomad and Consul.
+const minInterval = time.Second
+
+// checkOwnKey refuses a key (or a prefix ending in "/") that would mix with
+// the records the drivers and the mover keep.
+func checkOwnKey(k string) error {
+	for _, p := range []string{catalog.DefaultPrefix, catalog.DefaultMigrationPrefix, catalog.DefaultAgentPrefix} {
+		if strings.HasPrefix(k, p) || strings.HasPrefix(p, k) {
+			return fmt.Errorf("%q must not overlap %q, where ferry keeps other records", k, p)
+		}
 	}
 	return nil
 }

@@ -194,8 +194,7 @@ rebalance {
 					Memory: planner.Threshold{High: 0.95, Low: 0.6},
 				},
 				Consecutive: 5, OnlinePriority: 60, Cooldown: time.Hour,
-				Limits:   planner.Limits{InFlight: 8, PerNode: 2, PerJob: 3, PerHour: 60, PerRound: 2},
-				HostLoad: true,
+				Limits: planner.Limits{InFlight: 8, PerNode: 2, PerJob: 3, PerHour: 60, PerRound: 2},
 			},
 		},
 	}
@@ -234,7 +233,6 @@ rebalance {
 				*c = Default()
 				c.Advertise, c.Token, c.NodeID = "10.0.0.1:4700", "t", "n"
 				c.Sample.Source = load.SourceHost
-				c.Rebalance.Policy.HostLoad = true
 				c.Rebalance.Policy.Thresholds.Memory.Low = 0.5
 				c.Rebalance.Policy.Limits.PerHour = 10
 			},
@@ -283,7 +281,6 @@ rebalance {
 				c.Token, c.NodeID, c.NodeName = "flag-token", "flag-node", "flag-name"
 				c.Nomad.Address, c.Consul.Address = "http://127.0.0.1:5646", "127.0.0.1:5500"
 				c.Sample.Interval, c.Sample.Window, c.Sample.Source = 10*time.Second, 2*time.Minute, load.SourceAllocations
-				c.Rebalance.Policy.HostLoad = false
 				c.Rebalance.Enabled, c.Rebalance.DryRun, c.Rebalance.Interval = true, false, 45*time.Second
 			},
 		},
@@ -377,9 +374,15 @@ func TestValidation(t *testing.T) {
 		{name: "consul address bad scheme", env: map[string]string{EnvConsul: "tcp://127.0.0.1:8500"},
 			want: []string{`consul.address (-consul, CONSUL_HTTP_ADDR): "tcp://127.0.0.1:8500" must be an http:// or https:// URL`}},
 		{name: "sample interval zero", file: `sample { interval = "0s" }`,
-			want: []string{`sample.interval (-sample-interval): "0s" must be positive`}},
+			want: []string{`sample.interval (-sample-interval): "0s" must be at least 1s`}},
 		{name: "sample interval negative", args: []string{"-sample-interval", "-5s"},
-			want: []string{`sample.interval (-sample-interval): "-5s" must be positive`}},
+			want: []string{`sample.interval (-sample-interval): "-5s" must be at least 1s`}},
+		{name: "sample interval too short", file: `sample { interval = "100ms" }`,
+			want: []string{`sample.interval (-sample-interval): "100ms" must be at least 1s`}},
+		{name: "state key among the migrations", file: `rebalance { state_key = "ferry/migrations/state" }`,
+			want: []string{`rebalance.state_key: "ferry/migrations/state" must not overlap "ferry/migrations/"`}},
+		{name: "node records over the checkpoints", file: `sample { prefix = "ferry" }`,
+			want: []string{`sample.prefix: "ferry/" must not overlap "ferry/checkpoints/"`}},
 		{name: "sample window below interval", file: `sample { window = "3s" }`,
 			want: []string{`sample.window (-sample-window): "3s" must be at least sample.interval ("5s")`}},
 		{name: "sample source", args: []string{"-sample-source", "cgroups"},
@@ -391,7 +394,7 @@ func TestValidation(t *testing.T) {
 		{name: "key under prefix without slash", file: "sample { prefix = \"ferry/nodes\" }\nrebalance { state_key = \"ferry/nodes/state\" }\n",
 			want: []string{`rebalance.state_key: "ferry/nodes/state" must not be under sample.prefix ("ferry/nodes")`}},
 		{name: "rebalance interval", args: []string{"-rebalance-interval", "0s"},
-			want: []string{`rebalance.interval (-rebalance-interval): "0s" must be positive`}},
+			want: []string{`rebalance.interval (-rebalance-interval): "0s" must be at least 1s`}},
 		{name: "move timeout", file: `rebalance { move_timeout = "-1m" }`,
 			want: []string{`rebalance.move_timeout: "-1m0s" must be positive`}},
 		{name: "lock key required", file: `rebalance { lock_key = "" }`,
@@ -434,7 +437,7 @@ rebalance {
 				`listen (-listen): "nowhere" is not host:port`,
 				`token (-token, FERRY_TOKEN): required`,
 				`sample.source (-sample-source): "guess" must be`,
-				`rebalance.interval (-rebalance-interval): "0s" must be positive`,
+				`rebalance.interval (-rebalance-interval): "0s" must be at least 1s`,
 				`rebalance.limits.in_flight: 0 must be at least 1`,
 				`rebalance.limits.per_round: 0 must be at least 1`,
 			},
@@ -637,12 +640,16 @@ func TestLoadTool(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "token (-token, FERRY_TOKEN): required") {
 		t.Fatalf("agent without a token: %v", err)
 	}
-	cfg, err := LoadTool("plan", []string{"-rebalance-interval", "7s"}, noEnv)
+	cfg, err := LoadTool("plan", []string{"-consul", "127.0.0.1:9500"}, noEnv)
 	if err != nil {
 		t.Fatalf("plan: %v", err)
 	}
-	if cfg.Rebalance.Interval != 7*time.Second {
-		t.Fatalf("interval %s", cfg.Rebalance.Interval)
+	if cfg.Consul.Address != "127.0.0.1:9500" {
+		t.Fatalf("consul %s", cfg.Consul.Address)
+	}
+	// Only the flags the operator commands use are defined.
+	if _, err := LoadTool("plan", []string{"-dry-run"}, noEnv); err == nil || !strings.Contains(err.Error(), "flag provided but not defined: -dry-run") {
+		t.Fatalf("plan -dry-run: %v", err)
 	}
 	// The policy is still checked.
 	dir := t.TempDir()

@@ -7,7 +7,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/planner"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
@@ -45,7 +44,13 @@ func parse(command string, args []string, getenv func(string) string) (*Config, 
 	}
 	fs := flag.NewFlagSet(command, flag.ContinueOnError)
 	path := fs.String("config", "", "HCL configuration `file`; the environment and these flags override it")
-	flags := defineFlags(fs)
+	keep := func(string) bool { return true }
+	if !agent {
+		// The operator commands read Consul and Nomad, with the policy
+		// and keys of the file.
+		keep = func(name string) bool { return name == "nomad" || name == "consul" }
+	}
+	flags := defineFlags(fs, keep)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -80,7 +85,6 @@ func parse(command string, args []string, getenv func(string) string) (*Config, 
 			set(&cfg)
 		}
 	})
-	cfg.Rebalance.Policy.HostLoad = cfg.Sample.Source == load.SourceHost
 
 	errs = append(errs, cfg.validate(agent)...)
 	if len(errs) > 0 {
@@ -96,16 +100,23 @@ type flagValues struct {
 	set map[string]func(*Config)
 }
 
-func defineFlags(fs *flag.FlagSet) *flagValues {
+// defineFlags defines the flags that keep accepts.
+func defineFlags(fs *flag.FlagSet, keep func(name string) bool) *flagValues {
 	f := &flagValues{v: Default(), set: map[string]func(*Config){}}
 	str := func(name string, field func(*Config) *string, usage string) {
-		bind(fs, f, fs.StringVar, name, field, usage)
+		if keep(name) {
+			bind(fs, f, fs.StringVar, name, field, usage)
+		}
 	}
 	dur := func(name string, field func(*Config) *time.Duration, usage string) {
-		bind(fs, f, fs.DurationVar, name, field, usage)
+		if keep(name) {
+			bind(fs, f, fs.DurationVar, name, field, usage)
+		}
 	}
 	boolean := func(name string, field func(*Config) *bool, usage string) {
-		bind(fs, f, fs.BoolVar, name, field, usage)
+		if keep(name) {
+			bind(fs, f, fs.BoolVar, name, field, usage)
+		}
 	}
 
 	str("listen", func(c *Config) *string { return &c.Listen }, "`host:port` to serve checkpoints on (listen)")

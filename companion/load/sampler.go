@@ -111,7 +111,7 @@ func (s *Sampler) Sample(ctx context.Context) (Record, error) {
 	running := slices.DeleteFunc(all, func(a *api.Allocation) bool {
 		return a == nil || a.ClientStatus != api.AllocClientStatusRunning
 	})
-	usage := s.measure(q, running)
+	usage, measured := s.measure(q, running)
 
 	var host Resources
 	if s.cfg.Source == SourceHost {
@@ -131,14 +131,16 @@ func (s *Sampler) Sample(ctx context.Context) (Record, error) {
 	if name == "" {
 		name = node.Name
 	}
-	return s.record(s.now(), name, capacity, running, usage, host), nil
+	return s.record(s.now(), name, capacity, running, usage, measured, host), nil
 }
 
-// measure returns each allocation's measured usage, in order. An allocation
-// whose stats cannot be read (it may just have stopped) counts as using
-// nothing in this sample.
-func (s *Sampler) measure(q *api.QueryOptions, allocs []*api.Allocation) []Resources {
+// measure returns each allocation's measured usage, in order, and whether
+// it could be read. An allocation whose stats cannot be read (it may just
+// have stopped, or its client be too busy to answer) gets no sample this
+// time: its mean over the window stands.
+func (s *Sampler) measure(q *api.QueryOptions, allocs []*api.Allocation) ([]Resources, []bool) {
 	out := make([]Resources, len(allocs))
+	ok := make([]bool, len(allocs))
 	sem := make(chan struct{}, statsConcurrency)
 	var wg sync.WaitGroup
 	var unmeasured atomic.Int32 // stats answered, but never collected
@@ -148,14 +150,14 @@ func (s *Sampler) measure(q *api.QueryOptions, allocs []*api.Allocation) []Resou
 			defer func() { <-sem }()
 			st, err := s.nomad.Allocations().Stats(a, q)
 			if err != nil {
-				s.logger.Debug("allocation stats unavailable, counted as idle this sample",
+				s.logger.Debug("allocation stats unavailable, no sample this time",
 					"node_id", s.cfg.NodeID, "alloc_id", a.ID, "alloc", a.Name, "error", err)
 				return
 			}
 			if st.Timestamp == 0 && len(st.Tasks) == 0 {
 				unmeasured.Add(1)
 			}
-			out[i] = allocUsage(st)
+			out[i], ok[i] = allocUsage(st), true
 		})
 	}
 	wg.Wait()
@@ -163,37 +165,42 @@ func (s *Sampler) measure(q *api.QueryOptions, allocs []*api.Allocation) []Resou
 		s.logger.Warn("the Nomad client reports no measured usage for any allocation: set telemetry { publish_allocation_metrics = true } in the client's agent configuration so it collects allocation stats",
 			"node_id", s.cfg.NodeID, "allocs", n)
 	}
-	return out
+	return out, ok
 }
 
 // record adds one sample to the windows and builds the smoothed record.
-func (s *Sampler) record(now time.Time, name string, capacity Resources, running []*api.Allocation, usage []Resources, host Resources) Record {
+func (s *Sampler) record(now time.Time, name string, capacity Resources, running []*api.Allocation, usage []Resources, measured []bool, host Resources) Record {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
 	present := make(map[string]bool, len(running))
 	allocs := make([]Alloc, 0, len(running))
-	var measured, online, offline Resources
+	var total, online, offline Resources
 	for i, a := range running {
 		present[a.ID] = true
-		s.allocs.add(a.ID, now, usage[i])
-		measured = measured.add(usage[i])
-
+		if measured[i] {
+			s.allocs.add(a.ID, now, usage[i])
+		}
 		al := Classify(a, s.cfg.OnlinePriority)
 		al.Usage, _ = s.allocs.mean(a.ID)
+		total = total.add(al.Usage)
 		if al.Online {
 			online = online.add(al.Usage)
 		} else {
 			offline = offline.add(al.Usage)
 		}
-		allocs = append(allocs, al)
+		// One that Nomad is stopping still uses the node, but is not
+		// there to be moved.
+		if a.DesiredStatus == "" || a.DesiredStatus == api.AllocDesiredStatusRun {
+			allocs = append(allocs, al)
+		}
 	}
 	s.allocs.retain(func(id string) bool { return present[id] })
 
 	if s.cfg.Source == SourceHost {
-		measured = host
+		total = host
 	}
-	s.node.add(nodeKey, now, measured)
+	s.node.add(nodeKey, now, total)
 	nodeMean, samples := s.node.mean(nodeKey)
 	if s.cfg.Source == SourceHost {
 		// Whatever the offline allocations do not account for is online:

@@ -71,7 +71,8 @@ func TestSampler_Allocations(t *testing.T) {
 	must.Eq(t, "web-id", r.Allocs[1].ID)
 	must.True(t, r.Allocs[1].Online)
 
-	// Second sample: batch1's stats fail, so it counts as idle this time.
+	// Second sample: batch1's stats fail, so it gets no sample and its mean
+	// over the window stands.
 	advance(10 * time.Second)
 	fake.set(func(f *fakeNomad) {
 		f.stats["web-id"] = usageStats(2000, 512)
@@ -81,7 +82,7 @@ func TestSampler_Allocations(t *testing.T) {
 	must.NoError(t, err)
 	must.Eq(t, 2, r.Samples)
 	must.Eq(t, Resources{CPU: 1500, MemoryMB: 512}, r.Online)
-	must.Eq(t, Resources{CPU: 300, MemoryMB: 512}, r.Offline)
+	must.Eq(t, Resources{CPU: 600, MemoryMB: 1024}, r.Offline)
 
 	// Third: batch1 is gone and drops out; batch3 starts, its mean covers
 	// its own sample only.
@@ -188,4 +189,26 @@ func TestSampler_Errors(t *testing.T) {
 	must.NotNil(t, r.Allocs)
 	must.SliceEmpty(t, r.Allocs)
 	must.Eq(t, "0s", r.Window)
+}
+
+// An allocation Nomad is stopping still uses the node, but is not offered
+// for a move.
+func TestSampler_Stopping(t *testing.T) {
+	ctx := testContext(t)
+	stopping := runningAlloc("old-id", "old", "batch", 30)
+	stopping.DesiredStatus = api.AllocDesiredStatusStop
+	fake := &fakeNomad{
+		node:   testNode(),
+		allocs: []*api.Allocation{stopping, runningAlloc("new-id", "new", "batch", 30)},
+		stats: map[string]*api.AllocResourceUsage{
+			"old-id": usageStats(400, 100),
+			"new-id": usageStats(200, 100),
+		},
+	}
+	s, _ := newTestSampler(t, fake, SamplerConfig{NodeID: "node-1-id", Window: 30 * time.Second, OnlinePriority: 70})
+	r, err := s.Sample(ctx)
+	must.NoError(t, err)
+	must.Eq(t, Resources{CPU: 600, MemoryMB: 200}, r.Offline)
+	must.SliceLen(t, 1, r.Allocs)
+	must.Eq(t, "new-id", r.Allocs[0].ID)
 }

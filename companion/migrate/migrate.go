@@ -4,8 +4,8 @@ package migrate
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
@@ -57,6 +57,10 @@ type Result struct {
 	destinationID string
 }
 
+// DefaultTimeout is how long a move may take when its request gives no
+// timeout.
+const DefaultTimeout = 5 * time.Minute
+
 // Results recorded in a migration's record.
 const (
 	ResultInProgress = "in_progress"
@@ -81,7 +85,7 @@ type Mover struct {
 // eligibility and the target's metadata are restored whatever happens.
 func (m *Mover) Move(ctx context.Context, req Request) (*Result, error) {
 	if req.Timeout <= 0 {
-		req.Timeout = 5 * time.Minute
+		req.Timeout = DefaultTimeout
 	}
 	alloc, err := m.findAlloc(ctx, req.AllocID)
 	if err != nil {
@@ -134,7 +138,7 @@ func (m *Mover) Move(ctx context.Context, req Request) (*Result, error) {
 	}
 	m.Logger.Info("allocation stopped for migration", "alloc", alloc.ID, "source", alloc.NodeName, "target", rec.TargetNode)
 
-	next, err := m.follow(ctx, alloc, req.Timeout, res)
+	next, err := m.follow(ctx, alloc, rec.Deadline, res)
 	if err != nil {
 		m.finish(ctx, rec, res, err)
 		return res, err
@@ -142,7 +146,7 @@ func (m *Mover) Move(ctx context.Context, req Request) (*Result, error) {
 	res.Downtime = time.Since(start)
 	res.NewAlloc, res.Destination, res.destinationID = next.ID, next.NodeName, next.NodeID
 	res.TargetMissed = target != nil && next.NodeID != target.ID
-	m.outcome(ctx, next, res)
+	m.outcome(next, res)
 	m.finish(ctx, rec, res, nil)
 	return res, nil
 }
@@ -207,19 +211,27 @@ func (m *Mover) findNode(ctx context.Context, ref string) (*nomad.Node, error) {
 // the replacement neither returns to the source nor misses the target. It
 // notes in rec what it changed, for unsteer to undo.
 func (m *Mover) steer(ctx context.Context, rec *catalog.Migration) error {
-	src, _, err := m.Nomad.Nodes().Info(rec.SourceNodeID, (&nomad.QueryOptions{}).WithContext(ctx))
+	ctx, cancel := context.WithTimeout(ctx, nodeCallTimeout)
+	defer cancel()
+	q, w := (&nomad.QueryOptions{}).WithContext(ctx), (&nomad.WriteOptions{}).WithContext(ctx)
+	src, _, err := m.Nomad.Nodes().Info(rec.SourceNodeID, q)
 	if err != nil {
 		return fmt.Errorf("read source node: %w", err)
 	}
 	if rec.TargetNodeID != "" {
 		yes := "true"
-		if _, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: rec.TargetNodeID, Meta: map[string]*string{TargetMeta: &yes}}, nil); err != nil {
+		if _, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: rec.TargetNodeID, Meta: map[string]*string{TargetMeta: &yes}}, q); err != nil {
 			return fmt.Errorf("mark target %s: %w", rec.TargetNode, err)
 		}
 		rec.TargetMarked = true
+		// The client passes its metadata on to the servers a little later;
+		// a placement before that would not see the mark.
+		if err := m.awaitMeta(ctx, rec.TargetNodeID, yes); err != nil {
+			return fmt.Errorf("mark target %s: %w", rec.TargetNode, err)
+		}
 	}
 	if src.SchedulingEligibility == nomad.NodeSchedulingEligible {
-		if _, err := m.Nomad.Nodes().ToggleEligibility(src.ID, false, nil); err != nil {
+		if _, err := m.Nomad.Nodes().ToggleEligibility(src.ID, false, w); err != nil {
 			return fmt.Errorf("make source %s ineligible: %w", src.Name, err)
 		}
 		rec.SourceMadeIneligible = true
@@ -227,17 +239,42 @@ func (m *Mover) steer(ctx context.Context, rec *catalog.Migration) error {
 	return nil
 }
 
-// unsteer undoes what steer noted in rec.
+// awaitMeta waits until the servers see node's TargetMeta set to value
+// ("" for unset).
+func (m *Mover) awaitMeta(ctx context.Context, node, value string) error {
+	for {
+		n, _, err := m.Nomad.Nodes().Info(node, (&nomad.QueryOptions{}).WithContext(ctx))
+		if err == nil && n.Meta[TargetMeta] == value {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the servers do not show meta.%s yet: %w", TargetMeta, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// unsteer undoes what steer noted in rec, whatever became of the move's
+// context.
 func (m *Mover) unsteer(rec *catalog.Migration) {
+	ctx, cancel := context.WithTimeout(context.Background(), nodeCallTimeout)
+	defer cancel()
+	q, w := (&nomad.QueryOptions{}).WithContext(ctx), (&nomad.WriteOptions{}).WithContext(ctx)
 	if rec.SourceMadeIneligible {
-		if _, err := m.Nomad.Nodes().ToggleEligibility(rec.SourceNodeID, true, nil); err != nil {
+		if _, err := m.Nomad.Nodes().ToggleEligibility(rec.SourceNodeID, true, w); err != nil {
 			m.Logger.Warn("restore source eligibility", "node", rec.SourceNode, "error", err)
 		} else {
 			rec.SourceMadeIneligible = false
 		}
 	}
 	if rec.TargetMarked {
-		if _, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: rec.TargetNodeID, Meta: map[string]*string{TargetMeta: nil}}, nil); err != nil {
+		_, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: rec.TargetNodeID, Meta: map[string]*string{TargetMeta: nil}}, q)
+		if err == nil {
+			// Until the servers see it gone, it would steer other moves.
+			err = m.awaitMeta(ctx, rec.TargetNodeID, "")
+		}
+		if err != nil {
 			m.Logger.Warn("unmark target node", "node", rec.TargetNode, "error", err)
 		} else {
 			rec.TargetMarked = false
@@ -248,7 +285,14 @@ func (m *Mover) unsteer(rec *catalog.Migration) {
 // Abandoned reports whether rec is a move still recorded in progress well
 // after its deadline: its mover died on the way.
 func Abandoned(rec *catalog.Migration, now time.Time) bool {
-	return rec.Result == ResultInProgress && !rec.Deadline.IsZero() && now.After(rec.Deadline.Add(abandonGrace))
+	if rec.Result != ResultInProgress {
+		return false
+	}
+	deadline := rec.Deadline
+	if deadline.IsZero() { // recorded before moves had deadlines
+		deadline = rec.StartedAt.Add(DefaultTimeout)
+	}
+	return now.After(deadline.Add(abandonGrace))
 }
 
 // abandonGrace is how long after its deadline a move in progress counts as
@@ -262,17 +306,19 @@ func (m *Mover) Abandon(ctx context.Context, rec *catalog.Migration) {
 	rec.FinishedAt = time.Now()
 	rec.Reason = "abandoned: its mover stopped before the move finished; the steering of the nodes was undone"
 	m.Logger.Warn("abandoned move closed", "id", rec.ID, "alloc", rec.AllocID, "source", rec.SourceNode, "target", rec.TargetNode)
-	m.record(ctx, rec, ResultAbandoned)
+	m.recordFinal(ctx, rec, ResultAbandoned)
 }
 
 // follow waits for the allocation that replaces old to run, and notes the
-// checkpoint's size from the catalogue while it waits.
-func (m *Mover) follow(ctx context.Context, old *nomad.Allocation, timeout time.Duration, res *Result) (*nomad.Allocation, error) {
+// checkpoint's size from the catalogue while it waits, until deadline. When
+// ctx ends first, the error matches context.Canceled: the mover stopped, not
+// the move.
+func (m *Mover) follow(parent context.Context, old *nomad.Allocation, deadline time.Time, res *Result) (*nomad.Allocation, error) {
 	poll := m.Poll
 	if poll <= 0 {
 		poll = 500 * time.Millisecond
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithDeadline(parent, deadline)
 	defer cancel()
 	for {
 		if res.Bytes == 0 && m.Catalog != nil {
@@ -287,7 +333,10 @@ func (m *Mover) follow(ctx context.Context, old *nomad.Allocation, timeout time.
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("replacement of %s not running within %s", shortID(old.ID), timeout)
+			if err := parent.Err(); err != nil {
+				return nil, fmt.Errorf("stopped following the replacement of %s: %w", shortID(old.ID), err)
+			}
+			return nil, fmt.Errorf("replacement of %s not running by %s", shortID(old.ID), deadline.Format(time.TimeOnly))
 		case <-time.After(poll):
 		}
 	}
@@ -306,7 +355,8 @@ func (m *Mover) replacement(ctx context.Context, oldID string) (next *nomad.Allo
 		return nil, false, nil
 	}
 	switch a.ClientStatus {
-	case nomad.AllocClientStatusRunning:
+	case nomad.AllocClientStatusRunning, nomad.AllocClientStatusComplete:
+		// A short task may have finished by the time it is seen.
 		return a, true, nil
 	case nomad.AllocClientStatusFailed, nomad.AllocClientStatusLost:
 		return nil, true, fmt.Errorf("replacement allocation %s %s", shortID(a.ID), a.ClientStatus)
@@ -314,18 +364,18 @@ func (m *Mover) replacement(ctx context.Context, oldID string) (next *nomad.Allo
 	return nil, false, nil
 }
 
-// outcome reads from the replacement's task events whether it was restored.
-func (m *Mover) outcome(ctx context.Context, a *nomad.Allocation, res *Result) {
+// outcome reads from the replacement's task events, by the detail the
+// driver gives them, whether it was restored, and why not.
+func (m *Mover) outcome(a *nomad.Allocation, res *Result) {
 	res.Reason = "no restore event"
 	for _, ts := range a.TaskStates {
 		for _, e := range ts.Events {
-			msg := e.DisplayMessage
-			switch {
-			case strings.HasPrefix(msg, "Restored from checkpoint"):
+			switch catalog.State(e.Details[catalog.EventRestore]) {
+			case catalog.StateRestored:
 				res.Restored, res.Reason = true, ""
 				return
-			case strings.HasPrefix(msg, "Restore failed"):
-				res.Reason = msg
+			case catalog.StateColdStart, catalog.StateFailed:
+				res.Reason = e.DisplayMessage
 			}
 		}
 	}
@@ -347,6 +397,8 @@ func (m *Mover) finish(ctx context.Context, rec *catalog.Migration, res *Result,
 	rec.NewAllocID, rec.Downtime, rec.Bytes = res.NewAlloc, res.Downtime, res.Bytes
 	result := ResultRestored
 	switch {
+	case errors.Is(err, context.Canceled):
+		result, rec.Reason = ResultAbandoned, err.Error()
 	case err != nil:
 		result, rec.Reason = ResultFailed, err.Error()
 	case !res.Restored:
@@ -358,8 +410,40 @@ func (m *Mover) finish(ctx context.Context, rec *catalog.Migration, res *Result,
 	if res.destinationID != "" {
 		rec.TargetNodeID = res.destinationID
 	}
-	m.record(context.WithoutCancel(ctx), rec, result)
+	m.recordFinal(context.WithoutCancel(ctx), rec, result)
 }
+
+// recordFinal writes a move's last record, trying a few times: a move
+// whose final record is lost looks in progress until it is taken for
+// abandoned.
+func (m *Mover) recordFinal(ctx context.Context, rec *catalog.Migration, result string) {
+	if m.Catalog == nil {
+		return
+	}
+	rec.Result = result
+	ctx, cancel := context.WithTimeout(ctx, finalRecordTimeout)
+	defer cancel()
+	wait := 500 * time.Millisecond
+	for {
+		err := m.Catalog.PutMigration(ctx, rec)
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			m.Logger.Error("the outcome of a move could not be recorded", "id", rec.ID, "alloc", rec.AllocID, "result", result, "error", err)
+			return
+		case <-time.After(wait):
+			wait = min(2*wait, 5*time.Second)
+		}
+	}
+}
+
+// finalRecordTimeout bounds the attempts to write a move's last record.
+const finalRecordTimeout = 30 * time.Second
+
+// nodeCallTimeout bounds each Nomad call that steers nodes.
+const nodeCallTimeout = 30 * time.Second
 
 func shortID(id string) string {
 	if len(id) > 8 {

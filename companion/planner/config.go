@@ -36,9 +36,6 @@ type Config struct {
 	OnlinePriority int
 	Cooldown       time.Duration // never move an allocation again within this
 	Limits         Limits
-	// HostLoad makes the agent measure whole-host usage rather than the
-	// allocations' own; the planner ignores it.
-	HostLoad bool
 }
 
 // DefaultConfig is a conservative policy: a node is hot after three rounds

@@ -20,8 +20,8 @@ import "time"
 
 // Resources are CPU in MHz and memory in MiB.
 type Resources struct {
-	CPU      float64 // MHz
-	MemoryMB float64 // MiB
+	CPU      float64 `json:"cpu_mhz"`
+	MemoryMB float64 `json:"memory_mb"`
 }
 
 func (r Resources) add(o Resources) Resources {
@@ -79,10 +79,13 @@ const (
 
 // Move is a planned, in-flight or finished migration.
 type Move struct {
-	AllocID, JobID, From, To string // From and To are node IDs
-	Kind                     MoveKind
-	Reserved                 Resources
-	Started                  time.Time
+	AllocID  string    `json:"alloc_id"`
+	JobID    string    `json:"job_id"`
+	From     string    `json:"from"` // node ID
+	To       string    `json:"to"`   // node ID
+	Kind     MoveKind  `json:"kind"`
+	Reserved Resources `json:"reserved"`
+	Started  time.Time `json:"started"`
 }
 
 // Snapshot is everything one round looks at.
@@ -97,35 +100,38 @@ type Snapshot struct {
 // State is carried from one round to the next for hysteresis, keyed by
 // node ID. The zero State is a valid first round.
 type State struct {
-	HotStreak map[string]int  // consecutive rounds at or above High
-	Hot       map[string]bool // nodes currently hot
+	HotStreak map[string]int  `json:"hot_streak"` // consecutive rounds at or above High
+	Hot       map[string]bool `json:"hot"`        // nodes currently hot
 }
 
 // Decision is one planned move and why it was chosen.
 type Decision struct {
-	Move   Move
-	Reason string
+	Move   Move   `json:"move"`
+	Reason string `json:"reason"`
 }
 
 // Rejection says why an allocation (AllocID set) or a node (AllocID empty)
 // was skipped, for `ferry-companion plan` to print.
 type Rejection struct {
-	AllocID, NodeID, Reason string
+	AllocID string `json:"alloc_id,omitempty"`
+	NodeID  string `json:"node_id"`
+	Reason  string `json:"reason"`
 }
 
 // NodeReport is the heat of one node this round.
 type NodeReport struct {
-	NodeID, Name string
-	Load         Resources // online usage
-	Fraction     float64   // online usage fraction: max of cpu and memory
-	Hot          bool
-	Streak       int // consecutive rounds at or above High
+	NodeID   string    `json:"node_id"`
+	Name     string    `json:"name"`
+	Load     Resources `json:"online"`   // online usage
+	Fraction float64   `json:"fraction"` // online usage fraction: max of cpu and memory
+	Hot      bool      `json:"hot"`
+	Streak   int       `json:"streak"` // consecutive rounds at or above High
 }
 
 // Plan is the outcome of one round. State is to be passed to the next.
 type Plan struct {
-	Moves    []Decision
-	Rejected []Rejection
-	Nodes    []NodeReport
-	State    State
+	Moves    []Decision   `json:"moves"`
+	Rejected []Rejection  `json:"rejected"`
+	Nodes    []NodeReport `json:"nodes"`
+	State    State        `json:"state"`
 }

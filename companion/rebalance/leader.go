@@ -88,7 +88,8 @@ func (l *Leader) term(ctx context.Context, ttl time.Duration, lead func(context.
 	if err != nil {
 		return fmt.Errorf("encode holder: %w", err)
 	}
-	lock, err := l.Consul.LockOpts(&api.LockOptions{Key: l.Key, Value: value, Session: sid, MonitorRetries: 3})
+	// A short wait per blocking query lets a waiting agent stop promptly.
+	lock, err := l.Consul.LockOpts(&api.LockOptions{Key: l.Key, Value: value, Session: sid, MonitorRetries: 3, LockWaitTime: 2 * time.Second})
 	if err != nil {
 		return fmt.Errorf("lock %s: %w", l.Key, err)
 	}
@@ -115,6 +116,13 @@ func (l *Leader) term(ctx context.Context, ttl time.Duration, lead func(context.
 	}
 
 	l.Logger.Info("planner lock acquired: this agent plans", "key", l.Key, "session", sid)
+	// Say since when this agent leads, rather than since it campaigned.
+	holder.Since = time.Now().UTC()
+	if value, err := json.Marshal(holder); err == nil {
+		if _, _, err := l.Consul.KV().Acquire(&api.KVPair{Key: l.Key, Value: value, Session: sid, Flags: api.LockFlagValue}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+			l.Logger.Debug("update planner holder", "error", err)
+		}
+	}
 	lctx, cancel := context.WithCancel(ctx)
 	go func() {
 		select {

@@ -52,7 +52,7 @@ func NewMetrics() *Metrics {
 		}, []string{"decision"}),
 		moves: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_moves_total",
-			Help: "Moves the planner made, by result (restored, cold_start, failed, fenced).",
+			Help: "Moves the planner made, by result (restored, cold_start, failed, abandoned, fenced).",
 		}, []string{"result"}),
 		downtime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ferry_move_downtime_seconds",
@@ -85,6 +85,7 @@ func (m *Metrics) setLeader(on bool) {
 		m.leader.Set(1)
 	} else {
 		m.leader.Set(0)
+		m.hotNodes.Set(0) // only the planner reports them
 	}
 }
 

@@ -61,8 +61,10 @@ func (r *Rebalancer) Last() *RoundReport {
 }
 
 // Lead plans a round every interval until ctx ends (the lock was lost or
-// the agent stops), then waits for the moves it started.
-func (r *Rebalancer) Lead(ctx context.Context, fence *catalog.Fence) {
+// the agent stops), then waits for the moves it started. Those run under
+// agentCtx: a move that started under the lock is followed to its end even
+// after the lock is lost, and is only cut short when the agent stops.
+func (r *Rebalancer) Lead(agentCtx, ctx context.Context, fence *catalog.Fence) {
 	r.Metrics.setLeader(true)
 	defer r.Metrics.setLeader(false)
 	state, err := LoadState(ctx, r.Sources.Consul, r.Config.StateKey)
@@ -74,7 +76,7 @@ func (r *Rebalancer) Lead(ctx context.Context, fence *catalog.Fence) {
 	tick := time.NewTicker(r.Config.Interval)
 	defer tick.Stop()
 	for {
-		state = r.round(ctx, fence, state, &moves)
+		state = r.round(agentCtx, ctx, fence, state, &moves)
 		select {
 		case <-ctx.Done():
 			return
@@ -84,7 +86,7 @@ func (r *Rebalancer) Lead(ctx context.Context, fence *catalog.Fence) {
 }
 
 // round plans once and starts the planned moves.
-func (r *Rebalancer) round(ctx context.Context, fence *catalog.Fence, state planner.State, moves *sync.WaitGroup) planner.State {
+func (r *Rebalancer) round(agentCtx, ctx context.Context, fence *catalog.Fence, state planner.State, moves *sync.WaitGroup) planner.State {
 	report := &RoundReport{At: time.Now().UTC(), DryRun: r.Config.DryRun}
 	defer func() {
 		r.mu.Lock()
@@ -99,7 +101,7 @@ func (r *Rebalancer) round(ctx context.Context, fence *catalog.Fence, state plan
 		}
 		return state
 	}
-	snap := in.Snapshot(r.Config.MoveTimeout)
+	snap := in.Snapshot()
 	snap.InFlight = r.withActing(snap.InFlight)
 	plan := planner.Round(r.Config.Policy, state, snap)
 	report.Plan, report.Nodes = &plan, nodeNames(in)
@@ -123,7 +125,7 @@ func (r *Rebalancer) round(ctx context.Context, fence *catalog.Fence, state plan
 			r.Logger.Info("dry run: would move", "alloc", d.Move.AllocID, "job", d.Move.JobID, "from", report.Nodes[d.Move.From], "to", report.Nodes[d.Move.To], "kind", d.Move.Kind, "reason", d.Reason)
 			continue
 		}
-		r.start(ctx, fence, d, report.Nodes, moves)
+		r.start(agentCtx, fence, d, report.Nodes, moves)
 	}
 	report.Moves = r.withActing(nil)
 	return plan.State
@@ -161,6 +163,9 @@ func (r *Rebalancer) start(ctx context.Context, fence *catalog.Fence, d planner.
 		case errors.Is(err, catalog.ErrFenced):
 			r.Metrics.moved("fenced", 0)
 			log.Warn("move not started: the planner lock is no longer held", "error", err)
+		case errors.Is(err, context.Canceled):
+			r.Metrics.moved(migrate.ResultAbandoned, 0)
+			log.Warn("agent stopping: the move is no longer followed", "error", err)
 		case err != nil:
 			r.Metrics.moved(migrate.ResultFailed, 0)
 			log.Error("move failed", "error", err)
@@ -171,6 +176,9 @@ func (r *Rebalancer) start(ctx context.Context, fence *catalog.Fence, d planner.
 			}
 			r.Metrics.moved(result, res.Downtime.Seconds())
 			log.Info("allocation moved", "result", result, "new_alloc", res.NewAlloc, "destination", res.Destination, "downtime", res.Downtime, "bytes", res.Bytes, "why_not_restored", res.Reason)
+			if res.TargetMissed {
+				log.Warn("Nomad placed the replacement elsewhere than planned: give the job the affinity on meta."+migrate.TargetMeta, "planned", names[d.Move.To], "destination", res.Destination)
+			}
 		}
 	}()
 }
@@ -243,16 +251,8 @@ func SaveState(ctx context.Context, c *consul.Client, key string, s planner.Stat
 	if err != nil {
 		return fmt.Errorf("encode planner state: %w", err)
 	}
-	ops := consul.TxnOps{
-		{KV: &consul.KVTxnOp{Verb: consul.KVCheckSession, Key: fence.Key, Session: fence.Session}},
-		{KV: &consul.KVTxnOp{Verb: consul.KVSet, Key: key, Value: value}},
-	}
-	ok, _, _, err := c.Txn().Txn(ops, (&consul.QueryOptions{}).WithContext(ctx))
-	switch {
-	case err != nil:
+	if err := catalog.WriteFenced(ctx, c, fence, key, value); err != nil {
 		return fmt.Errorf("save planner state %s: %w", key, err)
-	case !ok:
-		return fmt.Errorf("save planner state %s: %w", key, catalog.ErrFenced)
 	}
 	return nil
 }

@@ -19,8 +19,7 @@ type Sources struct {
 	Nomad       *nomad.Client
 	Consul      *consul.Client
 	Catalog     *catalog.Catalog
-	NodesPrefix string        // load.DefaultPrefix
-	MoveTimeout time.Duration // an in_progress record older than this (and a grace) is abandoned
+	NodesPrefix string // load.DefaultPrefix
 }
 
 // history is how long finished migration records are kept.
@@ -55,7 +54,7 @@ func (s *Sources) Read(ctx context.Context) (*Inputs, error) {
 // Snapshot turns the reads into the planner's view. Only nodes with a live
 // agent record take part: a node without one has no measurements and
 // nobody serving its checkpoints.
-func (in *Inputs) Snapshot(moveTimeout time.Duration) planner.Snapshot {
+func (in *Inputs) Snapshot() planner.Snapshot {
 	snap := planner.Snapshot{Now: in.Now}
 	stubs := make(map[string]*nomad.NodeListStub, len(in.Nodes))
 	for _, n := range in.Nodes {
@@ -65,8 +64,8 @@ func (in *Inputs) Snapshot(moveTimeout time.Duration) planner.Snapshot {
 	for _, m := range in.Migrations {
 		switch {
 		case m.Result == migrate.ResultInProgress:
-			if migrate.Abandoned(m, in.Now) || (m.Deadline.IsZero() && in.Now.Sub(m.StartedAt) > moveTimeout+time.Minute) {
-				continue // its mover died mid-move: see Rebalancer.round
+			if migrate.Abandoned(m, in.Now) {
+				continue // its mover died mid-move: see Rebalancer.prune
 			}
 			snap.InFlight = append(snap.InFlight, moveOf(m))
 		case in.Now.Sub(m.FinishedAt) <= time.Hour:

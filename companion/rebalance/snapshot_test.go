@@ -46,7 +46,7 @@ func TestSnapshot(t *testing.T) {
 			{ID: "m4", AllocID: "z", Result: "failed", StartedAt: now.Add(-3 * time.Hour), FinishedAt: now.Add(-3 * time.Hour)},
 		},
 	}
-	snap := in.Snapshot(10 * time.Minute)
+	snap := in.Snapshot()
 
 	must.Eq(t, now, snap.Now)
 	must.SliceLen(t, 2, snap.Nodes)

@@ -478,22 +478,33 @@ func (c *Catalog) PutMigrationFenced(ctx context.Context, m *Migration, fence *F
 	if err != nil {
 		return fmt.Errorf("catalog: put migration %s: encode: %w", key, err)
 	}
-	ops := api.TxnOps{}
+	if err := WriteFenced(ctx, c.client, fence, key, value); err != nil {
+		return fmt.Errorf("catalog: put migration %s: %w", key, err)
+	}
+	c.logger.Debug("migration written", "id", m.ID, "alloc_id", m.AllocID, "result", m.Result)
+	return nil
+}
+
+// WriteFenced sets key to value in one transaction that first checks that
+// fence's session holds its lock (no check when fence is nil). When it does
+// not, nothing is written and the error matches ErrFenced; any other
+// rolled-back transaction (e.g. an ACL denial) says why.
+func WriteFenced(ctx context.Context, client *api.Client, fence *Fence, key string, value []byte) error {
+	var ops api.TxnOps
 	if fence != nil {
 		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: fence.Key, Session: fence.Session}})
 	}
 	ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: value}})
-	ok, resp, _, err := c.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	ok, resp, _, err := client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	switch {
 	case err != nil:
-		return fmt.Errorf("catalog: put migration %s: %w", key, err)
-	case !ok && fence != nil:
-		return fmt.Errorf("catalog: put migration %s: %s not held by session %s (%s): %w", key, fence.Key, fence.Session, txnErrors(resp), ErrFenced)
-	case !ok:
-		return fmt.Errorf("catalog: put migration %s: transaction rolled back: %s", key, txnErrors(resp))
+		return err
+	case ok:
+		return nil
+	case fence != nil && resp != nil && slices.ContainsFunc(resp.Errors, func(e *api.TxnError) bool { return e.OpIndex == 0 }):
+		return fmt.Errorf("%s not held by session %s: %w", fence.Key, fence.Session, ErrFenced)
 	}
-	c.logger.Debug("migration written", "id", m.ID, "alloc_id", m.AllocID, "result", m.Result)
-	return nil
+	return fmt.Errorf("transaction rolled back: %s", txnErrors(resp))
 }
 
 // DeleteMigration removes the migration record id; a missing one is not an

@@ -10,6 +10,12 @@ import (
 // State is where a task's checkpoint is in its life.
 type State string
 
+// EventRestore is the detail of the task event by which the driver says how
+// a task that had a checkpoint to restore started: its value is
+// StateRestored, StateColdStart (moved across architectures) or StateFailed
+// (the restore failed; the task started fresh or failed).
+const EventRestore = "ferry_restore"
+
 const (
 	// StateCheckpointing: the source is dumping the task.
 	StateCheckpointing State = "checkpointing"

@@ -51,7 +51,7 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 			d.finishRestore(ctx, env, cfg, rec, catalog.StateRestored, "", logger)
 			d.emit(cfg, fmt.Sprintf("Restored from checkpoint of %s on %s: %s in %s",
 				shortID(rec.AllocID), rec.SourceNodeName, humanBytes(rec.Bytes), time.Since(start).Round(10*time.Millisecond)),
-				map[string]string{"restored_from": rec.AllocID, "source_node": rec.SourceNodeName})
+				map[string]string{"restored_from": rec.AllocID, "source_node": rec.SourceNodeName, catalog.EventRestore: string(catalog.StateRestored)})
 			return handle, true, nil
 		}
 		var cross *crossArchError
@@ -61,17 +61,18 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 			// binaries of the other architecture).
 			d.finishRestore(ctx, env, cfg, rec, catalog.StateColdStart, cross.Error(), logger)
 			d.emit(cfg, fmt.Sprintf("Moved across architectures (%s to %s): memory cannot cross, starting fresh from the image for %s", cross.from, cross.to, cross.to),
-				map[string]string{"restored_from": rec.AllocID, "cold_start": "cross_arch"})
+				map[string]string{"restored_from": rec.AllocID, "cold_start": "cross_arch", catalog.EventRestore: string(catalog.StateColdStart)})
 			return nil, false, nil
 		}
 		d.finishRestore(ctx, env, cfg, rec, catalog.StateFailed, err.Error(), logger)
 	}
 	logger.Warn("restore failed", "error", err)
+	failed := map[string]string{catalog.EventRestore: string(catalog.StateFailed)}
 	if req.Checkpoint.OnRestoreFailure == restoreFailureFail {
-		d.emit(cfg, "Restore failed: "+err.Error(), nil)
+		d.emit(cfg, "Restore failed: "+err.Error(), failed)
 		return nil, false, fmt.Errorf("restore from checkpoint: %w (checkpoint.on_restore_failure = \"fail\")", err)
 	}
-	d.emit(cfg, "Restore failed, starting fresh: "+err.Error(), nil)
+	d.emit(cfg, "Restore failed, starting fresh: "+err.Error(), failed)
 	return nil, false, nil
 }
 

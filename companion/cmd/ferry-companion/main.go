@@ -11,6 +11,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -82,7 +83,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "unknown command %q\n\n%s", args[0], usage)
 		return 2
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0 // the flags were printed
+	case err != nil:
 		fmt.Fprintln(stderr, "error:", err)
 		return 1
 	}
@@ -169,7 +173,9 @@ func runAgent(ctx context.Context, args []string, logger hclog.Logger) error {
 			LockDelay: time.Second,
 			Logger:    logger.Named("leader"),
 		}
-		g.Go(func() error { return leader.Run(ctx, rebalancer.Lead) })
+		g.Go(func() error {
+			return leader.Run(ctx, func(lockCtx context.Context, fence *catalog.Fence) { rebalancer.Lead(ctx, lockCtx, fence) })
+		})
 	}
 	return g.Wait()
 }
@@ -196,7 +202,7 @@ func runPlan(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	snap := in.Snapshot(cfg.Rebalance.MoveTimeout)
+	snap := in.Snapshot()
 	printPlan(stdout, in, snap, planner.Round(cfg.Rebalance.Policy, state, snap))
 	return nil
 }
@@ -232,7 +238,7 @@ func newNomad(cfg *config.Config) (*nomad.Client, error) {
 func sources(cfg *config.Config, nomadClient *nomad.Client, cat *catalog.Catalog) *rebalance.Sources {
 	return &rebalance.Sources{
 		Nomad: nomadClient, Consul: cat.Client(), Catalog: cat,
-		NodesPrefix: cfg.Sample.Prefix, MoveTimeout: cfg.Rebalance.MoveTimeout,
+		NodesPrefix: cfg.Sample.Prefix,
 	}
 }
 
