@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
@@ -17,7 +18,7 @@ import (
 // first, the way a flattening unpack of the layers would: whiteouts hide
 // what lower layers put there, directories merge, anything else replaces
 // what is in its place, and parents resolve through the symlinks lower
-// layers made (inside the rootfs only).
+// layers made, as they would inside the container (see resolveDir).
 //
 // Files, symlinks and device nodes are hard links to the layer's inodes
 // (copies where the file system refuses the link, e.g. at its link limit),
@@ -35,8 +36,9 @@ type assembler struct {
 
 	// copies maps a layer inode that had to be copied to its first copy,
 	// so that hard links stay hard links in the copy.
-	copies map[fileKey]string
-	// linked and copied count the entries placed each way.
+	copies map[fileKey]fileCopy
+	// linked and copied count the entries placed each way; skippedXattrs
+	// the extended attributes of copies the kernel refused.
 	linked, copied int
 	skippedXattrs  int
 
@@ -48,15 +50,28 @@ type assembler struct {
 
 type fileKey struct{ dev, ino uint64 }
 
+// fileCopy is where a copy was made, and its inode: a later layer may have
+// put another file at that path since.
+type fileCopy struct {
+	path string
+	key  fileKey
+}
+
 // dirCopy is a rootfs directory that takes the metadata of a layer's.
 type dirCopy struct{ host, src string }
 
 func newAssembler(root string, logger hclog.Logger) *assembler {
-	return &assembler{root: root, logger: logger, link: os.Link, copies: map[fileKey]string{}}
+	return &assembler{root: root, logger: logger, link: os.Link, copies: map[fileKey]fileCopy{}}
 }
 
 // apply adds the unpacked layer in layerRoot (described by m) to the
 // rootfs. n is the layer's 1-based position, used in errors.
+//
+// The result is that of applying the layer's entries in order: its hard
+// links to lower files are made first, in a staging directory next to the
+// rootfs, as the rootfs is before the layer's whiteouts and files change
+// it; they are moved into place once those are merged (the unpacker
+// dropped the links that later entries replace).
 func (a *assembler) apply(ctx context.Context, n int, layerRoot string, m *layerMeta) error {
 	a.implicit = make(map[string]bool, len(m.Implicit))
 	for _, p := range m.Implicit {
@@ -66,11 +81,23 @@ func (a *assembler) apply(ctx context.Context, n int, layerRoot string, m *layer
 	if !a.implicit[""] {
 		a.dirs = append(a.dirs, dirCopy{host: a.root, src: layerRoot})
 	}
+	staging, err := a.stageLinks(m.Links)
+	if staging != "" {
+		defer func() {
+			// A leftover goes when the store starts again.
+			if err := removeTree(staging); err != nil {
+				a.logger.Warn("cannot remove staged hard links", "path", staging, "error", err)
+			}
+		}()
+	}
+	if err != nil {
+		return fmt.Errorf("layer %d: %w", n, err)
+	}
 	if err := a.merge(ctx, layerRoot, a.root, "", "", false); err != nil {
 		return fmt.Errorf("layer %d: %w", n, err)
 	}
-	for _, l := range m.Links {
-		if err := a.lowerLink(l); err != nil {
+	for i, l := range m.Links {
+		if err := a.placeStaged(stagedLink(staging, i), l.Path); err != nil {
 			return fmt.Errorf("layer %d: entry %q: %w", n, l.Path, err)
 		}
 	}
@@ -259,33 +286,73 @@ func (a *assembler) place(src, dst string, fresh bool) error {
 	return a.copy(src, dst)
 }
 
-// lowerLink makes the hard link l of a layer to a file of a lower layer.
-func (a *assembler) lowerLink(l layerLink) error {
-	missing := newKindError(ErrInvalid, nil, "hard link target %q does not exist in the rootfs", l.Target)
-	dir, base := path.Split(l.Target)
+// stageLinks links the targets of a layer's hard links to lower files, in
+// order, into a new directory next to the rootfs (on its file system, out
+// of the way of the layer's entries), and returns that directory ("" when
+// there are no links).
+func (a *assembler) stageLinks(links []layerLink) (string, error) {
+	if len(links) == 0 {
+		return "", nil
+	}
+	staging, err := os.MkdirTemp(filepath.Dir(a.root), tmpPrefix+"links-")
+	if err != nil {
+		return "", err
+	}
+	for i, l := range links {
+		src, err := a.lowerFile(l.Target)
+		if err != nil {
+			return staging, fmt.Errorf("entry %q: %w", l.Path, err)
+		}
+		if err := a.place(src, stagedLink(staging, i), true); err != nil {
+			return staging, fmt.Errorf("entry %q: %w", l.Path, err)
+		}
+	}
+	return staging, nil
+}
+
+func stagedLink(staging string, i int) string { return filepath.Join(staging, strconv.Itoa(i)) }
+
+// lowerFile returns the host path of target, a file (not a directory) of
+// the rootfs.
+func (a *assembler) lowerFile(target string) (string, error) {
+	missing := newKindError(ErrInvalid, nil, "hard link target %q does not exist in the rootfs", target)
+	dir, base := path.Split(target)
 	dirHost, _, err := resolveDir(a.root, strings.TrimSuffix(dir, "/"), false, nil)
 	if errors.Is(err, errMissing) {
-		return missing
+		return "", missing
 	}
 	if err != nil {
-		return fmt.Errorf("hard link target %q: %w", l.Target, err)
+		return "", fmt.Errorf("hard link target %q: %w", target, err)
 	}
 	src := filepath.Join(dirHost, base)
 	fi, err := os.Lstat(src)
 	switch {
 	case os.IsNotExist(err):
-		return missing
+		return "", missing
 	case err != nil:
-		return err
+		return "", err
 	case fi.IsDir():
-		return newKindError(ErrInvalid, nil, "hard link target %q is a directory", l.Target)
+		return "", newKindError(ErrInvalid, nil, "hard link target %q is a directory", target)
 	}
-	dir, base = path.Split(l.Path)
+	return src, nil
+}
+
+// placeStaged moves a staged hard link to rel in the rootfs, replacing what
+// is there.
+func (a *assembler) placeStaged(staged, rel string) error {
+	dir, base := path.Split(rel)
 	parent, _, err := resolveDir(a.root, strings.TrimSuffix(dir, "/"), true, nil)
 	if err != nil {
 		return err
 	}
-	return a.place(src, filepath.Join(parent, base), false)
+	dst := filepath.Join(parent, base)
+	// rename(2) replaces anything but a directory.
+	if fi, err := os.Lstat(dst); err == nil && fi.IsDir() {
+		if err := removeTree(dst); err != nil {
+			return fmt.Errorf("replace: %w", err)
+		}
+	}
+	return os.Rename(staged, dst)
 }
 
 // copy copies a layer's file, symlink or device node to dst with its
@@ -296,8 +363,9 @@ func (a *assembler) copy(src, dst string) error {
 		return &os.PathError{Op: "lstat", Path: src, Err: err}
 	}
 	key := fileKey{dev: uint64(st.Dev), ino: st.Ino}
-	if st.Nlink > 1 {
-		if first, ok := a.copies[key]; ok && a.link(first, dst) == nil {
+	if first, ok := a.copies[key]; ok && st.Nlink > 1 {
+		// Only if the copy is still there.
+		if k, err := inode(first.path); err == nil && k == first.key && a.link(first.path, dst) == nil {
 			a.copied++
 			return nil
 		}
@@ -330,10 +398,23 @@ func (a *assembler) copy(src, dst string) error {
 		return err
 	}
 	if st.Nlink > 1 {
-		a.copies[key] = dst
+		k, err := inode(dst)
+		if err != nil {
+			return err
+		}
+		a.copies[key] = fileCopy{path: dst, key: k}
 	}
 	a.copied++
 	return nil
+}
+
+// inode identifies the file at host, without following a symlink.
+func inode(host string) (fileKey, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(host, &st); err != nil {
+		return fileKey{}, &os.PathError{Op: "lstat", Path: host, Err: err}
+	}
+	return fileKey{dev: uint64(st.Dev), ino: st.Ino}, nil
 }
 
 // copyMeta gives dst the owner, mode, extended attributes and times of src.

@@ -20,6 +20,7 @@
 //	                                ".wh.<name>" and ".wh..wh..opq" markers
 //	    layer.json                  what fs/ cannot say: directories that are
 //	                                only parents, hard links to lower layers
+//	                                (in the order of the layer's entries)
 //	rootfs/sha256/<manifest hex>/   the rootfs of one image, assembled from
 //	                                its layers in order; its files are hard
 //	                                links to the layers' (copies where the
@@ -29,9 +30,9 @@
 //	                                   without metadata is incomplete)
 //	resolved.json                   reference+platform -> manifest digest
 //
-// Every entry is written under a temporary name in the same directory and
-// renamed into place, so a crash never leaves a partial entry under a final
-// name. Concurrent pulls of one reference share one download; pulls of
+// Every entry is written under a temporary name in the same directory,
+// synced to disk and renamed into place, so a crash or a power loss never
+// leaves a partial entry under a final name. Concurrent pulls of one reference share one download; pulls of
 // different images that share a layer unpack it once.
 //
 // Because a rootfs shares its files' inodes with the layer cache, nothing

@@ -75,7 +75,7 @@ func (s *Store) fetchAndUnpack(ctx context.Context, ref Ref, img v1.Image, manif
 				fetch := func() error {
 					return s.fetchLayer(dctx, ref, img, i, n, job.desc, &downloaded, progress)
 				}
-				job.err = s.prepareLayer(dctx, ref, img, i, n, job, fetch, hold)
+				job.err = s.prepareLayer(dctx, ref, i, n, job, fetch, hold)
 				close(job.ready)
 			}(i)
 		}

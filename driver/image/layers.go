@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,19 +51,25 @@ func (s *Store) layerPath(d v1.Hash) string { return filepath.Join(s.layerDir, d
 // layerFS is where the files of the layer in directory dir are.
 func layerFS(dir string) string { return filepath.Join(dir, layerFSDir) }
 
-// readLayer returns the metadata of an unpacked layer, if it is in the
-// cache. Layers only appear under their final name once complete.
-func (s *Store) readLayer(d v1.Hash) (*layerMeta, bool) {
+// readLayer returns the metadata of an unpacked layer, or nil if the cache
+// does not have it complete: no layer.json (layers only appear under their
+// final name once complete, so that means none, or a damaged one) or one
+// that does not decode. Any other error is returned: the layer may be fine,
+// and must not be taken for damaged.
+func (s *Store) readLayer(d v1.Hash) (*layerMeta, error) {
 	b, err := os.ReadFile(filepath.Join(s.layerPath(d), layerMetaFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
 	if err != nil {
-		return nil, false
+		return nil, fmt.Errorf("read layer %s: %w", d, err)
 	}
 	var m layerMeta
 	if err := json.Unmarshal(b, &m); err != nil || m.DiffID != d {
 		s.logger.Warn("ignoring unreadable layer metadata", "diff_id", d, "error", err)
-		return nil, false
+		return nil, nil
 	}
-	return &m, true
+	return &m, nil
 }
 
 // hasLayer reports whether the layer with diff ID d is unpacked.
@@ -107,16 +115,14 @@ type layerJob struct {
 // prepareLayer makes sure the layer of job is unpacked in the cache. hold
 // receives the unpin functions of the layers it pins; they must run once
 // the image that uses the layer is recorded (or the pull failed).
-func (s *Store) prepareLayer(ctx context.Context, ref Ref, img v1.Image, i, n int, job *layerJob, fetch func() error, hold func(func())) error {
+func (s *Store) prepareLayer(ctx context.Context, ref Ref, i, n int, job *layerJob, fetch func() error, hold func(func())) error {
 	if job.diffID.Hex != "" {
-		p, unpin := s.pinLayer(job.diffID)
-		hold(unpin)
-		unlock, err := p.lock(ctx)
+		m, unlock, err := s.lockLayer(ctx, ref, job.diffID, hold)
 		if err != nil {
 			return err
 		}
 		defer unlock()
-		if m, ok := s.readLayer(job.diffID); ok {
+		if m != nil {
 			job.meta, job.reused = m, true
 			return nil
 		}
@@ -137,32 +143,57 @@ func (s *Store) prepareLayer(ctx context.Context, ref Ref, img v1.Image, i, n in
 	}()
 	if job.diffID.Hex == "" {
 		// Keyed by the digest computed while unpacking.
-		p, unpin := s.pinLayer(m.DiffID)
-		hold(unpin)
-		unlock, err := p.lock(ctx)
+		existing, unlock, err := s.lockLayer(ctx, ref, m.DiffID, hold)
 		if err != nil {
 			return err
 		}
 		defer unlock()
-		if existing, ok := s.readLayer(m.DiffID); ok {
+		if existing != nil {
 			job.meta, job.reused = existing, true
 			return nil
 		}
 	}
 	final := s.layerPath(m.DiffID)
 	if _, err := os.Lstat(final); err == nil {
-		// Not a complete layer (readLayer failed): replace it.
-		if err := removeTree(final); err != nil {
-			return fmt.Errorf("pull %s: remove damaged layer %s: %w", ref.display(), m.DiffID, err)
+		// Not a complete layer (readLayer found no metadata it could
+		// decode): replace it.
+		s.logger.Warn("replacing damaged layer", "diff_id", m.DiffID)
+		gone, err := s.moveLayerAside(m.DiffID.Hex)
+		if err != nil {
+			return fmt.Errorf("pull %s: move damaged layer %s aside: %w", ref.display(), m.DiffID, err)
+		}
+		if err := removeTree(gone); err != nil {
+			s.logger.Warn("cannot remove damaged layer", "path", gone, "error", err)
 		}
 	}
-	if err := os.Rename(tmp, final); err != nil {
+	if err := renameDurably(tmp, final); err != nil {
 		return fmt.Errorf("pull %s: %w", ref.display(), err)
 	}
 	tmp = ""
 	s.layerUnpacks.Add(1)
 	job.meta = m
 	return nil
+}
+
+// lockLayer pins the layer with diff ID d for the pull (hold receives the
+// unpin function), takes its lock and returns its metadata, nil if the
+// cache does not have it. The caller unlocks it.
+func (s *Store) lockLayer(ctx context.Context, ref Ref, d v1.Hash, hold func(func())) (*layerMeta, func(), error) {
+	p, unpin := s.pinLayer(d)
+	hold(unpin)
+	unlock, err := p.lock(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := s.readLayer(d)
+	if err != nil {
+		unlock()
+		return nil, nil, fmt.Errorf("pull %s: %w", ref.display(), err)
+	}
+	if m != nil && m.SkippedDevices > 0 {
+		s.logger.Warn("device nodes not created (not permitted)", "ref", ref.String(), "diff_id", d, "count", m.SkippedDevices)
+	}
+	return m, unlock, nil
 }
 
 // unpackLayer unpacks a cached layer blob into a new temporary layer
@@ -232,6 +263,9 @@ func (s *Store) unpackLayer(ctx context.Context, ref Ref, i, n int, desc v1.Desc
 	if u.skippedDevices > 0 {
 		s.logger.Warn("device nodes not created (not permitted)", "ref", ref.String(), "layer", desc.Digest, "count", u.skippedDevices)
 	}
+	if u.skippedXattrs > 0 {
+		s.logger.Warn("extended attributes not set (not permitted or not supported)", "ref", ref.String(), "layer", desc.Digest, "count", u.skippedXattrs)
+	}
 	s.logger.Debug("layer unpacked", "ref", ref.String(), "diff_id", m.DiffID, "size", m.Size, "duration", time.Since(start))
 	ok = true
 	return tmp, m, nil
@@ -262,11 +296,8 @@ func (s *Store) sweepLayersLocked() []string {
 		if strings.HasPrefix(n, tmpPrefix) || keep[n] {
 			continue
 		}
-		// Renamed first, so that the layer is gone at once for pulls,
-		// and a crash during the removal leaves a leftover the next
-		// start removes.
-		gone := filepath.Join(s.layerDir, fmt.Sprintf("%sgc-%s-%d", tmpPrefix, n, time.Now().UnixNano()))
-		if err := os.Rename(filepath.Join(s.layerDir, n), gone); err != nil {
+		gone, err := s.moveLayerAside(n)
+		if err != nil {
 			s.logger.Warn("cannot remove layer", "diff_id", "sha256:"+n, "error", err)
 			continue
 		}
@@ -278,8 +309,21 @@ func (s *Store) sweepLayersLocked() []string {
 	return trash
 }
 
+// moveLayerAside renames the entry name of the layer directory to a
+// temporary name and returns its new path, for the caller to remove: the
+// layer is gone at once for pulls, and a crash during the removal leaves a
+// leftover the next start removes.
+func (s *Store) moveLayerAside(name string) (string, error) {
+	gone := filepath.Join(s.layerDir, fmt.Sprintf("%sgc-%s-%d", tmpPrefix, name, time.Now().UnixNano()))
+	if err := os.Rename(filepath.Join(s.layerDir, name), gone); err != nil {
+		return "", err
+	}
+	return gone, nil
+}
+
 // loadLayers removes leftovers of interrupted writes and entries of the
-// layer directory that are not complete layers.
+// layer directory that are not complete layers. A layer whose metadata
+// cannot be read is left alone: pulls that need it report the error.
 func (s *Store) loadLayers() error {
 	if err := removeTemps(s.layerDir); err != nil {
 		return err
@@ -290,8 +334,14 @@ func (s *Store) loadLayers() error {
 	}
 	for _, e := range entries {
 		n := e.Name()
-		if e.IsDir() && isHex64(n) && s.hasLayer(v1.Hash{Algorithm: "sha256", Hex: n}) {
-			continue
+		if e.IsDir() && isHex64(n) {
+			m, err := s.readLayer(v1.Hash{Algorithm: "sha256", Hex: n})
+			if err != nil {
+				s.logger.Warn("cannot check layer", "diff_id", "sha256:"+n, "error", err)
+			}
+			if m != nil || err != nil {
+				continue
+			}
 		}
 		p := filepath.Join(s.layerDir, n)
 		s.logger.Warn("removing incomplete layer", "path", p)

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/ferry-nomad/ferry/driver/testutil"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -339,4 +340,101 @@ func TestLayers_ConfigWithoutDiffIDs(t *testing.T) {
 	imgB := pullLayout(t, s, sl.dir, "b")
 	must.Eq(t, int64(4), s.layerUnpacks.Load())
 	sl.check(t, s, img, imgB)
+}
+
+func TestLayers_UnreadableLayerFailsThePull(t *testing.T) {
+	sl := newSharedLayers(t)
+	s, _ := newTestStore(t, StoreConfig{})
+	imgA := pullLayout(t, s, sl.dir, "a")
+	common := s.layerPath(diffID(t, sl.common))
+	meta := filepath.Join(common, layerMetaFile)
+
+	// Metadata that cannot be read for another reason than being missing
+	// (EISDIR here, as EIO, EACCES or EMFILE would): the layer may be
+	// fine, and images use it. The pull fails and the layer stays.
+	must.NoError(t, os.Rename(meta, meta+".saved"))
+	must.NoError(t, os.Mkdir(meta, 0o700))
+	_, err := s.Pull(context.Background(), mustParse(t, "oci:"+sl.dir+":b"), PullOptions{Platform: linuxAMD64})
+	must.Error(t, err)
+	must.StrContains(t, err.Error(), "read layer "+diffID(t, sl.common).String())
+	must.Eq(t, "1", readFile(t, filepath.Join(layerFS(common), "srv/data/one")))
+
+	// Metadata that does not decode marks a damaged layer: it is
+	// replaced (b's own layer may have been unpacked by the failed pull
+	// already).
+	must.NoError(t, os.Remove(meta))
+	must.NoError(t, os.WriteFile(meta, []byte("{"), 0o600))
+	must.NoError(t, os.Remove(filepath.Join(layerFS(common), "srv/data/two")))
+	imgB := pullLayout(t, s, sl.dir, "b")
+	must.Eq(t, int64(5), s.layerUnpacks.Load())
+	sl.check(t, s, imgA, imgB)
+	must.Eq(t, hexes(diffID(t, sl.base), diffID(t, sl.common), diffID(t, sl.ta), diffID(t, sl.tb)), layerNames(t, s))
+}
+
+// dirtyPages returns how many pages of the file at path are not on disk
+// yet (cachestat(2), Linux 6.5 and later).
+func dirtyPages(t *testing.T, path string) uint64 {
+	t.Helper()
+	f, err := os.Open(path)
+	must.NoError(t, err)
+	defer f.Close()
+	var rng struct{ off, len uint64 } // 0, 0: the whole file
+	var cs struct{ cache, dirty, writeback, evicted, recentlyEvicted uint64 }
+	_, _, errno := unix.Syscall6(unix.SYS_CACHESTAT, f.Fd(), uintptr(unsafe.Pointer(&rng)), uintptr(unsafe.Pointer(&cs)), 0, 0, 0)
+	if errno == unix.ENOSYS || errno == unix.EPERM {
+		t.Skipf("cachestat: %v", errno)
+	}
+	must.Zero(t, errno)
+	return cs.dirty + cs.writeback
+}
+
+// requireWriteBack skips the test unless the file system of dir keeps new
+// data in memory until it is synced, which tests of durability observe.
+func requireWriteBack(t *testing.T, dir string) {
+	t.Helper()
+	p := filepath.Join(dir, "probe")
+	must.NoError(t, os.WriteFile(p, make([]byte, 1<<20), 0o600))
+	defer os.Remove(p)
+	if dirtyPages(t, p) == 0 {
+		t.Skip("new data is on disk at once here")
+	}
+	must.NoError(t, syncFS(dir))
+	if dirtyPages(t, p) != 0 {
+		t.Skip("syncfs does not write data to disk here (tmpfs?)")
+	}
+}
+
+func TestLayers_OnDiskBeforeTheyAppear(t *testing.T) {
+	// A layer is trusted by its diff ID for ever: its files must be on
+	// disk before it appears under its final name, or a power loss could
+	// leave it there with truncated files.
+	layer := tarLayer(t, entry{Name: "data.bin", Body: strings.Repeat("x", 1<<20)})
+	d := diffID(t, layer)
+	digest, err := layer.Digest()
+	must.NoError(t, err)
+	size, err := layer.Size()
+	must.NoError(t, err)
+	rc, err := layer.Compressed()
+	must.NoError(t, err)
+	defer rc.Close()
+
+	s, _ := newTestStore(t, StoreConfig{})
+	requireWriteBack(t, s.layerDir)
+	ctx := context.Background()
+	must.NoError(t, s.writeBlob(ctx, digest, size, rc, nil))
+	job := &layerJob{desc: v1.Descriptor{Digest: digest, Size: size}, diffID: d}
+	must.NoError(t, s.prepareLayer(ctx, mustParse(t, "registry.example/layer:1"), 0, 1, job,
+		func() error { return nil }, func(unpin func()) { t.Cleanup(unpin) }))
+	must.Eq(t, uint64(0), dirtyPages(t, filepath.Join(layerFS(s.layerPath(d)), "data.bin")))
+}
+
+func TestRenameDurably(t *testing.T) {
+	// How a layer and an assembled rootfs are put in place.
+	dir := t.TempDir()
+	requireWriteBack(t, dir)
+	tmp := filepath.Join(dir, tmpPrefix+"tree")
+	must.NoError(t, os.MkdirAll(filepath.Join(tmp, "sub"), 0o755))
+	must.NoError(t, os.WriteFile(filepath.Join(tmp, "sub/f"), make([]byte, 1<<20), 0o644))
+	must.NoError(t, renameDurably(tmp, filepath.Join(dir, "tree")))
+	must.Eq(t, uint64(0), dirtyPages(t, filepath.Join(dir, "tree/sub/f")))
 }

@@ -284,7 +284,7 @@ func (s *Store) build(ctx context.Context, ref Ref, node v1.Platform, src source
 			return nil, fmt.Errorf("pull %s: remove stale rootfs: %w", ref.display(), err)
 		}
 	}
-	if err := os.Rename(tmp, final); err != nil {
+	if err := renameDurably(tmp, final); err != nil {
 		return nil, fmt.Errorf("pull %s: %w", ref.display(), err)
 	}
 	done = true
@@ -307,6 +307,9 @@ func (s *Store) build(ctx context.Context, ref Ref, node v1.Platform, src source
 	s.images[d] = meta
 	s.mu.Unlock()
 
+	if a.skippedXattrs > 0 {
+		s.logger.Warn("extended attributes not set in the rootfs (not permitted or not supported)", "ref", ref.String(), "count", a.skippedXattrs)
+	}
 	elapsed := time.Since(start).Round(100 * time.Millisecond)
 	s.logger.Info("image pulled", "ref", ref.String(), "digest", d, "platform", formatPlatform(platform),
 		"layers", len(manifest.Layers), "layers_cached", reused, "size", size, "linked", a.linked, "copied", a.copied, "duration", elapsed)

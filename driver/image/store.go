@@ -241,7 +241,7 @@ func (s *Store) load() error {
 		}
 		path := filepath.Join(s.rootDir, hex)
 		s.logger.Warn("removing incomplete rootfs", "path", path)
-		if err := os.RemoveAll(path); err != nil {
+		if err := removeTree(path); err != nil {
 			return fmt.Errorf("image store: remove incomplete rootfs %s: %w", path, err)
 		}
 	}
@@ -257,12 +257,25 @@ func removeTemps(dir string) error {
 	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), tmpPrefix) {
-			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			if err := removeTree(filepath.Join(dir, e.Name())); err != nil {
 				return fmt.Errorf("remove leftover %s: %w", filepath.Join(dir, e.Name()), err)
 			}
 		}
 	}
 	return nil
+}
+
+// renameDurably renames tmp, a complete directory tree, to final. The tree
+// is made durable first, so that a crash never leaves final with missing or
+// truncated files, and the rename after.
+func renameDurably(tmp, final string) error {
+	if err := syncFS(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return err
+	}
+	return atomicfile.SyncDir(filepath.Dir(final))
 }
 
 func isHex64(s string) bool {

@@ -47,13 +47,15 @@ var errMissing = errors.New("no such directory")
 //     with mode 0755) are listed as implicit: their metadata belongs to
 //     lower layers;
 //   - a hard link to a file the layer does not have (one of a lower layer)
-//     is recorded with its target, to be linked in the rootfs.
+//     is recorded with its target, to be linked in the rootfs; links are
+//     kept in entry order, and a link to such a link records the lower
+//     file.
 //
-// Entries are resolved inside the layer: a path with ".." components that
-// leaves it, a parent that is a symlink to an absolute path or to a path
-// outside the layer, or a hard link to something outside it are refused.
-// The final component of an entry is never followed: an existing file, link
-// or directory in its place is replaced.
+// Entries are resolved inside the layer: an entry or hard link name with
+// ".." components that leave it is refused, and symlinks among the parents
+// resolve as they would inside the container (see resolveDir). The final
+// component of an entry is never followed: an existing file, link or
+// directory in its place is replaced.
 type unpacker struct {
 	root   string
 	logger hclog.Logger
@@ -69,15 +71,24 @@ type unpacker struct {
 	// implicit holds the directories (relative to root, "" for root)
 	// that no entry of the layer declared.
 	implicit map[string]bool
-	// links maps the path of a hard link to its target in a lower layer.
-	links map[string]string
-	// dirs is the directory metadata applied once the layer's entries
-	// are all written.
-	dirs []dirMeta
+	// links maps the path of a hard link to a file of a lower layer to
+	// that file, in the order of the entries.
+	links map[string]lowerLink
+	seq   int
+	// dirs maps the directories the layer declared (relative to root) to
+	// the metadata of their last declaration, applied once the layer's
+	// entries are all written.
+	dirs map[string]dirMeta
+}
+
+// lowerLink is the target of a hard link to a lower layer, and the link's
+// position among the layer's links.
+type lowerLink struct {
+	target string
+	seq    int
 }
 
 type dirMeta struct {
-	host         string
 	mode         fs.FileMode
 	atime, mtime time.Time
 }
@@ -88,7 +99,8 @@ func newUnpacker(root string, logger hclog.Logger) *unpacker {
 		logger:   logger,
 		buf:      make([]byte, 1<<20),
 		implicit: map[string]bool{"": true},
-		links:    map[string]string{},
+		links:    map[string]lowerLink{},
+		dirs:     map[string]dirMeta{},
 	}
 }
 
@@ -112,15 +124,22 @@ func (u *unpacker) apply(ctx context.Context, n int, r io.Reader) error {
 			return fmt.Errorf("layer %d: entry %q: %w", n, hdr.Name, err)
 		}
 	}
-	// Directory modes and times last: writing entries changes mtimes and
-	// a read-only directory must stay writable until its entries exist.
-	for i := len(u.dirs) - 1; i >= 0; i-- {
-		d := u.dirs[i]
-		if err := os.Chmod(d.host, d.mode); err != nil {
-			return fmt.Errorf("layer %d: chmod %s: %w", n, d.host, err)
+	// Directory modes and times last, deepest first: writing entries
+	// changes mtimes and a read-only directory must stay writable until
+	// its entries exist. A path sorts after its parent's, so reverse
+	// order puts children first.
+	paths := make([]string, 0, len(u.dirs))
+	for p := range u.dirs {
+		paths = append(paths, p)
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(paths)))
+	for _, p := range paths {
+		d, host := u.dirs[p], filepath.Join(u.root, p)
+		if err := os.Chmod(host, d.mode); err != nil {
+			return fmt.Errorf("layer %d: chmod %s: %w", n, host, err)
 		}
-		if err := setTimes(d.host, d.atime, d.mtime); err != nil {
-			return fmt.Errorf("layer %d: set times of %s: %w", n, d.host, err)
+		if err := setTimes(host, d.atime, d.mtime); err != nil {
+			return fmt.Errorf("layer %d: set times of %s: %w", n, host, err)
 		}
 	}
 	return nil
@@ -133,10 +152,10 @@ func (u *unpacker) meta(diffID v1.Hash) *layerMeta {
 		m.Implicit = append(m.Implicit, p)
 	}
 	sort.Strings(m.Implicit)
-	for p, target := range u.links {
-		m.Links = append(m.Links, layerLink{Path: p, Target: target})
+	for p, l := range u.links {
+		m.Links = append(m.Links, layerLink{Path: p, Target: l.target})
 	}
-	sort.Slice(m.Links, func(i, j int) bool { return m.Links[i].Path < m.Links[j].Path })
+	sort.Slice(m.Links, func(i, j int) bool { return u.links[m.Links[i].Path].seq < u.links[m.Links[j].Path].seq })
 	return m
 }
 
@@ -183,7 +202,7 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 			// A directory declared again (or after its entries): only
 			// the metadata changes, and it is the layer's own now.
 			delete(u.implicit, resolved)
-			return u.setMeta(host, hdr)
+			return u.setMeta(host, resolved, hdr)
 		}
 		if err := removeTree(host); err != nil {
 			return fmt.Errorf("replace %s: %w", resolved, err)
@@ -224,20 +243,25 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		u.logger.Debug("skipping unsupported tar entry", "name", hdr.Name, "type", string(hdr.Typeflag))
 		return nil
 	}
-	return u.setMeta(host, hdr)
+	return u.setMeta(host, resolved, hdr)
 }
 
 // forget drops what was recorded about rel and below after it was removed.
 func (u *unpacker) forget(rel string) {
-	prefix := rel + "/"
+	under := func(p string) bool { return p == rel || strings.HasPrefix(p, rel+"/") }
 	for p := range u.implicit {
-		if p == rel || strings.HasPrefix(p, prefix) {
+		if under(p) {
 			delete(u.implicit, p)
 		}
 	}
 	for p := range u.links {
-		if p == rel || strings.HasPrefix(p, prefix) {
+		if under(p) {
 			delete(u.links, p)
+		}
+	}
+	for p := range u.dirs {
+		if under(p) {
+			delete(u.dirs, p)
 		}
 	}
 }
@@ -248,7 +272,7 @@ func (u *unpacker) rootEntry(hdr *tar.Header) error {
 		return newKindError(ErrInvalid, nil, "the rootfs itself must be a directory, the layer has type %q", string(hdr.Typeflag))
 	}
 	delete(u.implicit, "")
-	return u.setMeta(u.root, hdr)
+	return u.setMeta(u.root, "", hdr)
 }
 
 func (u *unpacker) writeFile(host string, r io.Reader) error {
@@ -275,9 +299,11 @@ func (u *unpacker) hardlink(linkname, host, resolved string) error {
 		return newKindError(ErrInvalid, nil, "hard link to the rootfs directory itself")
 	}
 	dir, base := path.Split(rel)
-	dirHost, _, err := u.resolveDir(strings.TrimSuffix(dir, "/"), false)
+	dirHost, dirRel, err := u.resolveDir(strings.TrimSuffix(dir, "/"), false)
 	if errors.Is(err, errMissing) {
-		u.links[resolved] = rel
+		// dirRel is as far as the layer's own symlinks lead; the lower
+		// layers resolve the rest.
+		u.linkLower(resolved, dirRel+"/"+base)
 		return nil
 	}
 	if err != nil {
@@ -288,7 +314,7 @@ func (u *unpacker) hardlink(linkname, host, resolved string) error {
 	switch {
 	case os.IsNotExist(err), strings.HasPrefix(base, whiteoutPrefix):
 		// Whiteout markers are no files of the image.
-		u.links[resolved] = rel
+		u.linkLower(resolved, path.Join(dirRel, base))
 		return nil
 	case err != nil:
 		return err
@@ -300,9 +326,21 @@ func (u *unpacker) hardlink(linkname, host, resolved string) error {
 	return os.Link(src, host)
 }
 
-// setMeta applies ownership, mode, extended attributes and times. Directory
-// modes and times are deferred to the end of the layer.
-func (u *unpacker) setMeta(host string, hdr *tar.Header) error {
+// linkLower records a hard link at rel to target, a file of a lower layer
+// unless target is itself such a link of this layer: then the link is to
+// that link's target, so that every recorded target is a lower file.
+func (u *unpacker) linkLower(rel, target string) {
+	if l, ok := u.links[target]; ok {
+		target = l.target
+	}
+	u.seq++
+	u.links[rel] = lowerLink{target: target, seq: u.seq}
+}
+
+// setMeta applies ownership, mode, extended attributes and times to the
+// entry at host (rel in the layer). Directory modes and times are deferred
+// to the end of the layer.
+func (u *unpacker) setMeta(host, rel string, hdr *tar.Header) error {
 	if err := os.Lchown(host, hdr.Uid, hdr.Gid); err != nil {
 		if !isPermission(err) {
 			return err
@@ -335,7 +373,7 @@ func (u *unpacker) setMeta(host string, hdr *tar.Header) error {
 		atime = hdr.ModTime
 	}
 	if isDir {
-		u.dirs = append(u.dirs, dirMeta{host: host, mode: mode, atime: atime, mtime: hdr.ModTime})
+		u.dirs[rel] = dirMeta{mode: mode, atime: atime, mtime: hdr.ModTime}
 		return nil
 	}
 	return setTimes(host, atime, hdr.ModTime)
@@ -378,11 +416,13 @@ func (u *unpacker) resolveDir(rel string, create bool) (string, string, error) {
 }
 
 // resolveDir returns the host path of directory rel (relative to root) and
-// its symlink-free relative path. Symlinks among the components are
-// followed when they stay inside root; an absolute symlink or one that
-// climbs out of root is refused. Missing directories are created with mode
-// 0755 when create is set (and passed to created, if not nil); otherwise
-// errMissing is returned.
+// its symlink-free relative path. Symlinks among the components resolve as
+// the kernel would resolve them inside the container whose root is root: an
+// absolute target starts again from root, and ".." at root stays there, so
+// nothing outside root is ever reached. Missing directories are created with
+// mode 0755 when create is set (and passed to created, if not nil);
+// otherwise errMissing is returned, with the path resolved so far followed
+// by the rest of the components as they are.
 func resolveDir(root, rel string, create bool, created func(string)) (string, string, error) {
 	var parts []string
 	if rel != "" {
@@ -399,11 +439,7 @@ func resolveDir(root, rel string, create bool, created func(string)) (string, st
 		case "..":
 			// Only symlink targets bring ".." here (entry names are
 			// clean).
-			if resolved == "" {
-				return "", "", newKindError(ErrInvalid, nil, "a symlink among the parents points outside the rootfs")
-			}
-			resolved = path.Dir(resolved)
-			if resolved == "." {
+			if resolved = path.Dir(resolved); resolved == "." {
 				resolved = ""
 			}
 			continue
@@ -414,13 +450,9 @@ func resolveDir(root, rel string, create bool, created func(string)) (string, st
 		switch {
 		case os.IsNotExist(err):
 			if !create {
-				return "", "", errMissing
+				return "", strings.Join(append([]string{next}, parts...), "/"), errMissing
 			}
-			if err := os.Mkdir(host, 0o755); err != nil {
-				return "", "", err
-			}
-			// Exact mode whatever the umask.
-			if err := os.Chmod(host, 0o755); err != nil {
+			if err := mkdir755(host); err != nil {
 				return "", "", err
 			}
 			if created != nil {
@@ -441,7 +473,7 @@ func resolveDir(root, rel string, create bool, created func(string)) (string, st
 				return "", "", err
 			}
 			if path.IsAbs(target) {
-				return "", "", newKindError(ErrInvalid, nil, "parent %q is a symlink to %q, which points outside the rootfs (the image is malformed or malicious)", next, target)
+				resolved = ""
 			}
 			parts = append(strings.Split(target, "/"), parts...)
 		default:

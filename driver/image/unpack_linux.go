@@ -130,3 +130,18 @@ func copyXattrs(src, dst string) (int, error) {
 	}
 	return skipped, nil
 }
+
+// syncFS makes everything written to the file system that holds dir
+// durable: one syncfs(2) for a whole tree of new files, rather than an
+// fsync per file.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return &os.PathError{Op: "syncfs", Path: dir, Err: err}
+	}
+	return nil
+}

@@ -328,49 +328,18 @@ func TestUnpack_RefusesEscapes(t *testing.T) {
 		{"dotdot entry", [][]entry{{{Name: "../escape", Body: "x"}}}},
 		{"nested dotdot entry", [][]entry{{{Name: "a/../../escape", Body: "x"}}}},
 		{"dotdot whiteout", [][]entry{{{Name: "../.wh.escape"}}}},
-		{"absolute symlink parent", [][]entry{{
-			{Name: "evil", Type: tar.TypeSymlink, Linkname: outside},
-			{Name: "evil/pwned", Body: "x"},
-		}}},
-		{"absolute symlink parent in a later layer", [][]entry{
-			{{Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
-			{{Name: "evil/pwned", Body: "x"}},
-		}},
-		{"relative symlink parent climbing out", [][]entry{{
-			{Name: "a/", Type: tar.TypeDir},
-			{Name: "a/up", Type: tar.TypeSymlink, Linkname: "../../../../../../../.." + outside},
-			{Name: "a/up/pwned", Body: "x"},
-		}}},
-		{"whiteout through absolute symlink", [][]entry{{
-			{Name: "evil", Type: tar.TypeSymlink, Linkname: outside},
-			{Name: "evil/.wh.keep"},
-		}}},
 		{"hard link to outside", [][]entry{{
 			{Name: "hl", Type: tar.TypeLink, Linkname: "../../../../../../../../etc/passwd"},
 		}}},
+		// The symlink leads to the rootfs's own path of that name, where
+		// there is nothing to link to.
 		{"hard link through absolute symlink", [][]entry{{
 			{Name: "evil", Type: tar.TypeSymlink, Linkname: outside},
 			{Name: "hl", Type: tar.TypeLink, Linkname: "evil/keep"},
 		}}},
-		{"whiteout through a lower layer's absolute symlink", [][]entry{
-			{{Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
-			{{Name: "evil/.wh.keep"}},
-		}},
-		{"opaque directory through a lower layer's absolute symlink", [][]entry{
-			{{Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
-			{{Name: "evil/.wh..wh..opq"}},
-		}},
 		{"hard link through a lower layer's absolute symlink", [][]entry{
 			{{Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
 			{{Name: "hl", Type: tar.TypeLink, Linkname: "evil/keep"}},
-		}},
-		{"hard link into a lower layer's absolute symlink", [][]entry{
-			{{Name: "f", Body: "f"}, {Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
-			{{Name: "evil/pwned", Type: tar.TypeLink, Linkname: "f"}},
-		}},
-		{"relative symlink of a lower layer climbing out", [][]entry{
-			{{Name: "a/", Type: tar.TypeDir}, {Name: "a/up", Type: tar.TypeSymlink, Linkname: "../../../../../../../.." + outside}},
-			{{Name: "a/up/pwned", Body: "x"}},
 		}},
 	}
 	must.NoError(t, os.WriteFile(filepath.Join(outside, "keep"), []byte("keep"), 0o644))
@@ -384,6 +353,84 @@ func TestUnpack_RefusesEscapes(t *testing.T) {
 			must.Eq(t, "keep", readFile(t, filepath.Join(outside, "keep")))
 		})
 	}
+}
+
+func TestUnpack_SymlinkParentsStayInsideTheRootfs(t *testing.T) {
+	// Symlinks among the parents resolve as inside the container: an
+	// absolute target from the rootfs, ".." no higher than the rootfs. A
+	// symlink to a host path leads to the rootfs's path of that name.
+	outside := t.TempDir()
+	climb := "../../../../../../../.." + outside
+	cases := []struct {
+		name   string
+		layers [][]entry
+	}{
+		{"absolute symlink parent", [][]entry{{
+			{Name: "evil", Type: tar.TypeSymlink, Linkname: outside},
+			{Name: "evil/pwned", Body: "x"},
+		}}},
+		{"absolute symlink parent in a later layer", [][]entry{
+			{{Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
+			{{Name: "evil/pwned", Body: "x"}},
+		}},
+		{"relative symlink parent climbing out", [][]entry{{
+			{Name: "a/", Type: tar.TypeDir},
+			{Name: "a/up", Type: tar.TypeSymlink, Linkname: climb},
+			{Name: "a/up/pwned", Body: "x"},
+		}}},
+		{"relative symlink of a lower layer climbing out", [][]entry{
+			{{Name: "a/", Type: tar.TypeDir}, {Name: "a/up", Type: tar.TypeSymlink, Linkname: climb}},
+			{{Name: "a/up/pwned", Body: "x"}},
+		}},
+		{"hard link into a lower layer's absolute symlink", [][]entry{
+			{{Name: "f", Body: "x"}, {Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
+			{{Name: "evil/pwned", Type: tar.TypeLink, Linkname: "f"}},
+		}},
+		{"whiteouts through absolute symlinks", [][]entry{
+			{{Name: "evil", Type: tar.TypeSymlink, Linkname: outside}},
+			{{Name: "evil/.wh.keep"}, {Name: "evil/.wh..wh..opq"}},
+			{{Name: "own", Type: tar.TypeSymlink, Linkname: outside}, {Name: "own/.wh.keep"}, {Name: "own/pwned", Body: "x"}},
+		}},
+	}
+	must.NoError(t, os.WriteFile(filepath.Join(outside, "keep"), []byte("keep"), 0o644))
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			root, err := unpackLayers(t, tc.layers...)
+			must.NoError(t, err)
+			must.Eq(t, "x", readFile(t, filepath.Join(root, outside, "pwned")))
+			must.False(t, exists(filepath.Join(outside, "pwned")))
+			must.Eq(t, "keep", readFile(t, filepath.Join(outside, "keep")))
+		})
+	}
+}
+
+func TestUnpack_AbsoluteSymlinkParentOfALowerLayer(t *testing.T) {
+	// As in many base images: /var/run is a symlink to /run, and a later
+	// layer installs a file under /var/run.
+	root := mustUnpack(t,
+		[]entry{
+			{Name: "run/", Type: tar.TypeDir},
+			{Name: "var/", Type: tar.TypeDir},
+			{Name: "var/run", Type: tar.TypeSymlink, Linkname: "/run"},
+			{Name: "var/lock", Type: tar.TypeSymlink, Linkname: "/../run/lock"},
+		},
+		[]entry{
+			{Name: "var/run/x", Body: "x"},
+			{Name: "var/lock/l", Body: "l"},
+			{Name: "var/run/hl", Type: tar.TypeLink, Linkname: "var/lock/l"},
+		},
+		[]entry{
+			{Name: "var/run/.wh.x"},
+			{Name: "y", Type: tar.TypeLink, Linkname: "var/run/hl"},
+		},
+	)
+	must.False(t, exists(filepath.Join(root, "run/x")))
+	must.Eq(t, "l", readFile(t, filepath.Join(root, "run/lock/l")))
+	must.Eq(t, "l", readFile(t, filepath.Join(root, "run/hl")))
+	must.Eq(t, "l", readFile(t, filepath.Join(root, "y")))
+	target, err := os.Readlink(filepath.Join(root, "var/run"))
+	must.NoError(t, err)
+	must.Eq(t, "/run", target)
 }
 
 func TestUnpack_HardLinkToMissingTarget(t *testing.T) {
@@ -560,4 +607,150 @@ func TestUnpack_CopiesWhenLinksRefused(t *testing.T) {
 	must.NoError(t, err)
 	must.True(t, fi.Mode()&os.ModeNamedPipe != 0)
 	must.Eq(t, os.FileMode(0o640), fi.Mode().Perm())
+}
+
+func TestUnpack_HardLinkToALowerFileThenWhiteout(t *testing.T) {
+	// In entry order: b is linked to the lower a, then a is whited out.
+	root := mustUnpack(t,
+		[]entry{{Name: "d/", Type: tar.TypeDir}, {Name: "d/a", Body: "lower"}},
+		[]entry{
+			{Name: "b", Type: tar.TypeLink, Linkname: "d/a"},
+			{Name: "d/.wh.a"},
+		},
+	)
+	must.Eq(t, "lower", readFile(t, filepath.Join(root, "b")))
+	must.False(t, exists(filepath.Join(root, "d/a")))
+}
+
+func TestUnpack_HardLinkToALowerFileThenReplaced(t *testing.T) {
+	// b is linked to the lower a before the layer replaces a: b keeps the
+	// lower content, under an opaque directory too.
+	root := mustUnpack(t,
+		[]entry{{Name: "a", Body: "lower"}, {Name: "d/", Type: tar.TypeDir}, {Name: "d/f", Body: "lower f"}},
+		[]entry{
+			{Name: "b", Type: tar.TypeLink, Linkname: "a"},
+			{Name: "a", Body: "new"},
+			{Name: "g", Type: tar.TypeLink, Linkname: "d/f"},
+			{Name: "d/", Type: tar.TypeDir},
+			{Name: "d/.wh..wh..opq"},
+		},
+	)
+	must.Eq(t, "lower", readFile(t, filepath.Join(root, "b")))
+	must.Eq(t, "new", readFile(t, filepath.Join(root, "a")))
+	must.Eq(t, "lower f", readFile(t, filepath.Join(root, "g")))
+	must.False(t, exists(filepath.Join(root, "d/f")))
+}
+
+func TestUnpack_ChainedHardLinksToALowerFile(t *testing.T) {
+	// c is a hard link to z, itself a link to the lower a; c sorts before
+	// z.
+	b, err := testutil.Tar(
+		entry{Name: "z", Type: tar.TypeLink, Linkname: "a"},
+		entry{Name: "c", Type: tar.TypeLink, Linkname: "z"},
+		entry{Name: "b", Type: tar.TypeLink, Linkname: "c"},
+	)
+	must.NoError(t, err)
+	layer := filepath.Join(t.TempDir(), "layer")
+	must.NoError(t, os.Mkdir(layer, 0o755))
+	u := newUnpacker(layer, hclog.NewNullLogger())
+	must.NoError(t, u.apply(context.Background(), 1, bytes.NewReader(b)))
+	must.Eq(t, []layerLink{{Path: "z", Target: "a"}, {Path: "c", Target: "a"}, {Path: "b", Target: "a"}}, u.meta(v1.Hash{}).Links)
+
+	root := mustUnpack(t,
+		[]entry{{Name: "a", Body: "a"}},
+		[]entry{
+			{Name: "z", Type: tar.TypeLink, Linkname: "a"},
+			{Name: "c", Type: tar.TypeLink, Linkname: "z"},
+		},
+	)
+	var a, c, z unix.Stat_t
+	must.NoError(t, unix.Lstat(filepath.Join(root, "a"), &a))
+	must.NoError(t, unix.Lstat(filepath.Join(root, "c"), &c))
+	must.NoError(t, unix.Lstat(filepath.Join(root, "z"), &z))
+	must.Eq(t, a.Ino, c.Ino)
+	must.Eq(t, a.Ino, z.Ino)
+}
+
+func TestUnpack_DirectoryMetadataOfTheLastDeclaration(t *testing.T) {
+	outside := filepath.Join(t.TempDir(), "secret")
+	must.NoError(t, os.WriteFile(outside, []byte("s"), 0o600))
+	root := mustUnpack(t, []entry{
+		// Declared twice: the second declaration counts.
+		{Name: "twice/", Type: tar.TypeDir, Mode: 0o700},
+		{Name: "twice/f", Body: "f"},
+		{Name: "twice/", Type: tar.TypeDir, Mode: 0o750},
+		// A directory replaced by a file or a symlink leaves its mode
+		// behind.
+		{Name: "file/", Type: tar.TypeDir, Mode: 0o777},
+		{Name: "file", Body: "f", Mode: 0o640},
+		{Name: "link/", Type: tar.TypeDir, Mode: 0o777},
+		{Name: "link/sub/", Type: tar.TypeDir, Mode: 0o777},
+		{Name: "link", Type: tar.TypeSymlink, Linkname: outside},
+	})
+	fi, err := os.Stat(filepath.Join(root, "twice"))
+	must.NoError(t, err)
+	must.Eq(t, os.FileMode(0o750), fi.Mode().Perm())
+	fi, err = os.Stat(filepath.Join(root, "file"))
+	must.NoError(t, err)
+	must.Eq(t, os.FileMode(0o640), fi.Mode().Perm())
+	fi, err = os.Stat(outside)
+	must.NoError(t, err)
+	must.Eq(t, os.FileMode(0o600), fi.Mode().Perm())
+}
+
+// refuseLinksFromLayers makes a's links from outside the rootfs fail as at
+// a file system's link limit (after the kernel's check that the new name is
+// free).
+func refuseLinksFromLayers(a *assembler) {
+	a.link = func(oldname, newname string) error {
+		if strings.HasPrefix(oldname, a.root+string(filepath.Separator)) {
+			return os.Link(oldname, newname)
+		}
+		err := unix.EMLINK
+		if exists(newname) {
+			err = unix.EEXIST
+		}
+		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: err}
+	}
+}
+
+func TestUnpack_CopiesLinkOnlyToTheirOwnCopy(t *testing.T) {
+	// A layer that comes twice in an image (the same diff ID, so the same
+	// unpacked directory) is copied twice. In between, its first copy's
+	// parent became a symlink to a host path: the second copy must not
+	// link to what that path names now.
+	host := t.TempDir()
+	must.NoError(t, os.WriteFile(filepath.Join(host, "x"), []byte("host"), 0o644))
+	dir := t.TempDir()
+	unpack := func(name string, entries ...entry) (string, *layerMeta) {
+		b, err := testutil.Tar(entries...)
+		must.NoError(t, err)
+		layer := filepath.Join(dir, name)
+		must.NoError(t, os.Mkdir(layer, 0o755))
+		u := newUnpacker(layer, hclog.NewNullLogger())
+		must.NoError(t, u.apply(context.Background(), 1, bytes.NewReader(b)))
+		return layer, u.meta(v1.Hash{})
+	}
+	twice, twiceMeta := unpack("twice",
+		entry{Name: "d/x", Body: "image"},
+		entry{Name: "e/y", Type: tar.TypeLink, Linkname: "d/x"},
+	)
+	between, betweenMeta := unpack("between", entry{Name: "d", Type: tar.TypeSymlink, Linkname: host})
+
+	root := filepath.Join(dir, "rootfs")
+	must.NoError(t, os.Mkdir(root, 0o755))
+	a := newAssembler(root, hclog.NewNullLogger())
+	refuseLinksFromLayers(a)
+	must.NoError(t, a.apply(context.Background(), 1, twice, twiceMeta))
+	must.NoError(t, a.apply(context.Background(), 2, between, betweenMeta))
+	must.NoError(t, a.apply(context.Background(), 3, twice, twiceMeta))
+
+	must.Eq(t, "image", readFile(t, filepath.Join(root, host, "x")))
+	must.Eq(t, "image", readFile(t, filepath.Join(root, "e/y")))
+	var x, y, h unix.Stat_t
+	must.NoError(t, unix.Lstat(filepath.Join(root, host, "x"), &x))
+	must.NoError(t, unix.Lstat(filepath.Join(root, "e/y"), &y))
+	must.NoError(t, unix.Lstat(filepath.Join(host, "x"), &h))
+	must.Eq(t, x.Ino, y.Ino)
+	must.Eq(t, uint64(1), uint64(h.Nlink))
 }

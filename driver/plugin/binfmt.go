@@ -201,9 +201,10 @@ func parseBinfmtEntry(name string, content []byte) (*binfmtEntry, error) {
 	return e, nil
 }
 
-// loadBinfmt returns the handlers registered in dir (binfmtDir), by name.
-// None are when binfmt_misc is not mounted or disabled as a whole. Entries
-// that cannot be read or parsed are skipped.
+// loadBinfmt returns the handlers registered in dir (binfmtDir), sorted by
+// name: the order the kernel tries them in (the one registered last first)
+// is not shown. None are when binfmt_misc is not mounted or disabled as a
+// whole. Entries that cannot be read or parsed are skipped.
 func loadBinfmt(dir string) ([]*binfmtEntry, error) {
 	status, err := os.ReadFile(filepath.Join(dir, "status"))
 	if errors.Is(err, os.ErrNotExist) {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -285,4 +286,108 @@ func TestEntrypointNotice(t *testing.T) {
 	// Without binfmt_misc at all.
 	msg, _ = entrypointNotice(root, proc("armlink"), "amd64", t.TempDir())
 	must.StrContains(t, msg, "is a linux/arm64 binary; this node is linux/amd64 and has no binfmt_misc handler for it")
+}
+
+func TestEntrypointNotice_AbsolutePathsIgnoreTheWorkingDirectory(t *testing.T) {
+	root := foreignRootfs(t)
+	must.NoError(t, os.MkdirAll(filepath.Join(root, "app"), 0o755))
+	withF := "testdata/binfmt_misc"
+
+	p := &specs.Process{Args: []string{"/bin/archprint"}, Cwd: "/app"}
+	msg, _ := entrypointNotice(root, p, "amd64", withF)
+	must.StrHasPrefix(t, "Entrypoint /bin/archprint is a linux/riscv64 binary", msg)
+
+	// Absolute directories of PATH, and a relative one.
+	p = &specs.Process{Args: []string{"armlink"}, Cwd: "/app", Env: []string{"PATH=/usr/local/bin:/bin"}}
+	msg, _ = entrypointNotice(root, p, "amd64", withF)
+	must.StrHasPrefix(t, "Entrypoint /usr/local/bin/armlink is a linux/arm64 binary", msg)
+	p = &specs.Process{Args: []string{"archprint"}, Cwd: "/app", Env: []string{"PATH=../bin"}}
+	msg, _ = entrypointNotice(root, p, "amd64", withF)
+	must.StrHasPrefix(t, "Entrypoint /bin/archprint is a linux/riscv64 binary", msg)
+}
+
+func TestEntrypointNotice_SeveralHandlers(t *testing.T) {
+	// The kernel uses the first match in a list whose order it does not
+	// show: every matching handler is named, and emulation is only
+	// promised when each of them works.
+	root := foreignRootfs(t)
+	dir := t.TempDir()
+	must.NoError(t, os.WriteFile(filepath.Join(dir, "status"), []byte("enabled\n"), 0o644))
+	withF := strings.Replace(qemuRISCV64, "flags: OC", "flags: OCF", 1)
+	must.NoError(t, os.WriteFile(filepath.Join(dir, "qemu-riscv64"), []byte(withF), 0o644))
+	must.NoError(t, os.WriteFile(filepath.Join(dir, "riscv-static"), []byte(strings.Replace(withF, "qemu-riscv64\n", "qemu-riscv64-static\n", 1)), 0o644))
+	proc := &specs.Process{Args: []string{"/bin/archprint"}, Cwd: "/"}
+
+	msg, ann := entrypointNotice(root, proc, "amd64", dir)
+	must.Eq(t, "Entrypoint /bin/archprint is a linux/riscv64 binary; this node is linux/amd64 and runs it under emulation (binfmt_misc handlers qemu-riscv64: /usr/bin/qemu-riscv64, riscv-static: /usr/bin/qemu-riscv64-static)", msg)
+	must.Eq(t, "qemu-riscv64,riscv-static", ann["binfmt_handler"])
+
+	// One of them needs its interpreter in the image, which lacks it.
+	must.NoError(t, os.WriteFile(filepath.Join(dir, "qemu-riscv64"), []byte(qemuRISCV64), 0o644))
+	msg, _ = entrypointNotice(root, proc, "amd64", dir)
+	must.Eq(t, "Entrypoint /bin/archprint is a linux/riscv64 binary; this node is linux/amd64 and binfmt_misc handlers qemu-riscv64: /usr/bin/qemu-riscv64, riscv-static: /usr/bin/qemu-riscv64-static match it, of which the kernel uses the one registered last; handler qemu-riscv64 has no F flag and its interpreter /usr/bin/qemu-riscv64 is not in the image: the task fails to start if the kernel uses qemu-riscv64 (register the handler with the F flag, as qemu-user-static does, or use the image for linux/amd64)", msg)
+
+	// A disabled handler is never used.
+	disabled := "disabled\n" + qemuRISCV64[len("enabled\n"):]
+	must.NoError(t, os.WriteFile(filepath.Join(dir, "qemu-riscv64"), []byte(disabled), 0o644))
+	msg, ann = entrypointNotice(root, proc, "amd64", dir)
+	must.Eq(t, "Entrypoint /bin/archprint is a linux/riscv64 binary; this node is linux/amd64 and runs it under emulation (binfmt_misc handler riscv-static: /usr/bin/qemu-riscv64-static)", msg)
+	must.Eq(t, "riscv-static", ann["binfmt_handler"])
+}
+
+func TestEntrypointNotice_Script(t *testing.T) {
+	// The kernel runs a script's "#!" interpreter: that is the binary
+	// that counts.
+	root := foreignRootfs(t)
+	script := func(name, content string) {
+		must.NoError(t, os.WriteFile(filepath.Join(root, name), []byte(content), 0o755))
+	}
+	script("bin/rv-script", "#! /bin/archprint -x\necho hi\n")
+	script("bin/rel-script", "#!archprint\n")
+	script("bin/native-script", "#!/bin/native\n")
+	script("bin/missing-script", "#!/bin/nothing\n")
+	script("bin/noexec-script", "#!/bin/noexec\n")
+	script("bin/chain", "#!/bin/rv-script\n")
+	proc := func(arg, cwd string) *specs.Process { return &specs.Process{Args: []string{arg}, Cwd: cwd} }
+	withF := "testdata/binfmt_misc"
+
+	msg, ann := entrypointNotice(root, proc("/bin/rv-script", "/"), "amd64", withF)
+	must.Eq(t, `Entrypoint /bin/rv-script is a script for /bin/archprint, a linux/riscv64 binary; this node is linux/amd64 and has no binfmt_misc handler for it: the task will fail with "exec format error" (register an emulator such as qemu-user-static, or use the image for linux/amd64)`, msg)
+	must.Eq(t, map[string]string{"entrypoint": "/bin/rv-script", "interpreter": "/bin/archprint", "binary_platform": "linux/riscv64", "node_platform": "linux/amd64"}, ann)
+
+	// A relative interpreter is found from the working directory.
+	msg, _ = entrypointNotice(root, proc("./rel-script", "/bin"), "amd64", withF)
+	must.StrHasPrefix(t, "Entrypoint /bin/rel-script is a script for /bin/archprint, a linux/riscv64 binary", msg)
+	msg, _ = entrypointNotice(root, proc("/bin/rv-script", "/"), "riscv64", withF)
+	must.Eq(t, "", msg)
+
+	// Nothing to say: a native interpreter, one that cannot run, and a
+	// script for a script (one "#!" line is followed).
+	for _, p := range []string{"/bin/native-script", "/bin/missing-script", "/bin/noexec-script", "/bin/chain"} {
+		msg, _ := entrypointNotice(root, proc(p, "/"), "amd64", withF)
+		must.Eq(t, "", msg, must.Sprint(p))
+	}
+}
+
+func TestScriptInterpreter(t *testing.T) {
+	for head, want := range map[string]string{
+		"#!/bin/sh\n":                  "/bin/sh",
+		"#! \t/usr/bin/env  python3\n": "/usr/bin/env",
+		"#!/bin/sh":                    "/bin/sh",
+		"#!/bin/bash\r\n":              "/bin/bash\r",
+		"#!/x\x00y\n":                  "/x",
+	} {
+		got, ok := scriptInterpreter([]byte(head))
+		must.True(t, ok, must.Sprintf("%q", head))
+		must.Eq(t, want, got)
+	}
+	long := "#!/" + strings.Repeat("a", execHeaderSize)
+	for _, head := range []string{"", "#", "#!", "#!  \n/bin/sh\n", "\x7fELF", long[:execHeaderSize]} {
+		_, ok := scriptInterpreter([]byte(head))
+		must.False(t, ok, must.Sprintf("%q", head))
+	}
+	// A name that ends within the header counts, whatever follows.
+	got, ok := scriptInterpreter([]byte(("#!/bin/sh " + strings.Repeat("a", execHeaderSize))[:execHeaderSize]))
+	must.True(t, ok)
+	must.Eq(t, "/bin/sh", got)
 }
