@@ -10,6 +10,7 @@ import (
 	"github.com/ferry-nomad/ferry/driver/testutil"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/shoenig/test/must"
+	"golang.org/x/sys/unix"
 )
 
 const testGCDelay = 100 * time.Millisecond
@@ -182,4 +183,65 @@ func TestGC_ZeroDelayKeepsPulledImageUntilAcquired(t *testing.T) {
 	s.Acquire(img.Digest)
 	s.Release(img.Digest)
 	eventually(t, 2*time.Second, gone(s, img), "image to be removed right after release")
+}
+
+// TestGC_AfterRestart: images on disk when the store opens are collected
+// once the tasks still running have had time to acquire theirs again.
+func TestGC_AfterRestart(t *testing.T) {
+	dir, _, _ := layoutWithTwoImages(t)
+	cache := t.TempDir()
+	first, _ := newTestStore(t, StoreConfig{Dir: cache, GCEnabled: true, GCDelay: time.Hour})
+	imgA := pullLayout(t, first, dir, "a")
+	imgB := pullLayout(t, first, dir, "b")
+	first.Close()
+
+	const grace = 300 * time.Millisecond
+	s, _ := newTestStore(t, StoreConfig{Dir: cache, GCEnabled: true, GCDelay: testGCDelay, RecoverGrace: grace})
+	// A recovered task takes up image b again; nobody takes up a.
+	s.Acquire(imgB.Digest)
+	time.Sleep(grace / 2)
+	_, ok := s.Lookup(imgA.Digest)
+	must.True(t, ok, must.Sprint("collected before the tasks could be recovered"))
+	eventually(t, 3*time.Second, gone(s, imgA), "the image no task took up again to be removed")
+	time.Sleep(2 * testGCDelay)
+	_, ok = s.Lookup(imgB.Digest)
+	must.True(t, ok, must.Sprint("the image a recovered task uses was removed"))
+	must.True(t, exists(imgB.RootFS))
+}
+
+// TestGC_KeepsMountedRootfs: an image whose rootfs is still the lower
+// directory of a mounted overlay (a task the driver has not taken up
+// again) is never removed.
+func TestGC_KeepsMountedRootfs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting an overlay needs root")
+	}
+	dir, _, _ := layoutWithTwoImages(t)
+	s, _ := newTestStore(t, StoreConfig{GCEnabled: true, GCDelay: testGCDelay})
+	img := pullLayout(t, s, dir, "a")
+
+	task := t.TempDir()
+	for _, d := range []string{"upper", "work", "rootfs"} {
+		must.NoError(t, os.Mkdir(filepath.Join(task, d), 0o700))
+	}
+	target := filepath.Join(task, "rootfs")
+	opts := "lowerdir=" + img.RootFS + ",upperdir=" + filepath.Join(task, "upper") + ",workdir=" + filepath.Join(task, "work")
+	must.NoError(t, unix.Mount("overlay", target, "overlay", 0, opts))
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			_ = unix.Unmount(target, unix.MNT_DETACH)
+		}
+	})
+
+	s.Acquire(img.Digest)
+	s.Release(img.Digest)
+	time.Sleep(5 * testGCDelay)
+	_, ok := s.Lookup(img.Digest)
+	must.True(t, ok, must.Sprint("removed while mounted"))
+	must.True(t, exists(filepath.Join(target, "bin", "busybox")))
+
+	must.NoError(t, unix.Unmount(target, 0))
+	mounted = false
+	eventually(t, 3*time.Second, gone(s, img), "the image to be removed once unmounted")
 }

@@ -10,6 +10,9 @@
 // read-only-by-convention rootfs directory per manifest digest, and keeps a
 // reference count per image so that images no task uses any more are
 // removed after a delay (with the blobs and layers no other image needs).
+// Images already on disk when the store opens are removed too unless a
+// recovered task acquires them within StoreConfig.RecoverGrace; a rootfs
+// still mounted as a task's overlay lower directory is never removed.
 //
 // On-disk layout under StoreConfig.Dir:
 //

@@ -1,9 +1,11 @@
 package image
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -20,6 +22,13 @@ func (s *Store) collect(d v1.Hash, rt *removalTimer) {
 	delete(s.timers, d)
 	meta, ok := s.images[d]
 	if s.closed || !ok || s.refs[d] > 0 || s.pins[d] != nil {
+		s.mu.Unlock()
+		return
+	}
+	if mounted, err := mountedAsLower(meta.rootfs); mounted || err != nil {
+		// A task the driver has not (yet) taken up again still runs on it.
+		s.logger.Warn("unused image still mounted by a task, kept", "ref", meta.Ref, "digest", d, "error", err)
+		s.scheduleRemovalLocked(d, s.gcDelay)
 		s.mu.Unlock()
 		return
 	}
@@ -111,4 +120,27 @@ func removeTree(path string) error {
 		return nil
 	})
 	return os.RemoveAll(path)
+}
+
+// mountedAsLower reports whether dir is a lower directory of an overlay
+// mounted in this mount namespace (the rootfs of a task).
+func mountedAsLower(dir string) (bool, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, fmt.Errorf("read mountinfo: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// ... - overlay overlay rw,lowerdir=A:B,upperdir=...,workdir=...
+		_, fsPart, ok := strings.Cut(line, " - ")
+		f := strings.Fields(fsPart)
+		if !ok || len(f) < 3 || f[0] != "overlay" {
+			continue
+		}
+		for _, opt := range strings.Split(f[2], ",") {
+			if lower, ok := strings.CutPrefix(opt, "lowerdir="); ok && slices.Contains(strings.Split(lower, ":"), dir) {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }

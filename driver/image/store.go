@@ -42,6 +42,11 @@ type StoreConfig struct {
 	// image pulled but not acquired is removed after GCDelay too, but no
 	// sooner than a minute after the pull.
 	GCDelay time.Duration
+	// RecoverGrace is how long, after the store opens, the images already
+	// on disk wait for the tasks still running to be recovered (which
+	// acquires their images) before the unused ones are collected like any
+	// other; default 5m, and never less than GCDelay.
+	RecoverGrace time.Duration
 	// Logger receives the store's logs; nil discards them.
 	Logger hclog.Logger
 }
@@ -122,6 +127,9 @@ type Store struct {
 	layerUnpacks atomic.Int64
 }
 
+// defaultRecoverGrace is StoreConfig.RecoverGrace's default.
+const defaultRecoverGrace = 5 * time.Minute
+
 // NewStore opens (creating if needed) the image cache in cfg.Dir, removes
 // entries left incomplete by a crash, and loads the images already there so
 // that Lookup finds them.
@@ -185,6 +193,15 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 		cancel()
 		return nil, err
 	}
+	grace := cfg.RecoverGrace
+	if grace <= 0 {
+		grace = defaultRecoverGrace
+	}
+	s.mu.Lock()
+	for d := range s.images {
+		s.scheduleRemovalLocked(d, max(grace, s.gcDelay))
+	}
+	s.mu.Unlock()
 	s.logger.Debug("image store opened", "dir", dir, "images", len(s.images), "gc_enabled", s.gcEnabled, "gc_delay", s.gcDelay)
 	return s, nil
 }
