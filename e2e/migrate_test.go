@@ -655,6 +655,11 @@ func checkpointedJob(name, image, script, checkpoint string) string {
 job %q {
   datacenters = ["*"]
   type        = "service"
+  affinity {
+    attribute = "${meta.ferry_migrate_target}"
+    value     = "true"
+    weight    = 100
+  }
   group "g" {
     restart {
       attempts = 0

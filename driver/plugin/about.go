@@ -44,7 +44,9 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 	"gc": hclspec.NewDefault(hclspec.NewBlock("gc", false, hclspec.NewObject(map[string]*hclspec.Spec{
 		"image":       hclspec.NewDefault(hclspec.NewAttr("image", "bool", false), hclspec.NewLiteral("true")),
 		"image_delay": hclspec.NewDefault(hclspec.NewAttr("image_delay", "string", false), hclspec.NewLiteral(`"3m"`)),
-	})), hclspec.NewLiteral(`{ image = true, image_delay = "3m" }`)),
+		"dangling_containers": hclspec.NewDefault(hclspec.NewBlock("dangling_containers", false, danglingContainersSpec),
+			hclspec.NewLiteral(danglingContainersDefault)),
+	})), hclspec.NewLiteral(`{ image = true, image_delay = "3m", dangling_containers = `+danglingContainersDefault+` }`)),
 	"nomad": hclspec.NewBlock("nomad", false, hclspec.NewObject(map[string]*hclspec.Spec{
 		"address": hclspec.NewAttr("address", "string", false),
 		"token":   hclspec.NewAttr("token", "string", false),
@@ -58,6 +60,16 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"token": hclspec.NewAttr("token", "string", false),
 	})),
 })
+
+// danglingContainersSpec is the `gc { dangling_containers { ... } }` block.
+var danglingContainersSpec = hclspec.NewObject(map[string]*hclspec.Spec{
+	"enabled":        hclspec.NewDefault(hclspec.NewAttr("enabled", "bool", false), hclspec.NewLiteral("true")),
+	"period":         hclspec.NewDefault(hclspec.NewAttr("period", "string", false), hclspec.NewLiteral(`"5m"`)),
+	"creation_grace": hclspec.NewDefault(hclspec.NewAttr("creation_grace", "string", false), hclspec.NewLiteral(`"5m"`)),
+	"dry_run":        hclspec.NewDefault(hclspec.NewAttr("dry_run", "bool", false), hclspec.NewLiteral("false")),
+})
+
+const danglingContainersDefault = `{ enabled = true, period = "5m", creation_grace = "5m", dry_run = false }`
 
 // mountSpec is one `mount { ... }` block of a task.
 var mountSpec = hclspec.NewObject(map[string]*hclspec.Spec{

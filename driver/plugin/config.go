@@ -40,13 +40,34 @@ type AuthConfig struct {
 	Config string `codec:"config"`
 }
 
-// GCConfig controls removal of images no task uses any more.
+// GCConfig controls removal of images no task uses any more, and of
+// containers no task tracks.
 type GCConfig struct {
-	Image      bool   `codec:"image"`
-	ImageDelay string `codec:"image_delay"`
+	Image              bool           `codec:"image"`
+	ImageDelay         string         `codec:"image_delay"`
+	DanglingContainers DanglingConfig `codec:"dangling_containers"`
 
 	imageDelay time.Duration
 }
+
+// DanglingConfig is the `gc { dangling_containers { ... } }` block: how
+// containers under the driver's directories that no task tracks are found
+// and removed (reconcile_dangling.go). An empty duration is its default.
+type DanglingConfig struct {
+	Enabled       bool   `codec:"enabled"`
+	Period        string `codec:"period"`
+	CreationGrace string `codec:"creation_grace"`
+	DryRun        bool   `codec:"dry_run"`
+
+	period        time.Duration
+	creationGrace time.Duration
+}
+
+// Defaults of gc.dangling_containers.period and creation_grace.
+const (
+	defaultDanglingPeriod        = 5 * time.Minute
+	defaultDanglingCreationGrace = 5 * time.Minute
+)
 
 // ServerConfig is the address and token of a Nomad or Consul agent.
 type ServerConfig struct {
@@ -78,6 +99,7 @@ func (c *Config) validate() error {
 	default:
 		c.GC.imageDelay = d
 	}
+	errs = append(errs, c.GC.DanglingContainers.validate()...)
 	for _, r := range c.InsecureRegistries {
 		if r == "" || strings.Contains(r, "/") {
 			errs = append(errs, fmt.Errorf("insecure_registries: %q must be a registry host[:port] such as \"10.0.0.1:5000\"", r))
@@ -97,6 +119,36 @@ func (c *Config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validate checks the dangling_containers block and fills its durations.
+func (dc *DanglingConfig) validate() []error {
+	var errs []error
+	dc.period = defaultDanglingPeriod
+	if dc.Period != "" {
+		d, err := time.ParseDuration(dc.Period)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("gc.dangling_containers.period: %q is not a duration; use a value such as \"5m\"", dc.Period))
+		case d <= 0:
+			errs = append(errs, fmt.Errorf("gc.dangling_containers.period: %q must be positive", dc.Period))
+		default:
+			dc.period = d
+		}
+	}
+	dc.creationGrace = defaultDanglingCreationGrace
+	if dc.CreationGrace != "" {
+		d, err := time.ParseDuration(dc.CreationGrace)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("gc.dangling_containers.creation_grace: %q is not a duration; use a value such as \"5m\"", dc.CreationGrace))
+		case d < 0:
+			errs = append(errs, fmt.Errorf("gc.dangling_containers.creation_grace: %q must not be negative", dc.CreationGrace))
+		default:
+			dc.creationGrace = d
+		}
+	}
+	return errs
 }
 
 // TaskConfig is the decoded `config { ... }` block of a ferry task.

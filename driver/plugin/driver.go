@@ -41,6 +41,10 @@ type Driver struct {
 	logger  hclog.Logger
 	eventer *eventer.Eventer
 	tasks   *task.Store
+	// tracked holds the tasks being started or recovered, which are not in
+	// tasks yet, for the dangling containers reconciler.
+	tracked    tracking
+	reconciler sync.Once
 
 	// set by SetConfig
 	mu     sync.RWMutex
@@ -165,6 +169,7 @@ func (d *Driver) SetConfig(c *base.Config) error {
 	if c.AgentConfig != nil {
 		d.env.compute = c.AgentConfig.Compute()
 	}
+	d.startReconciler(cfg.GC.DanglingContainers)
 	return nil
 }
 
@@ -207,6 +212,9 @@ func (d *Driver) emit(cfg *drivers.TaskConfig, msg string, annotations map[strin
 // allocation replaces a migrated one is restored from its checkpoint instead.
 // A failed start leaves nothing behind.
 func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drivers.DriverNetwork, error) {
+	// Tracked before anything of the container exists, until it is in the
+	// task store or its failed start was cleaned up.
+	defer d.tracked.begin(containerID(cfg))()
 	if _, ok := d.tasks.Get(cfg.ID); ok {
 		return nil, nil, fmt.Errorf("task %s already started", cfg.ID)
 	}

@@ -20,7 +20,9 @@ type layout struct {
 }
 
 func (l layout) images() string            { return filepath.Join(l.dataDir, "images") }
-func (l layout) taskDir(cid string) string { return filepath.Join(l.dataDir, "tasks", cid) }
+func (l layout) tasks() string             { return filepath.Join(l.dataDir, "tasks") }
+func (l layout) taskDir(cid string) string { return filepath.Join(l.tasks(), cid) }
+func (l layout) shims() string             { return filepath.Join(l.stateDir, "shims") }
 func (l layout) runcRoot() string          { return filepath.Join(l.stateDir, "runc") }
 func (l layout) checkpoints() string       { return filepath.Join(l.dataDir, "checkpoints") }
 func (l layout) incoming() string          { return filepath.Join(l.dataDir, "incoming") }
@@ -29,11 +31,11 @@ func (l layout) incoming() string          { return filepath.Join(l.dataDir, "in
 // whose path may not exceed 107 bytes.
 func (l layout) shimDir(cid string) string {
 	sum := sha256.Sum256([]byte(cid))
-	return filepath.Join(l.stateDir, "shims", hex.EncodeToString(sum[:8]))
+	return filepath.Join(l.shims(), hex.EncodeToString(sum[:8]))
 }
 
 func (l layout) create() error {
-	for _, dir := range []string{l.images(), filepath.Join(l.dataDir, "tasks"), l.checkpoints(), l.incoming(), l.runcRoot(), filepath.Join(l.stateDir, "shims")} {
+	for _, dir := range []string{l.images(), l.tasks(), l.checkpoints(), l.incoming(), l.runcRoot(), l.shims()} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}

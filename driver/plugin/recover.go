@@ -27,6 +27,9 @@ func (d *Driver) RecoverTask(handle *drivers.TaskHandle) error {
 	if err := handle.GetDriverState(&st); err != nil {
 		return fmt.Errorf("recover %s: decode task state: %w", handle.Config.ID, err)
 	}
+	// Tracked until it is in the task store: the reconciler must not take
+	// it for dangling meanwhile.
+	defer d.tracked.begin(st.ContainerID)()
 	logger := d.logger.With("task", handle.Config.Name, "alloc", handle.Config.AllocID)
 	proc, err := shim.Attach(st.ShimDir)
 	if err != nil {

@@ -40,10 +40,11 @@ func mountRootfs(lower, dir string) (string, error) {
 	return target, nil
 }
 
-// unmountRootfs undoes mountRootfs; a rootfs that is not mounted is fine.
+// unmountRootfs undoes mountRootfs; a rootfs that is not mounted is fine. A
+// symlink in the rootfs's place is not followed.
 func unmountRootfs(dir string) error {
 	target := filepath.Join(dir, "rootfs")
-	err := unix.Unmount(target, unix.MNT_DETACH)
+	err := unix.Unmount(target, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
 	if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
 		return nil
 	}
