@@ -106,6 +106,11 @@ func TestRebalancer(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^` + nodeA.Name + `\s+linux/amd64\s+hot\s`).MatchString(plan) {
 		t.Fatalf("the plan does not show %s hot:\n%s", nodeA.Name, plan)
 	}
+	// Without a file, plan plans with the running planner's policy.
+	own := dev.companion(t, "plan")
+	if !strings.Contains(own, "Policy: the planner's (saved by ferry-c") || planMove(own, a.ID[:8]) == nil {
+		t.Fatalf("plan without -config does not use the planner's policy:\n%s", own)
+	}
 	time.Sleep(8 * time.Second) // several rounds of the dry-run planner
 	if got := dev.migrationsOf(t, a.ID); len(got) != 0 {
 		t.Fatalf("dry run moved something: %+v", got)

@@ -40,6 +40,9 @@ type Config struct {
 	Consul    Consul // consul { address }; -consul, CONSUL_HTTP_ADDR
 	Sample    Sample
 	Rebalance Rebalance
+
+	// File is the configuration file that was read (-config), if any.
+	File string
 }
 
 // Nomad is how the companion reaches the local Nomad agent.

@@ -69,9 +69,12 @@ func TestDefault(t *testing.T) {
 	got, err := Load(required, env(nil))
 	must.NoError(t, err)
 	must.Eq(t, withRequired(), *got)
-	got, err = Load(append([]string{"-config", writeFile(t, "")}, required...), env(nil))
+	empty := writeFile(t, "")
+	got, err = Load(append([]string{"-config", empty}, required...), env(nil))
 	must.NoError(t, err)
-	must.Eq(t, withRequired(), *got)
+	want := withRequired()
+	want.File = empty // which file was read
+	must.Eq(t, want, *got)
 }
 
 // TestExample checks that example.hcl writes every field, each at its
@@ -83,6 +86,7 @@ func TestExample(t *testing.T) {
 	want.Advertise = "10.0.0.5:4700" // commented out in the file: the system job's port
 	want.Token = "replace-with-the-drivers-companion-token"
 	want.NodeID = "9c0e1a5e-3f4b-4d7a-8c2e-6b1f0d9e7a21"
+	want.File = "example.hcl"
 	must.Eq(t, want, *got)
 
 	// Every field is written, but advertise.
@@ -320,14 +324,16 @@ rebalance {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			args := tc.args
+			args, file := tc.args, ""
 			if tc.file != "" {
-				args = append([]string{"-config", writeFile(t, tc.file)}, args...)
+				file = writeFile(t, tc.file)
+				args = append([]string{"-config", file}, args...)
 			}
 			got, err := Load(args, env(tc.env))
 			must.NoError(t, err)
 			var want Config
 			tc.want(&want)
+			want.File = file
 			must.Eq(t, want, *got)
 		})
 	}

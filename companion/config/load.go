@@ -59,6 +59,7 @@ func parse(command string, args []string, getenv func(string) string) (*Config, 
 	}
 
 	cfg := Default()
+	cfg.File = *path
 	var errs []error
 	if *path != "" {
 		var fatal bool

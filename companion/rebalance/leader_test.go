@@ -70,7 +70,8 @@ func TestLeaderHandover(t *testing.T) {
 	holder, err := ReadHolder(ctx, c, "ferry/leader")
 	must.NoError(t, err)
 	must.Eq(t, "a", holder.NodeName)
-	must.NoError(t, SaveState(ctx, c, "ferry/planner/state", planner.State{HotStreak: map[string]int{"n1": 2}}, first.fence))
+	policy := planner.DefaultConfig()
+	must.NoError(t, SaveState(ctx, c, "ferry/planner/state", Saved{State: planner.State{HotStreak: map[string]int{"n1": 2}}, Policy: &policy, By: "a"}, first.fence))
 
 	select {
 	case tm := <-terms:
@@ -86,11 +87,13 @@ func TestLeaderHandover(t *testing.T) {
 	must.Eq(t, "b", holder.NodeName)
 
 	// The old leader is fenced off; the new one carries the state on.
-	err = SaveState(ctx, c, "ferry/planner/state", planner.State{}, first.fence)
+	err = SaveState(ctx, c, "ferry/planner/state", Saved{}, first.fence)
 	must.True(t, errors.Is(err, catalog.ErrFenced), must.Sprintf("old leader's write: %v", err))
 	st, err := LoadState(ctx, c, "ferry/planner/state")
 	must.NoError(t, err)
-	must.Eq(t, 2, st.HotStreak["n1"])
+	must.Eq(t, 2, st.State.HotStreak["n1"])
+	must.Eq(t, &policy, st.Policy)
+	must.Eq(t, "a", st.By)
 	must.NoError(t, SaveState(ctx, c, "ferry/planner/state", st, second.fence))
 }
 
@@ -111,7 +114,7 @@ func TestLeaderLosesSession(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the term did not end when the session was destroyed")
 	}
-	err = SaveState(ctx, c, "ferry/planner/state", planner.State{}, first.fence)
+	err = SaveState(ctx, c, "ferry/planner/state", Saved{}, first.fence)
 	must.True(t, errors.Is(err, catalog.ErrFenced), must.Sprintf("write after losing the lock: %v", err))
 
 	again := nextTerm(t, terms)

@@ -28,6 +28,7 @@ type Config struct {
 	MoveTimeout time.Duration // for one move to finish
 	DryRun      bool          // decide and log, never act
 	StateKey    string        // Consul key of the hysteresis state
+	Node        string        // this agent's node name, saved with the state
 }
 
 // Rebalancer plans and acts while its agent leads.
@@ -67,10 +68,11 @@ func (r *Rebalancer) Last() *RoundReport {
 func (r *Rebalancer) Lead(agentCtx, ctx context.Context, fence *catalog.Fence) {
 	r.Metrics.setLeader(true)
 	defer r.Metrics.setLeader(false)
-	state, err := LoadState(ctx, r.Sources.Consul, r.Config.StateKey)
+	saved, err := LoadState(ctx, r.Sources.Consul, r.Config.StateKey)
 	if err != nil {
 		r.Logger.Warn("planner state unreadable, starting afresh", "error", err)
 	}
+	state := saved.State
 	var moves sync.WaitGroup
 	defer moves.Wait()
 	tick := time.NewTicker(r.Config.Interval)
@@ -106,7 +108,9 @@ func (r *Rebalancer) round(agentCtx, ctx context.Context, fence *catalog.Fence, 
 	plan := planner.Round(r.Config.Policy, state, snap)
 	report.Plan, report.Nodes = &plan, nodeNames(in)
 	r.Metrics.round(&plan)
-	if err := SaveState(ctx, r.Sources.Consul, r.Config.StateKey, plan.State, fence); err != nil {
+	policy := r.Config.Policy
+	saved := Saved{State: plan.State, Policy: &policy, By: r.Config.Node, At: report.At}
+	if err := SaveState(ctx, r.Sources.Consul, r.Config.StateKey, saved, fence); err != nil {
 		// Most likely the lock is gone: act on nothing.
 		report.Error = err.Error()
 		r.Logger.Warn("planner state not saved; no moves this round", "error", err)
@@ -231,22 +235,32 @@ func nodeNames(in *Inputs) map[string]string {
 	return names
 }
 
-// LoadState reads the hysteresis state the last planner saved; a missing
-// key is the zero state.
-func LoadState(ctx context.Context, c *consul.Client, key string) (planner.State, error) {
+// Saved is what the planner keeps in Consul after every round: the
+// hysteresis state the next round (maybe of another planner) starts from,
+// and the policy it planned with, for `ferry-companion plan`.
+type Saved struct {
+	State  planner.State   `json:"state"`
+	Policy *planner.Config `json:"policy,omitempty"`
+	By     string          `json:"by,omitempty"` // the planner's node
+	At     time.Time       `json:"at"`
+}
+
+// LoadState reads what the last planner saved; a missing key is the zero
+// state and no policy.
+func LoadState(ctx context.Context, c *consul.Client, key string) (Saved, error) {
 	pair, _, err := c.KV().Get(key, (&consul.QueryOptions{}).WithContext(ctx))
 	if err != nil || pair == nil {
-		return planner.State{}, err
+		return Saved{}, err
 	}
-	var s planner.State
+	var s Saved
 	if err := json.Unmarshal(pair.Value, &s); err != nil {
-		return planner.State{}, fmt.Errorf("decode %s: %w", key, err)
+		return Saved{}, fmt.Errorf("decode %s: %w", key, err)
 	}
 	return s, nil
 }
 
-// SaveState writes the state under the fence: only the lock holder saves.
-func SaveState(ctx context.Context, c *consul.Client, key string, s planner.State, fence *catalog.Fence) error {
+// SaveState writes s under the fence: only the lock holder saves.
+func SaveState(ctx context.Context, c *consul.Client, key string, s Saved, fence *catalog.Fence) error {
 	value, err := json.Marshal(s)
 	if err != nil {
 		return fmt.Errorf("encode planner state: %w", err)

@@ -126,7 +126,7 @@ func runAgent(ctx context.Context, args []string, logger hclog.Logger) error {
 		Config: rebalance.Config{
 			Policy: cfg.Rebalance.Policy, Interval: cfg.Rebalance.Interval,
 			MoveTimeout: cfg.Rebalance.MoveTimeout, DryRun: cfg.Rebalance.DryRun,
-			StateKey: cfg.Rebalance.StateKey,
+			StateKey: cfg.Rebalance.StateKey, Node: cfg.NodeName,
 		},
 		Sources: sources(cfg, nomadClient, cat),
 		Mover:   &migrate.Mover{Nomad: nomadClient, Catalog: cat, Logger: logger.Named("migrate")},
@@ -198,12 +198,23 @@ func runPlan(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	state, err := rebalance.LoadState(ctx, cat.Client(), cfg.Rebalance.StateKey)
+	saved, err := rebalance.LoadState(ctx, cat.Client(), cfg.Rebalance.StateKey)
 	if err != nil {
 		return err
 	}
+	// Without a file, plan as the running planner does.
+	policy := cfg.Rebalance.Policy
+	switch {
+	case cfg.File != "":
+		fmt.Fprintf(stdout, "Policy: from %s\n\n", cfg.File)
+	case saved.Policy != nil:
+		policy = *saved.Policy
+		fmt.Fprintf(stdout, "Policy: the planner's (saved by %s %s ago)\n\n", orDash(saved.By), rebalance.Age(time.Now(), saved.At))
+	default:
+		fmt.Fprint(stdout, "Policy: the defaults (no planner has saved one yet)\n\n")
+	}
 	snap := in.Snapshot()
-	printPlan(stdout, in, snap, planner.Round(cfg.Rebalance.Policy, state, snap))
+	printPlan(stdout, in, snap, planner.Round(policy, saved.State, snap))
 	return nil
 }
 
