@@ -34,6 +34,8 @@ The demo job runs in a ferry container. Try:
   nomad alloc exec -i -t $alloc /bin/sh
   nomad alloc signal -s SIGUSR1 $alloc && nomad alloc logs $alloc | tail -2
   bin/ferry-companion migrate $alloc     # live: the count goes on on the other node
+  bin/ferry-companion status             # the planner, each node's measured load, the moves
+  bin/ferry-companion plan               # what the rebalancer would do now, and why
   nomad job stop demo
   scripts/cluster.sh down
 EOM

@@ -111,7 +111,7 @@ func printStatus(w io.Writer, st *rebalance.Status, now time.Time) {
 		fmt.Fprintln(tw, "ALLOC\tJOB\tFROM\tTO\tRESULT\tDOWNTIME\tFINISHED\tREASON")
 		for _, m := range st.Last {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", short(m.AllocID), m.JobID, m.SourceNode, orDash(m.TargetNode), m.Result,
-				m.Downtime.Round(10*time.Millisecond), rebalance.Age(now, m.FinishedAt), m.Reason)
+				m.Downtime.Round(10*time.Millisecond), rebalance.Age(now, m.FinishedAt), clip(m.Reason, 120))
 		}
 		tw.Flush()
 	}
@@ -134,6 +134,14 @@ func short(id string) string {
 func orDash(s string) string {
 	if s == "" {
 		return "-"
+	}
+	return s
+}
+
+// clip shortens s to at most n runes for a table cell.
+func clip(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
 	}
 	return s
 }
