@@ -56,6 +56,8 @@ func BenchmarkRound(b *testing.B) {
 			for b.Loop() {
 				p = Round(c, State{}, snap)
 			}
+			// Time per node shows the growth: flat (or falling) is linear.
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/node")
 			b.ReportMetric(float64(len(p.Moves)), "moves")
 			b.ReportMetric(float64(len(p.Rejected)), "rejections")
 		})
