@@ -68,8 +68,8 @@ job "spinner" {
 // TestRebalancer: on a three-client cluster, a CPU-hungry service and a
 // stateful batch job share node A. In dry run, `plan` and the planner name
 // the move and nothing moves; once acting, the companion moves the batch
-// job, live, to the least-loaded node; stopping the planner's allocation
-// hands the lock to another agent, which does not move it again.
+// job, live, to the least-loaded node; stopping the planner's allocation,
+// or killing it, hands the lock on, and nothing moves twice.
 func TestRebalancer(t *testing.T) {
 	if out, err := runScript(t, dev.root, "up", "--clients", "3"); err != nil {
 		t.Fatalf("cluster.sh up --clients 3: %v\n%s", err, out)
@@ -167,6 +167,17 @@ func TestRebalancer(t *testing.T) {
 	waitFor(t, time.Minute, "another agent to take the planner's lock", func() bool {
 		h, err := rebalance.ReadHolder(context.Background(), dev.catalog(t).Client(), "ferry/leader")
 		return err == nil && h != nil && h.AllocID != holder.AllocID
+	})
+	// Killed outright, a planner cannot release its lock: its session
+	// expires and another agent (or its restarted self) takes over.
+	killed := dev.planner(t)
+	killedAt := time.Now()
+	if out, err := dev.nomadCLI(t, "alloc", "signal", "-s", "SIGKILL", killed.AllocID, "agent"); err != nil {
+		t.Fatalf("alloc signal: %v\n%s", err, out)
+	}
+	waitFor(t, 90*time.Second, "a planner after the kill", func() bool {
+		h, err := rebalance.ReadHolder(context.Background(), dev.catalog(t).Client(), "ferry/leader")
+		return err == nil && h != nil && h.Since.After(killedAt)
 	})
 	time.Sleep(10 * time.Second) // rounds of the new planner
 	if ms := dev.migrationsOf(t, a.ID, next.ID); len(ms) != 1 {
