@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/moby/sys/mountinfo"
 )
 
 // collect removes an image whose removal timer fired, unless the removal was
@@ -125,18 +126,13 @@ func removeTree(path string) error {
 // mountedAsLower reports whether dir is a lower directory of an overlay
 // mounted in this mount namespace (the rootfs of a task).
 func mountedAsLower(dir string) (bool, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.GetMounts(mountinfo.FSTypeFilter("overlay"))
 	if err != nil {
-		return false, fmt.Errorf("read mountinfo: %w", err)
+		return false, fmt.Errorf("list mounts: %w", err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		// ... - overlay overlay rw,lowerdir=A:B,upperdir=...,workdir=...
-		_, fsPart, ok := strings.Cut(line, " - ")
-		f := strings.Fields(fsPart)
-		if !ok || len(f) < 3 || f[0] != "overlay" {
-			continue
-		}
-		for _, opt := range strings.Split(f[2], ",") {
+	for _, m := range mounts {
+		// Superblock options: rw,lowerdir=A:B,upperdir=...,workdir=...
+		for _, opt := range strings.Split(m.VFSOptions, ",") {
 			if lower, ok := strings.CutPrefix(opt, "lowerdir="); ok && slices.Contains(strings.Split(lower, ":"), dir) {
 				return true, nil
 			}
