@@ -84,7 +84,7 @@ func startCluster() (*cluster, error) {
 }
 
 // nomadCLI runs the nomad command against the dev cluster.
-func (c *cluster) nomadCLI(t *testing.T, args ...string) (string, error) {
+func (c *cluster) nomadCLI(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -100,7 +100,7 @@ func (c *cluster) nomadCLI(t *testing.T, args ...string) (string, error) {
 
 // pushBusybox builds a busybox image and pushes it; it returns the
 // reference clients use.
-func (c *cluster) pushBusybox(t *testing.T, repo string) string {
+func (c *cluster) pushBusybox(t testing.TB, repo string) string {
 	t.Helper()
 	img := testutil.BusyboxImage(t, v1.Platform{OS: "linux", Architecture: "amd64"})
 	testutil.PushImage(t, img, c.push+"/"+repo)
@@ -108,7 +108,7 @@ func (c *cluster) pushBusybox(t *testing.T, repo string) string {
 }
 
 // runJob registers a jobspec given as HCL with the nomad CLI.
-func (c *cluster) runJob(t *testing.T, hcl string, vars ...string) {
+func (c *cluster) runJob(t testing.TB, hcl string, vars ...string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "job.nomad.hcl")
 	if err := os.WriteFile(path, []byte(hcl), 0o644); err != nil {
@@ -123,12 +123,12 @@ func (c *cluster) runJob(t *testing.T, hcl string, vars ...string) {
 	}
 }
 
-func (c *cluster) purge(t *testing.T, job string) {
+func (c *cluster) purge(t testing.TB, job string) {
 	_, _, _ = c.api.Jobs().Deregister(job, true, nil)
 }
 
 // waitAlloc waits for an allocation of job that satisfies ok.
-func (c *cluster) waitAlloc(t *testing.T, job string, timeout time.Duration, ok func(*nomad.AllocationListStub) bool) *nomad.AllocationListStub {
+func (c *cluster) waitAlloc(t testing.TB, job string, timeout time.Duration, ok func(*nomad.AllocationListStub) bool) *nomad.AllocationListStub {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var last []*nomad.AllocationListStub
@@ -160,7 +160,7 @@ func running(a *nomad.AllocationListStub) bool {
 }
 
 // taskEvents is every event message of a task of an allocation.
-func (c *cluster) taskEvents(t *testing.T, allocID, task string) []string {
+func (c *cluster) taskEvents(t testing.TB, allocID, task string) []string {
 	t.Helper()
 	a, _, err := c.api.Allocations().Info(allocID, nil)
 	if err != nil {
@@ -176,7 +176,7 @@ func (c *cluster) taskEvents(t *testing.T, allocID, task string) []string {
 }
 
 // waitLogs waits until the task's stdout satisfies ok and returns it.
-func (c *cluster) waitLogs(t *testing.T, allocID, task string, timeout time.Duration, ok func(string) bool) string {
+func (c *cluster) waitLogs(t testing.TB, allocID, task string, timeout time.Duration, ok func(string) bool) string {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var out string
@@ -192,7 +192,7 @@ func (c *cluster) waitLogs(t *testing.T, allocID, task string, timeout time.Dura
 }
 
 // clientIndex is K of the dev cluster's client "ferry-cK" an allocation runs on.
-func (c *cluster) clientIndex(t *testing.T, nodeID string) string {
+func (c *cluster) clientIndex(t testing.TB, nodeID string) string {
 	t.Helper()
 	n, _, err := c.api.Nodes().Info(nodeID, nil)
 	if err != nil {
@@ -206,7 +206,7 @@ func (c *cluster) clientIndex(t *testing.T, nodeID string) string {
 }
 
 // runScript runs scripts/cluster.sh with args.
-func runScript(t *testing.T, root string, args ...string) (string, error) {
+func runScript(t testing.TB, root string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command("bash", append([]string{filepath.Join(root, "scripts/cluster.sh")}, args...)...)
 	out, err := cmd.CombinedOutput()

@@ -16,7 +16,7 @@ import (
 
 // interactiveShell runs `nomad alloc exec -i -t ... /bin/sh` on a terminal,
 // as an operator would, and types into the shell.
-func (c *cluster) interactiveShell(t *testing.T, allocID, task string) {
+func (c *cluster) interactiveShell(t testing.TB, allocID, task string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -17,7 +17,7 @@ import (
 
 // archprintImage builds e2e/testdata/archprint for arch (static, CGO off)
 // into a one-layer image for linux/arch.
-func archprintImage(t *testing.T, arch string) v1.Image {
+func archprintImage(t testing.TB, arch string) v1.Image {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "archprint")
 	build := exec.Command("go", "build", "-o", bin, "./testdata/archprint")

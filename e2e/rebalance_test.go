@@ -207,7 +207,7 @@ func TestRebalancer(t *testing.T) {
 	must(t, dev.catalog(t).DeleteMigration(context.Background(), "dead-mover"))
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -216,7 +216,7 @@ func must(t *testing.T, err error) {
 
 // agentGet fetches path from the companion agent of holder's node, inside
 // that node's network namespace.
-func (c *cluster) agentGet(t *testing.T, holder *rebalance.Holder, path string) string {
+func (c *cluster) agentGet(t testing.TB, holder *rebalance.Holder, path string) string {
 	t.Helper()
 	ns := holder.NodeName // the dev cluster names namespaces as nodes
 	out, err := exec.Command("ip", "netns", "exec", ns, "curl", "-sf", "-m", "10", "http://"+holder.Address+path).Output()
@@ -227,7 +227,7 @@ func (c *cluster) agentGet(t *testing.T, holder *rebalance.Holder, path string) 
 }
 
 // readyNodes lists the ready clients, by name.
-func (c *cluster) readyNodes(t *testing.T) []*nomad.NodeListStub {
+func (c *cluster) readyNodes(t testing.TB) []*nomad.NodeListStub {
 	t.Helper()
 	nodes, _, err := c.api.Nodes().List(nil)
 	if err != nil {
@@ -242,7 +242,7 @@ func (c *cluster) readyNodes(t *testing.T) []*nomad.NodeListStub {
 	return out
 }
 
-func (c *cluster) eligible(t *testing.T, nodeID string, on bool) {
+func (c *cluster) eligible(t testing.TB, nodeID string, on bool) {
 	t.Helper()
 	if _, err := c.api.Nodes().ToggleEligibility(nodeID, on, nil); err != nil {
 		t.Fatal(err)
@@ -254,7 +254,7 @@ func (c *cluster) eligible(t *testing.T, nodeID string, on bool) {
 
 // deployCompanion resubmits the companion with config as its configuration
 // file (the defaults when empty), and returns the file.
-func (c *cluster) deployCompanion(t *testing.T, config string) string {
+func (c *cluster) deployCompanion(t testing.TB, config string) string {
 	t.Helper()
 	file := ""
 	if config != "" {
@@ -285,7 +285,7 @@ func planMove(plan, id string) []string {
 }
 
 // companion runs ferry-companion against the dev cluster.
-func (c *cluster) companion(t *testing.T, args ...string) string {
+func (c *cluster) companion(t testing.TB, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(c.root, "bin/ferry-companion"), args...)
 	cmd.Env = os.Environ()
@@ -301,7 +301,7 @@ func (c *cluster) companion(t *testing.T, args ...string) string {
 }
 
 // waitPlan runs `ferry-companion plan` until its output satisfies ok.
-func (c *cluster) waitPlan(t *testing.T, cfgFile string, timeout time.Duration, ok func(string) bool) string {
+func (c *cluster) waitPlan(t testing.TB, cfgFile string, timeout time.Duration, ok func(string) bool) string {
 	t.Helper()
 	var out string
 	waitFor(t, timeout, "a plan that moves the batch job", func() bool {
@@ -312,7 +312,7 @@ func (c *cluster) waitPlan(t *testing.T, cfgFile string, timeout time.Duration, 
 }
 
 // migrationsOf lists the migration records of the allocations given.
-func (c *cluster) migrationsOf(t *testing.T, allocs ...string) []*catalog.Migration {
+func (c *cluster) migrationsOf(t testing.TB, allocs ...string) []*catalog.Migration {
 	t.Helper()
 	all, err := c.catalog(t).ListMigrations(context.Background())
 	if err != nil {
@@ -328,7 +328,7 @@ func (c *cluster) migrationsOf(t *testing.T, allocs ...string) []*catalog.Migrat
 }
 
 // planner is who holds the planner's lock.
-func (c *cluster) planner(t *testing.T) *rebalance.Holder {
+func (c *cluster) planner(t testing.TB) *rebalance.Holder {
 	t.Helper()
 	var h *rebalance.Holder
 	waitFor(t, time.Minute, "a planner", func() bool {
@@ -341,7 +341,7 @@ func (c *cluster) planner(t *testing.T) *rebalance.Holder {
 	return h
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {

@@ -1,22 +1,15 @@
-# ferry-companion on every client: serves the node's checkpoints to the
-# nodes that restore them (and removes each once its restore succeeded),
-# measures the node's real load and publishes it in Consul, and, in the one
-# agent that holds the planner's lock, moves offline work off hot nodes.
+# ferry-companion on every client: measures the node's real load and
+# publishes it in Consul, and, in the one agent that holds the planner's
+# lock, plans and moves offline work off hot nodes. Each agent serves its
+# /metrics and /v1/status on port 4700. Checkpoints are not its business: the
+# drivers serve them to each other.
 #
-#   nomad job run -var token=SECRET jobspecs/companion.nomad.hcl
-#   nomad job run -var token=SECRET -var "config=$(cat companion.hcl)" jobspecs/companion.nomad.hcl
+#   nomad job run jobspecs/companion.nomad.hcl
+#   nomad job run -var "config=$(cat companion.hcl)" jobspecs/companion.nomad.hcl
 #
-# The token must equal the drivers' `companion { token = ... }`. The agent
-# reads checkpoints from the driver's checkpoint directory, which the driver
-# publishes as the node attribute driver.ferry.checkpoint_dir. The optional
-# config is the companion's HCL configuration (see
+# The optional config is the companion's HCL configuration (see
 # companion/config/example.hcl): thresholds, budgets, dry_run, sampling.
 # Each agent talks to its own Nomad client at http://<node address>:4646.
-variable "token" {
-  type        = string
-  description = "shared with the drivers' companion.token"
-}
-
 variable "binary" {
   type        = string
   default     = "/usr/local/bin/ferry-companion"
@@ -52,7 +45,8 @@ job "ferry-companion" {
   }
 
   group "agent" {
-    # Keep trying: a node without its agent serves no checkpoints.
+    # Keep trying: a node without its agent publishes no load, and so is
+    # neither relieved when hot nor chosen as a destination.
     restart {
       attempts = 10
       interval = "30m"
@@ -76,7 +70,6 @@ job "ferry-companion" {
           "-config", "${NOMAD_TASK_DIR}/companion.hcl",
           "-listen", "${NOMAD_IP_http}:4700",
           "-advertise", "${NOMAD_ADDR_http}",
-          "-checkpoint-dir", "${attr.driver.ferry.checkpoint_dir}",
           "-node-id", "${node.unique.id}",
           "-node-name", "${node.unique.name}",
         ]
@@ -90,7 +83,6 @@ job "ferry-companion" {
       }
 
       env {
-        FERRY_TOKEN           = var.token
         CONSUL_HTTP_ADDR      = var.consul
         NOMAD_ADDR            = "http://${NOMAD_IP_http}:4646"
         FERRY_COMPANION_BUILD = var.build

@@ -7,7 +7,7 @@
 #   scripts/cluster.sh restart-client K   SIGTERM client K (no drain) and start it again
 #   scripts/cluster.sh companion          resubmit the ferry-companion system job
 #   scripts/cluster.sh down [--purge]     stop everything `up` started; --purge also
-#                                         removes /var/lib/ferry-dev and /run/ferry-dev
+#                                         removes /var/lib/ferry-dev and the runtime state
 #
 # Layout. Every address lives either on loopback or inside a network
 # namespace this script creates; nothing is configured on the host's own
@@ -27,7 +27,7 @@
 # Agents are started with `nsenter --net=...` (not `ip netns exec`) so they
 # stay in the host's mount namespace, which the driver's overlay mounts and
 # CRIU need. Each daemon runs in its own session; its pid (and start time, to
-# survive pid reuse) is kept in /run/ferry-dev/pids/<name>.pid and its log in
+# survive pid reuse) is kept in $RUN/pids/<name>.pid (RUN below) and its log in
 # /var/log/ferry-dev/<name>.log. Generated configs are in /var/lib/ferry-dev/etc.
 #
 # Environment:
@@ -58,10 +58,14 @@ LOG_LEVEL=${FERRY_LOG_LEVEL:-INFO}
 TIMEOUT=${FERRY_TIMEOUT:-120}
 
 DATA=/var/lib/ferry-dev
+# Runtime state (pids, the drivers' state_dir) on a tmpfs, as /run is on
+# most hosts: the checkpoints of moves in flight are written there.
 RUN=/run/ferry-dev
+if [[ $(stat -f -c %T /run 2>/dev/null) != tmpfs ]]; then RUN=/dev/shm/ferry-dev; fi
 LOGS=/var/log/ferry-dev
 PIDS=$RUN/pids
 ETC=$DATA/etc
+TLS=$DATA/tls
 PLUGINS=$DATA/plugins
 NETNS_DIR=/var/run/netns
 
@@ -69,6 +73,8 @@ HUB_NS=ferry-hub
 BRIDGE=ferry0
 NET=10.97.0
 HUB_IP=$NET.1
+# The drivers' transfer listener on each client's address.
+TRANSFER_PORT=4701
 DEFAULT_CLIENTS=2
 MAX_CLIENTS=50
 
@@ -405,17 +411,22 @@ $(platform_line "$k")
       image       = true
       image_delay = "2m"
     }
-    # 127.0.0.1 in this namespace reaches neither Nomad nor Consul, so the
-    # API clients' defaults would not do.
+    # 127.0.0.1 in this namespace reaches neither this client's agent (it
+    # binds $ip) nor Consul, so the API clients' defaults would not do. The
+    # driver asks its own agent which node it is.
     nomad {
-      address = "http://$HUB_IP:4646"
+      address = "http://$ip:4646"
     }
     consul {
       address = "$HUB_IP:8500"
     }
-    # ferry-companion serves checkpoints to peers with this token.
-    companion {
-      token = "$(companion_token)"
+    # Checkpoints move between the clients' drivers over mutual TLS, with
+    # certificates from the cluster's CA (made by \`nomad tls\`).
+    transfer {
+      listen    = "$ip:$TRANSFER_PORT"
+      ca_file   = "$TLS/nomad-agent-ca.pem"
+      cert_file = "$TLS/c$k/global-client-nomad.pem"
+      key_file  = "$TLS/c$k/global-client-nomad-key.pem"
     }
   }
 }
@@ -448,14 +459,22 @@ platform_line() {
   fi
 }
 
-# companion_token: the dev cluster's shared companion token, made once.
-companion_token() {
-  local f=$DATA/companion.token
-  if [[ ! -s $f ]]; then
-    mkdir -p "$DATA"
-    (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$f")
+# ensure_tls K: the cluster's CA, made once, and client K's certificate,
+# naming its address, made with Nomad's own `nomad tls` as an operator
+# would for Nomad's mTLS.
+ensure_tls() {
+  local k=$1 dir
+  mkdir -p "$TLS"
+  if [[ ! -s $TLS/nomad-agent-ca.pem ]]; then
+    log "creating the cluster's CA in $TLS"
+    (cd "$TLS" && umask 077 && "$NOMAD_BIN" tls ca create >/dev/null)
   fi
-  cat "$f"
+  dir=$TLS/c$k
+  if [[ ! -s $dir/global-client-nomad.pem ]]; then
+    mkdir -p "$dir"
+    (cd "$dir" && umask 077 && "$NOMAD_BIN" tls cert create -client -ca ../nomad-agent-ca.pem \
+      -key ../nomad-agent-ca-key.pem -additional-ipaddress "$(client_ip "$k")" >/dev/null)
+  fi
 }
 
 # companion_config: the companion's configuration file contents, if any.
@@ -473,7 +492,6 @@ run_companion() {
   mv -f "$DATA/bin/ferry-companion.new" "$DATA/bin/ferry-companion"
   log "running the ferry-companion system job"
   NOMAD_ADDR=$NOMAD_API "$NOMAD_BIN" job run -detach \
-    -var "token=$(companion_token)" \
     -var "binary=$DATA/bin/ferry-companion" \
     -var "consul=$HUB_IP:8500" \
     -var "build=$(sha256sum "$DATA/bin/ferry-companion" | cut -c1-16)" \
@@ -781,6 +799,7 @@ cmd_up() {
       continue
     fi
     setup_client_net "$k"
+    ensure_tls "$k"
     write_client_config "$k" "$WITH_PLUGIN"
     start_client_forwarder "$k"
     if ! running "$(client_name "$k")" >/dev/null; then
@@ -806,7 +825,8 @@ export NOMAD_ADDR=$NOMAD_API
 export CONSUL_HTTP_ADDR=${CONSUL_API#http://}
 export FERRY_REGISTRY=$REGISTRY
 export FERRY_REGISTRY_PUSH=$REGISTRY_PUSH
-export FERRY_TOKEN=$(companion_token)
+export FERRY_TLS=$TLS
+export FERRY_RUN=$RUN
 EOF
 }
 

@@ -134,6 +134,18 @@ enable_binfmt() {
     log "could not register qemu-aarch64 with binfmt_misc"
 }
 
+# podman: the peer `make bench-migrate` measures (`scripts/deps.sh podman`
+# installs only that). Debian's crun cannot checkpoint; the benchmark points
+# Podman at our runc.
+if [[ ${1:-} == podman ]]; then
+  command -v podman >/dev/null || {
+    log "apt-get install podman"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman >/dev/null
+  }
+  exit 0
+fi
+
 install_apt
 enable_binfmt
 install_runc

@@ -6,7 +6,7 @@
 //
 //  1. the defaults (Default),
 //  2. the file named by -config, if any,
-//  3. the environment: NOMAD_ADDR_http, FERRY_TOKEN, NOMAD_ADDR, CONSUL_HTTP_ADDR,
+//  3. the environment: NOMAD_ADDR_http, NOMAD_ADDR, CONSUL_HTTP_ADDR,
 //  4. the flags given on the command line.
 package config
 
@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -29,12 +28,10 @@ import (
 // name in the file and, where there is one, its flag and environment
 // variable.
 type Config struct {
-	Listen        string // listen; -listen: host:port to serve checkpoints on
-	Advertise     string // advertise; -advertise, NOMAD_ADDR_http: host:port other nodes reach this agent at
-	CheckpointDir string // checkpoint_dir; -checkpoint-dir: the driver's checkpoint directory on this node
-	Token         string // token; -token, FERRY_TOKEN: the token drivers present (their companion.token)
-	NodeID        string // node_id; -node-id: this Nomad node's ID
-	NodeName      string // node_name; -node-name: this Nomad node's name
+	Listen    string // listen; -listen: host:port to serve /metrics and /v1/status on
+	Advertise string // advertise; -advertise, NOMAD_ADDR_http: host:port other nodes reach this agent at
+	NodeID    string // node_id; -node-id: this Nomad node's ID
+	NodeName  string // node_name; -node-name: this Nomad node's name
 
 	Nomad     Nomad  // nomad { address }; -nomad, NOMAD_ADDR
 	Consul    Consul // consul { address }; -consul, CONSUL_HTTP_ADDR
@@ -82,7 +79,6 @@ type Rebalance struct {
 // Defaults that are not another package's.
 const (
 	DefaultListen        = ":4700"
-	DefaultCheckpointDir = "/var/lib/ferry/checkpoints"
 	DefaultNomadAddress  = "http://127.0.0.1:4646"
 	DefaultConsulAddress = "127.0.0.1:8500"
 	DefaultLockKey       = "ferry/leader"
@@ -90,13 +86,12 @@ const (
 )
 
 // Default is the configuration before any file, environment or flag. It
-// lacks what only the node can say: advertise, token and node_id.
+// lacks what only the node can say: advertise and node_id.
 func Default() Config {
 	return Config{
-		Listen:        DefaultListen,
-		CheckpointDir: DefaultCheckpointDir,
-		Nomad:         Nomad{Address: DefaultNomadAddress},
-		Consul:        Consul{Address: DefaultConsulAddress},
+		Listen: DefaultListen,
+		Nomad:  Nomad{Address: DefaultNomadAddress},
+		Consul: Consul{Address: DefaultConsulAddress},
 		Sample: Sample{
 			Interval: 5 * time.Second,
 			Window:   30 * time.Second,
@@ -121,8 +116,8 @@ func (c *Config) Validate() error {
 	return errors.Join(c.validate(true)...)
 }
 
-// validate checks the fields; the agent's own (listen, advertise,
-// checkpoint_dir, token, node_id) only when agent is set.
+// validate checks the fields; the agent's own (listen, advertise, node_id)
+// only when agent is set.
 func (c *Config) validate(agent bool) []error {
 	var errs []error
 	add := func(format string, args ...any) {
@@ -300,7 +295,7 @@ const minInterval = time.Second
 // checkOwnKey refuses a key (or a prefix ending in "/") that would mix with
 // the records the drivers and the mover keep.
 func checkOwnKey(k string) error {
-	for _, p := range []string{catalog.DefaultPrefix, catalog.DefaultMigrationPrefix, catalog.DefaultAgentPrefix} {
+	for _, p := range []string{catalog.DefaultPrefix, catalog.DefaultMigrationPrefix} {
 		if strings.HasPrefix(k, p) || strings.HasPrefix(p, k) {
 			return fmt.Errorf("%q must not overlap %q, where ferry keeps other records", k, p)
 		}
@@ -315,7 +310,7 @@ func (c *Config) validateAgent() []error {
 		errs = append(errs, fmt.Errorf(format, args...))
 	}
 	if c.Listen == "" {
-		add(`listen (-listen): required: the host:port to serve checkpoints on, e.g. ":4700"`)
+		add(`listen (-listen): required: the host:port to serve /metrics and /v1/status on, e.g. ":4700"`)
 	} else if err := checkHostPort(c.Listen, false); err != nil {
 		add(`listen (-listen): %q %v, e.g. ":4700"`, c.Listen, err)
 	}
@@ -323,14 +318,6 @@ func (c *Config) validateAgent() []error {
 		add("advertise (-advertise, NOMAD_ADDR_http): required: the host:port other nodes reach this agent at")
 	} else if err := checkHostPort(c.Advertise, true); err != nil {
 		add(`advertise (-advertise, NOMAD_ADDR_http): %q %v: the host:port other nodes reach this agent at, e.g. "10.0.0.5:4700"`, c.Advertise, err)
-	}
-	if c.CheckpointDir == "" {
-		add("checkpoint_dir (-checkpoint-dir): required: the driver's checkpoint directory on this node (data_dir/checkpoints)")
-	} else if !filepath.IsAbs(c.CheckpointDir) {
-		add("checkpoint_dir (-checkpoint-dir): %q must be an absolute path", c.CheckpointDir)
-	}
-	if c.Token == "" {
-		add("token (-token, FERRY_TOKEN): required: the token the drivers present (their companion.token)")
 	}
 	if c.NodeID == "" {
 		add("node_id (-node-id): required: this Nomad node's ID (${node.unique.id} in the jobspec)")

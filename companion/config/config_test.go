@@ -20,12 +20,12 @@ import (
 )
 
 // required are the flags without which no configuration is valid.
-var required = []string{"-advertise", "10.0.0.1:4700", "-token", "secret", "-node-id", "node-1"}
+var required = []string{"-advertise", "10.0.0.1:4700", "-node-id", "node-1"}
 
 // withRequired is Default with what required sets.
 func withRequired() Config {
 	c := Default()
-	c.Advertise, c.Token, c.NodeID = "10.0.0.1:4700", "secret", "node-1"
+	c.Advertise, c.NodeID = "10.0.0.1:4700", "node-1"
 	return c
 }
 
@@ -46,7 +46,6 @@ func TestDefault(t *testing.T) {
 	c := Default()
 	must.Eq(t, ":4700", c.Listen)
 	must.Eq(t, "", c.Advertise)
-	must.Eq(t, "/var/lib/ferry/checkpoints", c.CheckpointDir)
 	must.Eq(t, "http://127.0.0.1:4646", c.Nomad.Address)
 	must.Eq(t, "127.0.0.1:8500", c.Consul.Address)
 	must.Eq(t, Sample{Interval: 5 * time.Second, Window: 30 * time.Second, Source: load.SourceAllocations, Prefix: load.DefaultPrefix}, c.Sample)
@@ -59,9 +58,8 @@ func TestDefault(t *testing.T) {
 	// Valid once the node says what only it can.
 	err := c.Validate()
 	must.ErrorContains(t, err, "advertise (-advertise, NOMAD_ADDR_http): required")
-	must.ErrorContains(t, err, "token (-token, FERRY_TOKEN): required")
 	must.ErrorContains(t, err, "node_id (-node-id): required")
-	must.Len(t, 3, unjoin(err))
+	must.Len(t, 2, unjoin(err))
 	c = withRequired()
 	must.NoError(t, c.Validate())
 
@@ -84,7 +82,6 @@ func TestExample(t *testing.T) {
 	must.NoError(t, err)
 	want := Default()
 	want.Advertise = "10.0.0.5:4700" // commented out in the file: the system job's port
-	want.Token = "replace-with-the-drivers-companion-token"
 	want.NodeID = "9c0e1a5e-3f4b-4d7a-8c2e-6b1f0d9e7a21"
 	want.File = "example.hcl"
 	must.Eq(t, want, *got)
@@ -142,12 +139,10 @@ func unset(v reflect.Value, prefix string) []string {
 func TestPrecedence(t *testing.T) {
 	// A file that changes every field from its default.
 	const everything = `
-listen         = "127.0.0.1:4800"
-advertise      = "10.0.0.2:4800"
-checkpoint_dir = "/srv/ferry/checkpoints"
-token          = "file-token"
-node_id        = "file-node"
-node_name      = "file-name"
+listen    = "127.0.0.1:4800"
+advertise = "10.0.0.2:4800"
+node_id   = "file-node"
+node_name = "file-name"
 nomad  { address = "https://nomad.service:4646" }
 consul { address = "https://consul.service:8501" }
 sample {
@@ -184,8 +179,8 @@ rebalance {
 }
 `
 	fromFile := Config{
-		Listen: "127.0.0.1:4800", Advertise: "10.0.0.2:4800", CheckpointDir: "/srv/ferry/checkpoints",
-		Token: "file-token", NodeID: "file-node", NodeName: "file-name",
+		Listen: "127.0.0.1:4800", Advertise: "10.0.0.2:4800",
+		NodeID: "file-node", NodeName: "file-name",
 		Nomad:  Nomad{Address: "https://nomad.service:4646"},
 		Consul: Consul{Address: "https://consul.service:8501"},
 		Sample: Sample{Interval: 2 * time.Second, Window: time.Minute, Source: load.SourceHost, Prefix: "cluster/nodes/"},
@@ -204,7 +199,6 @@ rebalance {
 	}
 	allEnv := map[string]string{
 		EnvAdvertise: "10.0.0.3:4900",
-		EnvToken:     "env-token",
 		EnvNomad:     "http://10.0.0.3:4646",
 		EnvConsul:    "10.0.0.3:8500",
 	}
@@ -224,7 +218,6 @@ rebalance {
 		{
 			name: "file changes only what it writes",
 			file: `
-token   = "t"
 node_id = "n"
 sample { source = "host" }
 rebalance {
@@ -235,7 +228,7 @@ rebalance {
 			args: []string{"-advertise", "10.0.0.1:4700"},
 			want: func(c *Config) {
 				*c = Default()
-				c.Advertise, c.Token, c.NodeID = "10.0.0.1:4700", "t", "n"
+				c.Advertise, c.NodeID = "10.0.0.1:4700", "n"
 				c.Sample.Source = load.SourceHost
 				c.Rebalance.Policy.Thresholds.Memory.Low = 0.5
 				c.Rebalance.Policy.Limits.PerHour = 10
@@ -247,7 +240,7 @@ rebalance {
 			env:  allEnv,
 			want: func(c *Config) {
 				*c = fromFile
-				c.Advertise, c.Token = "10.0.0.3:4900", "env-token"
+				c.Advertise = "10.0.0.3:4900"
 				c.Nomad.Address, c.Consul.Address = "http://10.0.0.3:4646", "10.0.0.3:8500"
 			},
 		},
@@ -258,14 +251,14 @@ rebalance {
 			want: func(c *Config) {
 				*c = Default()
 				c.NodeID = "n"
-				c.Advertise, c.Token = "10.0.0.3:4900", "env-token"
+				c.Advertise = "10.0.0.3:4900"
 				c.Nomad.Address, c.Consul.Address = "http://10.0.0.3:4646", "10.0.0.3:8500"
 			},
 		},
 		{
 			name: "empty environment variables are not set",
 			file: everything,
-			env:  map[string]string{EnvAdvertise: "", EnvToken: "", EnvNomad: "", EnvConsul: ""},
+			env:  map[string]string{EnvAdvertise: "", EnvNomad: "", EnvConsul: ""},
 			want: func(c *Config) { *c = fromFile },
 		},
 		{
@@ -273,16 +266,16 @@ rebalance {
 			file: everything,
 			env:  allEnv,
 			args: []string{
-				"-listen", ":5000", "-advertise", "10.0.0.4:5000", "-checkpoint-dir", "/data/checkpoints",
-				"-token", "flag-token", "-node-id", "flag-node", "-node-name", "flag-name",
+				"-listen", ":5000", "-advertise", "10.0.0.4:5000",
+				"-node-id", "flag-node", "-node-name", "flag-name",
 				"-nomad", "http://127.0.0.1:5646", "-consul", "127.0.0.1:5500",
 				"-sample-interval", "10s", "-sample-window", "2m", "-sample-source", "allocations",
 				"-rebalance=true", "-dry-run=false", "-rebalance-interval", "45s",
 			},
 			want: func(c *Config) {
 				*c = fromFile
-				c.Listen, c.Advertise, c.CheckpointDir = ":5000", "10.0.0.4:5000", "/data/checkpoints"
-				c.Token, c.NodeID, c.NodeName = "flag-token", "flag-node", "flag-name"
+				c.Listen, c.Advertise = ":5000", "10.0.0.4:5000"
+				c.NodeID, c.NodeName = "flag-node", "flag-name"
 				c.Nomad.Address, c.Consul.Address = "http://127.0.0.1:5646", "127.0.0.1:5500"
 				c.Sample.Interval, c.Sample.Window, c.Sample.Source = 10*time.Second, 2*time.Minute, load.SourceAllocations
 				c.Rebalance.Enabled, c.Rebalance.DryRun, c.Rebalance.Interval = true, false, 45*time.Second
@@ -315,10 +308,10 @@ rebalance {
 		{
 			name: "-config may come last",
 			file: `node_id = "file-node"`,
-			args: []string{"-advertise", "10.0.0.1:4700", "-token", "t"},
+			args: []string{"-advertise", "10.0.0.1:4700"},
 			want: func(c *Config) {
 				*c = Default()
-				c.Advertise, c.Token, c.NodeID = "10.0.0.1:4700", "t", "file-node"
+				c.Advertise, c.NodeID = "10.0.0.1:4700", "file-node"
 			},
 		},
 	}
@@ -359,12 +352,6 @@ func TestValidation(t *testing.T) {
 			want: []string{`advertise (-advertise, NOMAD_ADDR_http): ":4700" lacks the host`}},
 		{name: "advertise not host:port", args: []string{"-advertise", "10.0.0.1"},
 			want: []string{`advertise (-advertise, NOMAD_ADDR_http): "10.0.0.1" is not host:port`}},
-		{name: "checkpoint_dir required", file: `checkpoint_dir = ""`,
-			want: []string{`checkpoint_dir (-checkpoint-dir): required`}},
-		{name: "checkpoint_dir relative", args: []string{"-checkpoint-dir", "checkpoints"},
-			want: []string{`checkpoint_dir (-checkpoint-dir): "checkpoints" must be an absolute path`}},
-		{name: "token required", args: []string{"-token", ""},
-			want: []string{`token (-token, FERRY_TOKEN): required`}},
 		{name: "node_id required", args: []string{"-node-id", ""},
 			want: []string{`node_id (-node-id): required`}},
 		{name: "nomad address required", file: `nomad { address = "" }`,
@@ -438,10 +425,10 @@ rebalance {
   }
 }
 `,
-			args: []string{"-token", ""},
+			args: []string{"-node-id", ""},
 			want: []string{
 				`listen (-listen): "nowhere" is not host:port`,
-				`token (-token, FERRY_TOKEN): required`,
+				`node_id (-node-id): required`,
 				`sample.source (-sample-source): "guess" must be`,
 				`rebalance.interval (-rebalance-interval): "0s" must be at least 1s`,
 				`rebalance.limits.in_flight: 0 must be at least 1`,
@@ -466,18 +453,27 @@ func TestFileErrors(t *testing.T) {
 	}{
 		{
 			name: "syntax error",
-			file: "token = \"t\"\nnode_id = \"n\"\nsample {\n  interval = \n}\n",
+			file: "node_id = \"n\"\nnode_name = \"m\"\nsample {\n  interval = \n}\n",
 			want: []string{`companion.hcl:4,…: Invalid expression`},
 		},
 		{
 			name: "unclosed block",
-			file: "token = \"t\"\nrebalance {\n  enabled = true\n",
+			file: "node_id = \"n\"\nrebalance {\n  enabled = true\n",
 			want: []string{`companion.hcl:2,…: Unclosed configuration block`},
 		},
 		{
 			name: "unknown attribute",
-			file: "token = \"t\"\nnode_id = \"n\"\nlisten_addr = \":4700\"\n",
+			file: "node_id = \"n\"\nnode_name = \"m\"\nlisten_addr = \":4700\"\n",
 			want: []string{`companion.hcl:3,1: Unsupported argument; An argument named "listen_addr" is not expected here.`},
+		},
+		{
+			// The driver serves its own checkpoints now.
+			name: "attributes of the checkpoint server that was",
+			file: "token = \"t\"\ncheckpoint_dir = \"/var/lib/ferry/checkpoints\"\n",
+			want: []string{
+				`companion.hcl:1,1: Unsupported argument; An argument named "token" is not expected here.`,
+				`companion.hcl:2,1: Unsupported argument; An argument named "checkpoint_dir" is not expected here.`,
+			},
 		},
 		{
 			name: "unknown attribute in a block",
@@ -542,10 +538,14 @@ func TestArgs(t *testing.T) {
 		want string
 		is   error
 	}{
-		{name: "positional", args: []string{"-token", "t", "extra"},
+		{name: "positional", args: []string{"-node-id", "n", "extra"},
 			want: `unexpected argument "extra"`},
 		{name: "unknown flag", args: []string{"-lsiten", ":1"},
 			want: "flag provided but not defined: -lsiten"},
+		{name: "no -token", args: []string{"-token", "t"},
+			want: "flag provided but not defined: -token"},
+		{name: "no -checkpoint-dir", args: []string{"-checkpoint-dir", "/var/lib/ferry/checkpoints"},
+			want: "flag provided but not defined: -checkpoint-dir"},
 		{name: "bad duration flag", args: []string{"-sample-window", "soon"},
 			want: `invalid value "soon" for flag -sample-window`},
 		{name: "missing file", args: []string{"-config", "/nonexistent/companion.hcl"},
@@ -643,8 +643,8 @@ func TestLoadTool(t *testing.T) {
 	noEnv := func(string) string { return "" }
 	// The agent needs its node's fields; plan and status do not.
 	_, err := Load(nil, noEnv)
-	if err == nil || !strings.Contains(err.Error(), "token (-token, FERRY_TOKEN): required") {
-		t.Fatalf("agent without a token: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "node_id (-node-id): required") {
+		t.Fatalf("agent without a node ID: %v", err)
 	}
 	cfg, err := LoadTool("plan", []string{"-consul", "127.0.0.1:9500"}, noEnv)
 	if err != nil {

@@ -3,26 +3,17 @@
 #   ferry-companion agent -config /etc/ferry/companion.hcl
 #
 # Any field left out keeps its default. The environment overrides this file
-# (NOMAD_ADDR_http, FERRY_TOKEN, NOMAD_ADDR, CONSUL_HTTP_ADDR), and the flags
-# given on the command line override both. Durations are strings such as
-# "30s", "10m" or "1h30m".
+# (NOMAD_ADDR_http, NOMAD_ADDR, CONSUL_HTTP_ADDR), and the flags given on
+# the command line override both. Durations are strings such as "30s", "10m"
+# or "1h30m".
 
-# The host:port to serve checkpoints on. Flag -listen.
+# The host:port to serve /metrics and /v1/status on. Flag -listen.
 listen = ":4700"
 
 # The host:port other nodes reach this agent at. Required; there is no
 # default. The system job passes its "http" port, NOMAD_ADDR_http, which
 # overrides this. Flag -advertise.
 # advertise = "10.0.0.5:4700"
-
-# The driver's checkpoint directory on this node: its data_dir/checkpoints,
-# published as the node attribute driver.ferry.checkpoint_dir.
-# Flag -checkpoint-dir.
-checkpoint_dir = "/var/lib/ferry/checkpoints"
-
-# The token the drivers present: it must equal their companion.token.
-# Required. Environment FERRY_TOKEN, flag -token.
-token = "replace-with-the-drivers-companion-token"
 
 # This Nomad node's ID (${node.unique.id} in a jobspec) and name
 # (${node.unique.name}). The ID is required. Flags -node-id and -node-name.

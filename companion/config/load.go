@@ -17,7 +17,6 @@ import (
 // Environment variables that override the file.
 const (
 	EnvAdvertise = "NOMAD_ADDR_http" // the system job's port labelled "http"
-	EnvToken     = "FERRY_TOKEN"
 	EnvNomad     = "NOMAD_ADDR"
 	EnvConsul    = "CONSUL_HTTP_ADDR"
 )
@@ -73,7 +72,6 @@ func parse(command string, args []string, getenv func(string) string) (*Config, 
 		dst  *string
 	}{
 		{EnvAdvertise, &cfg.Advertise},
-		{EnvToken, &cfg.Token},
 		{EnvNomad, &cfg.Nomad.Address},
 		{EnvConsul, &cfg.Consul.Address},
 	} {
@@ -120,10 +118,8 @@ func defineFlags(fs *flag.FlagSet, keep func(name string) bool) *flagValues {
 		}
 	}
 
-	str("listen", func(c *Config) *string { return &c.Listen }, "`host:port` to serve checkpoints on (listen)")
+	str("listen", func(c *Config) *string { return &c.Listen }, "`host:port` to serve /metrics and /v1/status on (listen)")
 	str("advertise", func(c *Config) *string { return &c.Advertise }, "`host:port` other nodes reach this agent at (advertise; $"+EnvAdvertise+" overrides the file)")
-	str("checkpoint-dir", func(c *Config) *string { return &c.CheckpointDir }, "the driver's checkpoint `directory` on this node (checkpoint_dir)")
-	str("token", func(c *Config) *string { return &c.Token }, "the `token` the drivers present, their companion.token (token; $"+EnvToken+" overrides the file)")
 	str("node-id", func(c *Config) *string { return &c.NodeID }, "this Nomad node's `ID` (node_id)")
 	str("node-name", func(c *Config) *string { return &c.NodeName }, "this Nomad node's `name` (node_name)")
 	str("nomad", func(c *Config) *string { return &c.Nomad.Address }, "Nomad `URL` (nomad.address; $"+EnvNomad+" overrides the file)")
@@ -147,12 +143,10 @@ func bind[T any](fs *flag.FlagSet, f *flagValues, define func(p *T, name string,
 // The file's shape. Every attribute is a pointer, or an expression, so that
 // one left out keeps its default; durations are strings parsed here.
 type fileConfig struct {
-	Listen        *string `hcl:"listen,optional"`
-	Advertise     *string `hcl:"advertise,optional"`
-	CheckpointDir *string `hcl:"checkpoint_dir,optional"`
-	Token         *string `hcl:"token,optional"`
-	NodeID        *string `hcl:"node_id,optional"`
-	NodeName      *string `hcl:"node_name,optional"`
+	Listen    *string `hcl:"listen,optional"`
+	Advertise *string `hcl:"advertise,optional"`
+	NodeID    *string `hcl:"node_id,optional"`
+	NodeName  *string `hcl:"node_name,optional"`
 
 	Nomad     *fileAddress   `hcl:"nomad,block"`
 	Consul    *fileAddress   `hcl:"consul,block"`
@@ -218,8 +212,6 @@ func loadFile(path string, cfg *Config) (errs []error, fatal bool) {
 
 	set(&cfg.Listen, f.Listen)
 	set(&cfg.Advertise, f.Advertise)
-	set(&cfg.CheckpointDir, f.CheckpointDir)
-	set(&cfg.Token, f.Token)
 	set(&cfg.NodeID, f.NodeID)
 	set(&cfg.NodeName, f.NodeName)
 	if f.Nomad != nil {

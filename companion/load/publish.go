@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/catalog"
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 )
@@ -34,7 +35,7 @@ func NewPublisher(consul *consulapi.Client, prefix string, ttl time.Duration, lo
 	return &Publisher{
 		consul: consul,
 		prefix: normalizePrefix(prefix),
-		ttl:    clampTTL(ttl),
+		ttl:    catalog.ClampTTL(ttl),
 		logger: logger,
 	}
 }
@@ -63,35 +64,8 @@ func (p *Publisher) Publish(ctx context.Context, r Record) error {
 	if err != nil {
 		return fmt.Errorf("publish load %s: %w", key, err)
 	}
-	ok, err := p.acquire(ctx, key, value, session)
-	if err != nil {
+	if err := catalog.AcquireOrTakeOver(ctx, p.consul, key, value, session, p.logger); err != nil {
 		return fmt.Errorf("publish load %s: %w", key, err)
-	}
-	if ok {
-		return nil
-	}
-
-	// Not acquired: another session holds the key.
-	pair, _, err := p.consul.KV().Get(key, (&consulapi.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("publish load %s: not acquired, and cannot read its holder: %w", key, err)
-	}
-	if pair == nil || pair.Session == "" || pair.Session == session {
-		// Freed in the meantime, or held back by a lock delay: try again
-		// next time.
-		return fmt.Errorf("publish load %s: key not acquired (held by no other session; lock delay?)", key)
-	}
-	p.logger.Warn("load record held by another session, taking it over",
-		"key", key, "node_id", r.NodeID, "other_session", pair.Session, "session", session)
-	if err := destroySession(ctx, p.consul, pair.Session); err != nil {
-		return fmt.Errorf("publish load %s: take over: %w", key, err)
-	}
-	ok, err = p.acquire(ctx, key, value, session)
-	switch {
-	case err != nil:
-		return fmt.Errorf("publish load %s: after take over: %w", key, err)
-	case !ok:
-		return fmt.Errorf("publish load %s: key not acquired after taking it over", key)
 	}
 	return nil
 }
@@ -100,7 +74,7 @@ func (p *Publisher) Publish(ctx context.Context, r Record) error {
 // none or Consul no longer knows it. p.mu is held.
 func (p *Publisher) ensureSession(ctx context.Context, nodeID string) (string, error) {
 	if p.session != "" {
-		ok, err := renewSession(ctx, p.consul, p.session)
+		ok, err := catalog.RenewSession(ctx, p.consul, p.session)
 		if err != nil {
 			return "", err
 		}
@@ -110,22 +84,13 @@ func (p *Publisher) ensureSession(ctx context.Context, nodeID string) (string, e
 		p.logger.Info("load session gone, creating a new one", "session", p.session, "node_id", nodeID)
 		p.session = ""
 	}
-	id, err := createSession(ctx, p.consul, "ferry-load-"+nodeID, p.ttl)
+	id, err := catalog.CreateSession(ctx, p.consul, "ferry-load-"+nodeID, p.ttl)
 	if err != nil {
 		return "", err
 	}
 	p.session = id
 	p.logger.Debug("load session created", "session", id, "node_id", nodeID, "ttl", p.ttl)
 	return id, nil
-}
-
-func (p *Publisher) acquire(ctx context.Context, key string, value []byte, session string) (bool, error) {
-	ok, _, err := p.consul.KV().Acquire(&consulapi.KVPair{Key: key, Value: value, Session: session},
-		(&consulapi.WriteOptions{}).WithContext(ctx))
-	if err != nil {
-		return false, fmt.Errorf("write: %w", err)
-	}
-	return ok, nil
 }
 
 // Close destroys the publisher's session, which deletes every record it
@@ -136,7 +101,7 @@ func (p *Publisher) Close(ctx context.Context) error {
 	if p.session == "" {
 		return nil
 	}
-	if err := destroySession(ctx, p.consul, p.session); err != nil {
+	if err := catalog.DestroySession(ctx, p.consul, p.session); err != nil {
 		return fmt.Errorf("close load publisher: %w", err)
 	}
 	p.logger.Debug("load session destroyed", "session", p.session)

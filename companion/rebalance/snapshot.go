@@ -52,8 +52,8 @@ func (s *Sources) Read(ctx context.Context) (*Inputs, error) {
 }
 
 // Snapshot turns the reads into the planner's view. Only nodes with a live
-// agent record take part: a node without one has no measurements and
-// nobody serving its checkpoints.
+// node record take part: a node without one, whose agent is not running,
+// has no measurements.
 func (in *Inputs) Snapshot() planner.Snapshot {
 	snap := planner.Snapshot{Now: in.Now}
 	stubs := make(map[string]*nomad.NodeListStub, len(in.Nodes))

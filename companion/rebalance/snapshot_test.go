@@ -23,7 +23,7 @@ func TestSnapshot(t *testing.T) {
 			{ID: "n1", Name: "a", Datacenter: "dc1", NodePool: "default", Status: "ready", SchedulingEligibility: "eligible", Drivers: ferry("linux/amd64")},
 			{ID: "n2", Name: "b", Datacenter: "dc1", NodePool: "default", Status: "ready", SchedulingEligibility: "ineligible", Drain: true,
 				Drivers: map[string]*nomad.DriverInfo{"ferry": {Detected: true, Healthy: false}}},
-			{ID: "n3", Name: "c", Status: "ready"}, // no agent record: left out
+			{ID: "n3", Name: "c", Status: "ready"}, // no node record: left out
 		},
 		Records: []load.Record{
 			{NodeID: "n1", Capacity: load.Resources{CPU: 4000, MemoryMB: 8000}, Online: load.Resources{CPU: 3000}, Offline: load.Resources{CPU: 500},

@@ -56,15 +56,13 @@ const (
 )
 
 // Catalog keeps one Record per task of an allocation under prefix in Consul
-// KV, at <prefix><alloc ID>/<task>, migration records under
-// DefaultMigrationPrefix (<prefix><ID>) and companion agent records under
-// DefaultAgentPrefix (<prefix><node ID>). Records are JSON. A Catalog is safe
+// KV, at <prefix><alloc ID>/<task>, and migration records under
+// DefaultMigrationPrefix (<prefix><ID>). Records are JSON. A Catalog is safe
 // for concurrent use.
 type Catalog struct {
 	client          *api.Client
 	prefix          string
 	migrationPrefix string
-	agentPrefix     string
 	logger          hclog.Logger
 }
 
@@ -78,7 +76,6 @@ func New(client *api.Client, prefix string, logger hclog.Logger) *Catalog {
 		client:          client,
 		prefix:          normalizePrefix(prefix, DefaultPrefix),
 		migrationPrefix: DefaultMigrationPrefix,
-		agentPrefix:     DefaultAgentPrefix,
 		logger:          logger.Named("catalog"),
 	}
 }
@@ -414,9 +411,21 @@ func (c *Catalog) Delete(ctx context.Context, allocID, task string) error {
 // the prefix that are not records (other key shapes, undecodable values) are
 // skipped with a warning.
 func (c *Catalog) List(ctx context.Context) ([]*Record, error) {
-	pairs, _, err := c.client.KV().List(c.prefix, (&api.QueryOptions{}).WithContext(ctx))
+	records, _, err := c.ListWait(ctx, 0)
+	return records, err
+}
+
+// ListWait is List as a Consul blocking query: with index > 0 it answers
+// once something under the prefix changed after index (or after Consul's
+// wait time), and returns the index to wait on next.
+func (c *Catalog) ListWait(ctx context.Context, index uint64) ([]*Record, uint64, error) {
+	q := &api.QueryOptions{WaitIndex: index}
+	if index > 0 {
+		q.WaitTime = waitTime
+	}
+	pairs, meta, err := c.client.KV().List(c.prefix, q.WithContext(ctx))
 	if err != nil {
-		return nil, fmt.Errorf("catalog: list %s: %w", c.prefix, err)
+		return nil, 0, fmt.Errorf("catalog: list %s: %w", c.prefix, err)
 	}
 	records := make([]*Record, 0, len(pairs))
 	for _, pair := range pairs {
@@ -438,7 +447,11 @@ func (c *Catalog) List(ctx context.Context) ([]*Record, error) {
 		}
 		return strings.Compare(a.Task, b.Task)
 	})
-	return records, nil
+	next := meta.LastIndex
+	if next < index {
+		next = 0 // Consul's index went backwards: start over
+	}
+	return records, max(next, 1), nil
 }
 
 // MigrationKey returns the KV key of the migration record id.

@@ -15,7 +15,5 @@
 // with blocking queries.
 //
 // Migration records (requests and outcomes of live migrations) live under
-// DefaultMigrationPrefix, one per migration ID, and the records of the
-// companion agents that serve checkpoints (where to fetch a node's
-// checkpoints from) under DefaultAgentPrefix, one per Nomad node ID.
+// DefaultMigrationPrefix, one per migration ID.
 package catalog

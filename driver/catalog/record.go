@@ -78,6 +78,16 @@ type Network struct {
 	DNS       *DNS     `json:"dns,omitempty"`
 }
 
+// Grant lets one node make the requests of one move of one task's
+// checkpoint, until it expires: the node presents a secret whose sha256 is
+// SHA256. The secret never leaves the node that made it, and never goes to
+// Consul.
+type Grant struct {
+	NodeID  string    `json:"node_id"`
+	SHA256  string    `json:"sha256"`
+	Expires time.Time `json:"expires"`
+}
+
 // Record is the catalogue entry of one task's checkpoint. It is keyed by the
 // source allocation's ID and the task name: the replacement allocation finds
 // it through its PreviousAllocation.
@@ -89,9 +99,6 @@ type Record struct {
 
 	SourceNodeID   string `json:"source_node_id,omitempty"`
 	SourceNodeName string `json:"source_node_name,omitempty"`
-	// SourceAddr is the base URL of the source node's companion agent
-	// serving checkpoints, e.g. "http://10.97.0.11:4700".
-	SourceAddr string `json:"source_addr,omitempty"`
 
 	State State `json:"state"`
 	// Reason explains StateFailed and StateColdStart.
@@ -103,13 +110,22 @@ type Record struct {
 
 	Bytes int64 `json:"bytes,omitempty"`
 	Files int   `json:"files,omitempty"`
-	// CheckpointDir is the checkpoint's path on the source node, or in
-	// the shared checkpoint_dir when Shared is set.
-	CheckpointDir string `json:"checkpoint_dir,omitempty"`
+	// ManifestSHA256 is the sha256 (hex) of the checkpoint's manifest, set
+	// when the record becomes ready: the destination checks the manifest
+	// it got against it before reading it. No path is ever recorded: each
+	// node derives where a checkpoint lives from its own configuration and
+	// the record's allocation ID and task.
+	ManifestSHA256 string `json:"manifest_sha256,omitempty"`
 	// Shared: the checkpoint lives in a checkpoint_dir every node mounts,
 	// so the destination reads it in place instead of transferring it.
 	Shared       bool          `json:"shared,omitempty"`
 	DumpDuration time.Duration `json:"dump_duration,omitempty"`
+
+	// Push lets the source push the checkpoint to Push.NodeID while it
+	// dumps it; Fetch lets the destination (Fetch.NodeID) fetch it from the
+	// source. Each is a per-move credential: only its sha256 is recorded.
+	Push  *Grant `json:"push,omitempty"`
+	Fetch *Grant `json:"fetch,omitempty"`
 
 	Network Network `json:"network"`
 
@@ -131,6 +147,14 @@ func (r *Record) Clone() *Record {
 		return nil
 	}
 	c := *r
+	if r.Push != nil {
+		g := *r.Push
+		c.Push = &g
+	}
+	if r.Fetch != nil {
+		g := *r.Fetch
+		c.Fetch = &g
+	}
 	c.Network.Addresses = slices.Clone(r.Network.Addresses)
 	c.Network.Routes = slices.Clone(r.Network.Routes)
 	c.Network.Ports = slices.Clone(r.Network.Ports)

@@ -138,8 +138,22 @@ func checkpointOnce(t *testing.T, r *runc.Runc, tk *task, dir string) *Manifest 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m, err := Create(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, testutil.Logger(t, hclog.Debug))
+	sink := &recordingSink{files: map[string][]byte{}}
+	created, err := Create(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, sink, testutil.Logger(t, hclog.Debug))
 	must.NoError(t, err)
+	m := created.Manifest
+	must.NoError(t, created.SinkErr)
+	raw, err := os.ReadFile(filepath.Join(dir, ManifestName))
+	must.NoError(t, err)
+	must.Eq(t, raw, created.Raw)
+	must.Eq(t, Digest(raw), created.Digest)
+	// The sink got every file, whole, once.
+	must.MapLen(t, len(m.Files), sink.files)
+	for _, f := range m.Files {
+		data, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(f.Path)))
+		must.NoError(t, err)
+		must.Eq(t, data, sink.files[f.Path], must.Sprintf("file %s", f.Path))
+	}
 	t.Logf("checkpoint %s: %d files, %d bytes, dump %v, pack %v",
 		tk.id, len(m.Files), m.Bytes, m.DumpDuration, m.PackDuration)
 
@@ -164,14 +178,12 @@ func checkpointOnce(t *testing.T, r *runc.Runc, tk *task, dir string) *Manifest 
 	must.Eq(t, m.Files, read.Files)
 	must.Eq(t, m.DumpDuration.Milliseconds(), read.DumpDuration.Milliseconds())
 	must.Eq(t, m.CreatedAt.UnixNano(), read.CreatedAt.UnixNano())
-	var raw map[string]any
-	data, err := os.ReadFile(filepath.Join(dir, ManifestName))
-	must.NoError(t, err)
-	must.NoError(t, json.Unmarshal(data, &raw))
-	must.MapContainsKey(t, raw, "dump_duration_ms")
-	must.MapContainsKey(t, raw, "pack_duration_ms")
+	var fields map[string]any
+	must.NoError(t, json.Unmarshal(raw, &fields))
+	must.MapContainsKey(t, fields, "dump_duration_ms")
+	must.MapContainsKey(t, fields, "pack_duration_ms")
 
-	verified, err := Verify(dir)
+	verified, err := verify(dir)
 	must.NoError(t, err)
 	must.Eq(t, m.Bytes, verified.Bytes)
 	return m
@@ -229,19 +241,19 @@ func TestCheckpointRestoreRoundTrip(t *testing.T) {
 	// A flipped byte in a CRIU image is caught.
 	pages := firstPagesImage(t, dir)
 	flipByte(t, filepath.Join(dir, pages))
-	_, err := Verify(dir)
+	_, err := verify(dir)
 	must.ErrorContains(t, err, "checkpoint file "+pages+": sha256 mismatch (corrupt or tampered); refusing to restore")
 	must.True(t, errors.Is(err, ErrCorrupt))
 	flipByte(t, filepath.Join(dir, pages))
-	_, err = Verify(dir)
+	_, err = verify(dir)
 	must.NoError(t, err)
 
 	// So is a truncated one, and one too many.
 	must.NoError(t, os.Truncate(filepath.Join(dir, pages), 10))
-	_, err = Verify(dir)
+	_, err = verify(dir)
 	must.ErrorContains(t, err, "checkpoint file "+pages+": size 10, manifest says")
 	must.NoError(t, os.WriteFile(filepath.Join(dir, "images", "pages-99.img"), nil, 0o600))
-	_, err = Verify(dir)
+	_, err = verify(dir)
 	must.ErrorContains(t, err, "checkpoint file images/pages-99.img: not listed in the manifest")
 
 	must.NoError(t, Remove(dir))
@@ -317,7 +329,7 @@ func TestCreateDumpFails(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ckpt")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err = Create(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, testutil.Logger(t, hclog.Debug))
+	_, err = Create(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, nil, testutil.Logger(t, hclog.Debug))
 	must.Error(t, err)
 	t.Logf("create error: %v", err)
 	must.StrContains(t, err.Error(), "checkpoint "+tk.id+": dump: ")
@@ -329,13 +341,13 @@ func TestCreateDumpFails(t *testing.T) {
 	must.True(t, tk.proc.Alive())
 
 	// An unknown container: nothing to dump, nothing left behind.
-	_, err = Create(ctx, r, "ferry-ckpt-missing", tk.dir, dir, testMeta(), Options{}, testutil.Logger(t, hclog.Debug))
+	_, err = Create(ctx, r, "ferry-ckpt-missing", tk.dir, dir, testMeta(), Options{}, nil, testutil.Logger(t, hclog.Debug))
 	must.True(t, errors.Is(err, runc.ErrNotExist), must.Sprintf("error: %v", err))
 	must.DirNotExists(t, dir)
 
 	// An existing directory is never written into.
 	must.NoError(t, os.Mkdir(dir, 0o700))
-	_, err = Create(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, testutil.Logger(t, hclog.Debug))
+	_, err = Create(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, nil, testutil.Logger(t, hclog.Debug))
 	must.ErrorIs(t, err, fs.ErrExist)
 	tk.running()
 }
@@ -354,7 +366,7 @@ func TestCreatePackFailsKeepsImages(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ckpt")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err := Create(ctx, r, tk.id, t.TempDir(), dir, testMeta(), Options{}, testutil.Logger(t, hclog.Debug))
+	_, err := Create(ctx, r, tk.id, t.TempDir(), dir, testMeta(), Options{}, nil, testutil.Logger(t, hclog.Debug))
 	must.ErrorIs(t, err, ErrDumped)
 	t.Logf("create error: %v", err)
 	must.StrContains(t, err.Error(), "pack rootfs")

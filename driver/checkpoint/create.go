@@ -5,11 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/runc"
@@ -23,6 +21,18 @@ import (
 // untouched) and then Remove the directory.
 var ErrDumped = errors.New("container dumped and stopped; its images are kept for a restore in place")
 
+// Created is a checkpoint made by Create.
+type Created struct {
+	*Manifest
+	// Raw is manifest.json as written, and Digest its sha256 in hex: what
+	// the catalogue records, so that the node restoring the checkpoint
+	// checks the manifest before it reads a byte of it.
+	Raw    []byte
+	Digest string
+	// SinkErr is why the sink was dropped before the end, if it was.
+	SinkErr error
+}
+
 // Create checkpoints container id, whose bundle (config.json and overlay
 // rootfs) is taskDir, into dir, which must not exist. It dumps the
 // container with `runc checkpoint` into dir/images (the container is gone
@@ -30,10 +40,15 @@ var ErrDumped = errors.New("container dumped and stopped; its images are kept fo
 // taskDir/config.json and last writes the manifest with the sha256 of every
 // file.
 //
+// Every file is read once, as it is written: CRIU's memory pages while the
+// dump runs, the rest once it is over. That one read hashes the file for
+// the manifest and hands it to sink, if not nil. Nothing is synced: call
+// Sync to make a checkpoint kept for later durable.
+//
 // When the dump fails CRIU resumes the container, which keeps running; dir
 // is removed and the error carries the end of CRIU's log. A failure after
 // the dump wraps ErrDumped.
-func Create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Meta, opts Options, logger hclog.Logger) (*Manifest, error) {
+func Create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Meta, opts Options, sink Sink, logger hclog.Logger) (*Created, error) {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
@@ -69,6 +84,14 @@ func Create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Met
 	fillVersions(ctx, r, m, logger)
 
 	logger.Debug("dumping container", "tcp_established", opts.TCPEstablished, "file_locks", opts.FileLocks)
+	fw := newFollower(dir, sink, logger)
+	defer fw.close()
+	dumped := make(chan struct{})
+	following := make(chan struct{})
+	go func() {
+		defer close(following)
+		fw.follow(dumped)
+	}()
 	start := time.Now()
 	err := r.Checkpoint(ctx, id, runc.CheckpointOptions{
 		ImagePath:      images,
@@ -77,6 +100,11 @@ func Create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Met
 		FileLocks:      opts.FileLocks,
 	})
 	m.DumpDuration = time.Since(start)
+	// The rest is the pack: what the follower has still to read of the
+	// dump, then the rootfs and the spec.
+	start = time.Now()
+	close(dumped)
+	<-following
 	if err != nil {
 		if rerr := os.RemoveAll(dir); rerr != nil {
 			logger.Warn("remove failed checkpoint", "error", rerr)
@@ -85,24 +113,24 @@ func Create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Met
 	}
 	logger.Info("container dumped", "duration", m.DumpDuration)
 
-	start = time.Now()
-	if err := pack(ctx, m, taskDir, dir); err != nil {
+	if err := pack(ctx, m, taskDir, dir, fw); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w: %w", id, err, ErrDumped)
 	}
 	m.PackDuration = time.Since(start)
 	m.CreatedAt = time.Now().UTC()
-	if err := writeManifest(dir, m); err != nil {
+	raw, err := writeManifest(dir, m)
+	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w: %w", id, err, ErrDumped)
 	}
 	logger.Info("checkpoint created", "files", len(m.Files), "bytes", m.Bytes,
-		"dump_duration", m.DumpDuration, "pack_duration", m.PackDuration)
-	return m, nil
+		"dump_duration", m.DumpDuration, "pack_duration", m.PackDuration, "streamed", sink != nil && fw.sinkErr == nil)
+	return &Created{Manifest: m, Raw: raw, Digest: Digest(raw), SinkErr: fw.sinkErr}, nil
 }
 
 // pack completes a checkpoint after the dump: it drops CRIU's work
-// directory, packs the rootfs changes, copies the spec, fixes modes and
-// fills in m.Files and m.Bytes.
-func pack(ctx context.Context, m *Manifest, taskDir, dir string) error {
+// directory, packs the rootfs changes, copies the spec, and reads what the
+// follower has not read yet, filling in m.Files and m.Bytes.
+func pack(ctx context.Context, m *Manifest, taskDir, dir string, fw *follower) error {
 	if err := os.RemoveAll(filepath.Join(dir, workName)); err != nil {
 		return fmt.Errorf("remove CRIU work dir: %w", err)
 	}
@@ -112,7 +140,7 @@ func pack(ctx context.Context, m *Manifest, taskDir, dir string) error {
 	if err := copyFile(filepath.Join(taskDir, SpecName), filepath.Join(dir, SpecName), fileMode); err != nil {
 		return fmt.Errorf("copy %s: %w", SpecName, err)
 	}
-	files, err := listFiles(ctx, dir)
+	files, err := fw.finish(ctx)
 	if err != nil {
 		return err
 	}
@@ -121,8 +149,15 @@ func pack(ctx context.Context, m *Manifest, taskDir, dir string) error {
 	for _, f := range files {
 		m.Bytes += f.Size
 	}
+	return nil
+}
+
+// Sync makes checkpoint dir durable: one flush of its file system instead
+// of a sync of every file. Create does not sync, so that a live move does
+// not wait for the disk; a checkpoint kept for later is synced after.
+func Sync(dir string) error {
 	if err := syncFS(dir); err != nil {
-		return fmt.Errorf("sync: %w", err)
+		return fmt.Errorf("sync checkpoint %s: %w", dir, err)
 	}
 	return nil
 }
@@ -157,49 +192,6 @@ func packUpper(ctx context.Context, upper, dst string) (err error) {
 		return fmt.Errorf("pack rootfs: write %s: %w", RootfsName, err)
 	}
 	return nil
-}
-
-// listFiles walks checkpoint dir, sets the modes of what it holds to 0700
-// (directories) and 0600 (files), and returns every regular file but the
-// manifest with its size and sha256, sorted by path. Anything else is an
-// error: a checkpoint holds only files and directories.
-func listFiles(ctx context.Context, dir string) ([]File, error) {
-	var files []File
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, path)
-		if err != nil {
-			return err
-		}
-		rel = filepath.ToSlash(rel)
-		switch {
-		case d.IsDir():
-			return os.Chmod(path, dirMode)
-		case !d.Type().IsRegular():
-			return fmt.Errorf("checkpoint file %s: not a regular file", rel)
-		case rel == ManifestName:
-			return nil
-		}
-		if err := os.Chmod(path, fileMode); err != nil {
-			return err
-		}
-		size, sum, err := hashFile(path)
-		if err != nil {
-			return fmt.Errorf("hash %s: %w", rel, err)
-		}
-		files = append(files, File{Path: rel, Size: size, SHA256: sum, Mode: uint32(fileMode)})
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list checkpoint files: %w", err)
-	}
-	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
-	return files, nil
 }
 
 // fillVersions fills in the runc and CRIU versions the caller left empty,

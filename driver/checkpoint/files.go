@@ -3,10 +3,14 @@ package checkpoint
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,7 +32,7 @@ func syncFS(dir string) error {
 }
 
 // copyFile copies the regular file src to dst, which must not exist, with
-// mode perm, and syncs it.
+// mode perm.
 func copyFile(src, dst string, perm os.FileMode) (err error) {
 	in, err := os.Open(src)
 	if err != nil {
@@ -58,9 +62,6 @@ func copyFile(src, dst string, perm os.FileMode) (err error) {
 	if _, err = io.Copy(out, in); err != nil {
 		return err
 	}
-	if err = out.Sync(); err != nil {
-		return err
-	}
 	return out.Close()
 }
 
@@ -77,4 +78,54 @@ func hashFile(path string) (int64, string, error) {
 		return 0, "", err
 	}
 	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Move moves checkpoint src to dst, which must not exist, so that readers
+// of either see a whole checkpoint or none: on one file system it renames
+// it; across file systems it copies every file, syncs the copy, writes the
+// manifest last and then removes src. It is how a checkpoint written to
+// memory for a move is kept on disk when the move did not take it.
+func Move(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), dirMode); err != nil {
+		return fmt.Errorf("move checkpoint: %w", err)
+	}
+	err := os.Rename(src, dst)
+	if err == nil || !errors.Is(err, unix.EXDEV) {
+		if err != nil {
+			return fmt.Errorf("move checkpoint: %w", err)
+		}
+		return nil
+	}
+	raw, err := ReadRaw(src)
+	if err != nil {
+		return err
+	}
+	if err := os.Mkdir(dst, dirMode); err != nil {
+		return fmt.Errorf("move checkpoint: %w", err)
+	}
+	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil || rel == "." || rel == ManifestName {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.Mkdir(target, dirMode)
+		}
+		return copyFile(p, target, fileMode)
+	})
+	if err == nil {
+		err = syncFS(dst)
+	}
+	if err == nil {
+		err = atomicfile.Write(filepath.Join(dst, ManifestName), raw, fileMode)
+	}
+	if err != nil {
+		_ = os.RemoveAll(dst)
+		return fmt.Errorf("move checkpoint to %s: %w", dst, err)
+	}
+	return Remove(src)
 }

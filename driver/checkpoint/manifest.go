@@ -1,14 +1,20 @@
 package checkpoint
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ferry-nomad/ferry/driver/atomicfile"
+	"io"
 	"os"
+	"path"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"github.com/ferry-nomad/ferry/driver/runc"
 )
 
@@ -92,8 +98,9 @@ type Manifest struct {
 	// DumpDuration is how long `runc checkpoint` took: the task was
 	// frozen for about that long.
 	DumpDuration time.Duration `json:"-"`
-	// PackDuration is how long packing the rootfs, copying the spec and
-	// hashing every file took.
+	// PackDuration is how long the rest took after the dump: reading and
+	// hashing what CRIU wrote (and streaming it, with a Sink), packing the
+	// rootfs and copying the spec.
 	PackDuration time.Duration `json:"-"`
 	// Files are every file under the checkpoint directory but the
 	// manifest, sorted by path.
@@ -149,35 +156,150 @@ func ImagesDir(dir string) string {
 	return filepath.Join(dir, ImagesName)
 }
 
-// ReadManifest reads dir's manifest without checking the files it lists
-// (see Verify). It wraps ErrNoManifest when there is none.
+// MaxManifestSize bounds a manifest anyone reads, from disk or the network.
+const MaxManifestSize = 16 << 20
+
+// Digest returns the hex sha256 of a manifest as written: the value the
+// catalogue records and a restoring node checks before parsing it.
+func Digest(raw []byte) string {
+	sum := sha256.Sum256(raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// ParseManifest decodes a manifest and checks what every reader relies on:
+// its version; every file listed once by a clean relative path inside the
+// checkpoint, never the manifest itself; a sha256 for each; sizes that add
+// up to Bytes. It does not look at any file.
+func ParseManifest(data []byte) (*Manifest, error) {
+	if len(data) > MaxManifestSize {
+		return nil, fmt.Errorf("manifest larger than %d bytes", MaxManifestSize)
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", ManifestName, err)
+	}
+	if m.Version != Version {
+		return nil, fmt.Errorf("manifest version %d, this driver reads version %d", m.Version, Version)
+	}
+	listed := make(map[string]bool, len(m.Files))
+	var total int64
+	for i := range m.Files {
+		f := &m.Files[i]
+		if err := checkListedPath(f.Path); err != nil {
+			return nil, err
+		}
+		if listed[f.Path] {
+			return nil, &FileError{Path: f.Path, Problem: "listed twice in the manifest"}
+		}
+		listed[f.Path] = true
+		if f.Size < 0 {
+			return nil, &FileError{Path: f.Path, Problem: fmt.Sprintf("negative size %d in the manifest", f.Size)}
+		}
+		f.SHA256 = strings.ToLower(f.SHA256)
+		if b, err := hex.DecodeString(f.SHA256); err != nil || len(b) != sha256.Size {
+			return nil, &FileError{Path: f.Path, Problem: fmt.Sprintf("invalid sha256 %q in the manifest", f.SHA256)}
+		}
+		total += f.Size
+	}
+	if total != m.Bytes {
+		return nil, fmt.Errorf("manifest files add up to %d bytes, manifest says %d: %w", total, m.Bytes, ErrCorrupt)
+	}
+	return &m, nil
+}
+
+// maxPathLen bounds one file path of a manifest.
+const maxPathLen = 4096
+
+// checkListedPath refuses a manifest path that is not a clean relative
+// path with "/" separators inside the checkpoint, or that names the
+// manifest.
+func checkListedPath(p string) error {
+	if p == "" || len(p) > maxPathLen || path.IsAbs(p) || path.Clean(p) != p || p == "." || p == ".." ||
+		strings.HasPrefix(p, "../") || strings.ContainsAny(p, "\\\x00") {
+		return &FileError{Path: fmt.Sprintf("%q", p), Problem: "bad path in the manifest"}
+	}
+	if p == ManifestName {
+		return &FileError{Path: p, Problem: "the manifest lists itself"}
+	}
+	return nil
+}
+
+// CheckPath refuses a path that a manifest could not list (see
+// ParseManifest): what a receiver checks before it writes a file.
+func CheckPath(p string) error { return checkListedPath(p) }
+
+// allocID is the form of a Nomad allocation ID: a UUID.
+var allocID = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// Dir returns the directory of the checkpoint of alloc's task under root,
+// root/<alloc>/<task>: where the driver writes it, receives it into, serves
+// it from and removes it. alloc must be a Nomad allocation ID (a UUID) and
+// task a task name (one path element, as Nomad requires); anything else is
+// refused, so that no ID, wherever it came from, names a path outside root.
+func Dir(root, alloc, task string) (string, error) {
+	if !allocID.MatchString(alloc) {
+		return "", fmt.Errorf("checkpoint directory: %q is not an allocation ID", alloc)
+	}
+	if task == "" || task == "." || task == ".." || strings.ContainsAny(task, "/\\\x00") {
+		return "", fmt.Errorf("checkpoint directory: %q is not a task name", task)
+	}
+	return filepath.Join(root, alloc, task), nil
+}
+
+// ReadManifest reads and parses dir's manifest without checking the files
+// it lists (see Verify). It wraps ErrNoManifest when there is none.
 func ReadManifest(dir string) (*Manifest, error) {
+	data, err := ReadRaw(dir)
+	if err != nil {
+		return nil, err
+	}
+	m, err := ParseManifest(data)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", dir, err)
+	}
+	return m, nil
+}
+
+// ReadRaw returns dir's manifest as written, unparsed. It wraps
+// ErrNoManifest when there is none.
+func ReadRaw(dir string) ([]byte, error) {
 	p := filepath.Join(dir, ManifestName)
-	data, err := os.ReadFile(p)
+	f, err := os.Open(p)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("checkpoint %s: %w", dir, ErrNoManifest)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: read manifest: %w", dir, err)
 	}
-	var m Manifest
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("checkpoint %s: decode %s: %w", dir, ManifestName, err)
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxManifestSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: read manifest: %w", dir, err)
 	}
-	if m.Version != Version {
-		return nil, fmt.Errorf("checkpoint %s: manifest version %d, this driver reads version %d",
-			dir, m.Version, Version)
+	if len(data) > MaxManifestSize {
+		return nil, fmt.Errorf("checkpoint %s: manifest larger than %d bytes", dir, MaxManifestSize)
 	}
-	return &m, nil
+	return data, nil
 }
 
-// writeManifest writes m as dir's manifest, atomically.
-func writeManifest(dir string, m *Manifest) error {
+// writeManifest writes m as dir's manifest, atomically for readers but not
+// synced (see Sync), and returns what it wrote.
+func writeManifest(dir string, m *Manifest) ([]byte, error) {
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encode %s: %w", ManifestName, err)
+		return nil, fmt.Errorf("encode %s: %w", ManifestName, err)
 	}
-	if err := atomicfile.Write(filepath.Join(dir, ManifestName), append(data, '\n'), fileMode); err != nil {
+	data = append(data, '\n')
+	if err := WriteManifest(dir, data); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+// WriteManifest writes raw as dir's manifest, atomically for readers but
+// not synced: the last step of writing, receiving or fetching a checkpoint.
+func WriteManifest(dir string, raw []byte) error {
+	if err := atomicfile.WriteUnsynced(filepath.Join(dir, ManifestName), raw, fileMode); err != nil {
 		return fmt.Errorf("write %s: %w", ManifestName, err)
 	}
 	return nil

@@ -58,7 +58,7 @@ func PrepareTaskDir(dir, taskDir string) (err error) {
 	if err != nil {
 		return fmt.Errorf("prepare task dir %s: read %s: %w", taskDir, SpecName, err)
 	}
-	if err := atomicfile.Write(spec, data, fileMode); err != nil {
+	if err := atomicfile.WriteUnsynced(spec, data, fileMode); err != nil {
 		return fmt.Errorf("prepare task dir %s: write %s: %w", taskDir, SpecName, err)
 	}
 	return nil
@@ -123,7 +123,7 @@ func RebaseSpec(taskDir string, opts runc.RestoreOptions) error {
 
 	confPath := filepath.Join(taskDir, CriuConfigName)
 	if conf := runc.CriuConfig(opts); conf != nil {
-		if err := atomicfile.Write(confPath, conf, fileMode); err != nil {
+		if err := atomicfile.WriteUnsynced(confPath, conf, fileMode); err != nil {
 			return fmt.Errorf("rebase spec: write %s: %w", confPath, err)
 		}
 		if s.Annotations == nil {
@@ -145,7 +145,7 @@ func RebaseSpec(taskDir string, opts runc.RestoreOptions) error {
 	if err != nil {
 		return fmt.Errorf("rebase spec: encode %s: %w", p, err)
 	}
-	if err := atomicfile.Write(p, out, fileMode); err != nil {
+	if err := atomicfile.WriteUnsynced(p, out, fileMode); err != nil {
 		return fmt.Errorf("rebase spec: write %s: %w", p, err)
 	}
 	return nil

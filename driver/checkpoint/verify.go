@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
-	"strings"
 )
 
 // ErrCorrupt is wrapped by the errors of Verify that find a checkpoint's
@@ -33,53 +31,77 @@ func (e *FileError) Unwrap() error { return ErrCorrupt }
 // listed file must be a regular file of the listed size and sha256, the
 // manifest must list the CRIU images, the rootfs tar and the spec, and no
 // file may be under images/ that the manifest does not list. It returns
-// the manifest when all is well.
+// the manifest when all is well. It reads every byte: use it where the
+// files were not hashed as they arrived (Check is the rest of it).
 func Verify(dir string) (*Manifest, error) {
 	m, err := ReadManifest(dir)
 	if err != nil {
 		return nil, err
 	}
-	listed := make(map[string]bool, len(m.Files))
-	var total int64
-	for _, f := range m.Files {
-		if err := checkListedPath(f.Path); err != nil {
-			return nil, err
-		}
-		if listed[f.Path] {
-			return nil, &FileError{Path: f.Path, Problem: "listed twice in the manifest"}
-		}
-		listed[f.Path] = true
-		total += f.Size
-	}
-	if total != m.Bytes {
-		return nil, fmt.Errorf("checkpoint %s: manifest files add up to %d bytes, manifest says %d: %w",
-			dir, total, m.Bytes, ErrCorrupt)
-	}
-	for _, required := range []string{ImagesName + "/inventory.img", RootfsName, SpecName} {
-		if !listed[required] {
-			return nil, &FileError{Path: required, Problem: "not listed in the manifest"}
-		}
-	}
-	if err := checkUnlisted(dir, listed); err != nil {
+	if err := Check(dir, m); err != nil {
 		return nil, err
 	}
 	for _, f := range m.Files {
-		if err := checkFile(dir, f); err != nil {
+		if err := checkFile(dir, f, true); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
 }
 
-// checkListedPath refuses a manifest path that is not a clean relative
-// path inside the checkpoint, or that names the manifest.
-func checkListedPath(p string) error {
-	if p == "" || path.IsAbs(p) || path.Clean(p) != p || p == ".." || strings.HasPrefix(p, "../") ||
-		strings.ContainsRune(p, 0) {
-		return &FileError{Path: fmt.Sprintf("%q", p), Problem: "bad path in the manifest"}
+// Open returns the manifest of checkpoint dir once it is fit to restore: the
+// manifest as written must have the sha256 digest (hex) the catalogue
+// recorded, checked before it is parsed; then it is parsed and checked
+// against the directory (Check). With hash every file is read and hashed
+// too: for a checkpoint this node did not hash as it wrote or received it,
+// such as one on shared storage.
+func Open(dir, digest string, hash bool) (*Manifest, error) {
+	raw, err := ReadRaw(dir)
+	if err != nil {
+		return nil, err
 	}
-	if p == ManifestName {
-		return &FileError{Path: p, Problem: "the manifest lists itself"}
+	if got := Digest(raw); digest == "" || got != digest {
+		return nil, fmt.Errorf("checkpoint %s: manifest sha256 %s, the record says %q; refusing the checkpoint: %w", dir, got, digest, ErrCorrupt)
+	}
+	m, err := ParseManifest(raw)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", dir, err)
+	}
+	if err := Check(dir, m); err != nil {
+		return nil, err
+	}
+	if hash {
+		for _, f := range m.Files {
+			if err := checkFile(dir, f, true); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
+
+// Check is Verify without reading the files: the manifest m must list the
+// CRIU images, the rootfs tar and the spec; every listed file must be a
+// regular file of its listed size; nothing unlisted may be under images/.
+// It is what a node checks of a checkpoint whose files were hashed as they
+// were written or received.
+func Check(dir string, m *Manifest) error {
+	listed := make(map[string]bool, len(m.Files))
+	for _, f := range m.Files {
+		listed[f.Path] = true
+	}
+	for _, required := range []string{ImagesName + "/inventory.img", RootfsName, SpecName} {
+		if !listed[required] {
+			return &FileError{Path: required, Problem: "not listed in the manifest"}
+		}
+	}
+	if err := checkUnlisted(dir, listed); err != nil {
+		return err
+	}
+	for _, f := range m.Files {
+		if err := checkFile(dir, f, false); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -107,8 +129,9 @@ func checkUnlisted(dir string, listed map[string]bool) error {
 	})
 }
 
-// checkFile checks one listed file's type, size and sha256.
-func checkFile(dir string, f File) error {
+// checkFile checks one listed file's type and size, and with hash its
+// sha256.
+func checkFile(dir string, f File, hash bool) error {
 	p := filepath.Join(dir, filepath.FromSlash(f.Path))
 	fi, err := os.Lstat(p)
 	if errors.Is(err, os.ErrNotExist) {
@@ -123,6 +146,9 @@ func checkFile(dir string, f File) error {
 	if fi.Size() != f.Size {
 		return &FileError{Path: f.Path, Problem: fmt.Sprintf(
 			"size %d, manifest says %d (truncated or tampered)", fi.Size(), f.Size)}
+	}
+	if !hash {
+		return nil
 	}
 	size, sum, err := hashFile(p)
 	if err != nil {

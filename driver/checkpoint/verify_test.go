@@ -5,9 +5,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
 )
 
@@ -27,20 +29,33 @@ func fakeCheckpoint(t *testing.T) string {
 	for p, data := range files {
 		must.NoError(t, os.WriteFile(filepath.Join(dir, filepath.FromSlash(p)), []byte(data), 0o644))
 	}
-	list, err := listFiles(context.Background(), dir)
+	fw := newFollower(dir, nil, hclog.NewNullLogger())
+	list, err := fw.finish(context.Background())
+	fw.close()
 	must.NoError(t, err)
 	m := &Manifest{Version: Version, ContainerID: "c1", Files: list, CreatedAt: time.Now().UTC(),
 		DumpDuration: 1500 * time.Millisecond, PackDuration: 20 * time.Millisecond}
 	for _, f := range list {
 		m.Bytes += f.Size
 	}
-	must.NoError(t, writeManifest(dir, m))
+	_, err = writeManifest(dir, m)
+	must.NoError(t, err)
 	return dir
 }
 
-func TestVerify(t *testing.T) {
+// verify is Open with the manifest's own digest: every check but the
+// comparison with a record's.
+func verify(dir string) (*Manifest, error) {
+	raw, err := ReadRaw(dir)
+	if err != nil {
+		return nil, err
+	}
+	return Open(dir, Digest(raw), true)
+}
+
+func TestOpen(t *testing.T) {
 	dir := fakeCheckpoint(t)
-	m, err := Verify(dir)
+	m, err := verify(dir)
 	must.NoError(t, err)
 	must.Eq(t, "c1", m.ContainerID)
 	must.Eq(t, 1500*time.Millisecond, m.DumpDuration)
@@ -51,7 +66,7 @@ func TestVerify(t *testing.T) {
 	must.Eq(t, int64(8192+9+4+3+22), m.Bytes)
 }
 
-func TestVerifyRefuses(t *testing.T) {
+func TestOpenRefuses(t *testing.T) {
 	cases := []struct {
 		name   string
 		tamper func(t *testing.T, dir string)
@@ -140,22 +155,22 @@ func TestVerifyRefuses(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := fakeCheckpoint(t)
 			tc.tamper(t, dir)
-			_, err := Verify(dir)
+			_, err := verify(dir)
 			must.ErrorContains(t, err, tc.want)
 			must.True(t, errors.Is(err, ErrCorrupt), must.Sprintf("error: %v", err))
 		})
 	}
 }
 
-func TestVerifyManifest(t *testing.T) {
+func TestOpenManifest(t *testing.T) {
 	dir := fakeCheckpoint(t)
 	must.NoError(t, os.Remove(filepath.Join(dir, ManifestName)))
-	_, err := Verify(dir)
+	_, err := verify(dir)
 	must.ErrorIs(t, err, ErrNoManifest)
 
 	dir = fakeCheckpoint(t)
 	editManifest(t, dir, func(m *Manifest) { m.Version = 2 })
-	_, err = Verify(dir)
+	_, err = verify(dir)
 	must.ErrorContains(t, err, "manifest version 2")
 
 	dir = fakeCheckpoint(t)
@@ -169,7 +184,8 @@ func editManifest(t *testing.T, dir string, edit func(*Manifest)) {
 	m, err := ReadManifest(dir)
 	must.NoError(t, err)
 	edit(m)
-	must.NoError(t, writeManifest(dir, m))
+	_, err = writeManifest(dir, m)
+	must.NoError(t, err)
 }
 
 func TestRemove(t *testing.T) {
@@ -179,4 +195,50 @@ func TestRemove(t *testing.T) {
 	must.NoError(t, Remove(dir))
 	must.Error(t, Remove(""))
 	must.Error(t, Remove("/"))
+}
+
+// Open checks the manifest's digest before anything else, and hashes the
+// files only when asked: Check alone takes a flipped byte, not a wrong size.
+func TestOpenDigestAndHash(t *testing.T) {
+	dir := fakeCheckpoint(t)
+	raw, err := ReadRaw(dir)
+	must.NoError(t, err)
+	digest := Digest(raw)
+
+	_, err = Open(dir, strings.Repeat("0", 64), false)
+	must.ErrorContains(t, err, "the record says")
+	must.ErrorContains(t, err, "refusing the checkpoint")
+	must.ErrorIs(t, err, ErrCorrupt)
+	_, err = Open(dir, "", false)
+	must.ErrorContains(t, err, "refusing the checkpoint")
+
+	// A manifest that does not even parse is refused by its digest first.
+	must.NoError(t, os.WriteFile(filepath.Join(dir, ManifestName), []byte("{"), 0o600))
+	_, err = Open(dir, digest, false)
+	must.ErrorContains(t, err, "the record says")
+	must.NoError(t, os.WriteFile(filepath.Join(dir, ManifestName), raw, 0o600))
+
+	flipByte(t, filepath.Join(dir, "images", "pages-1.img"))
+	_, err = Open(dir, digest, false)
+	must.NoError(t, err)
+	_, err = Open(dir, digest, true)
+	must.ErrorContains(t, err, "images/pages-1.img: sha256 mismatch")
+
+	must.NoError(t, os.Truncate(filepath.Join(dir, "images", "pages-1.img"), 10))
+	_, err = Open(dir, digest, false)
+	must.ErrorContains(t, err, "size 10, manifest says 8192")
+}
+
+func TestDir(t *testing.T) {
+	const alloc = "0d8f6a3c-1b2a-4c5d-8e9f-0a1b2c3d4e5f"
+	dir, err := Dir("/var/lib/ferry/checkpoints", alloc, "web")
+	must.NoError(t, err)
+	must.Eq(t, "/var/lib/ferry/checkpoints/"+alloc+"/web", dir)
+	for _, tc := range []struct{ alloc, task string }{
+		{"..", "web"}, {"../../etc", "web"}, {"not-a-uuid", "web"}, {strings.ToUpper(alloc), "web"},
+		{alloc, ""}, {alloc, "."}, {alloc, ".."}, {alloc, "a/b"}, {alloc, "a\\b"}, {alloc, "a\x00"},
+	} {
+		_, err := Dir("/root", tc.alloc, tc.task)
+		must.Error(t, err, must.Sprintf("%q/%q", tc.alloc, tc.task))
+	}
 }

@@ -56,9 +56,14 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"token":   hclspec.NewAttr("token", "string", false),
 	})),
 	"checkpoint_dir": hclspec.NewAttr("checkpoint_dir", "string", false),
-	"companion": hclspec.NewBlock("companion", false, hclspec.NewObject(map[string]*hclspec.Spec{
-		"token": hclspec.NewAttr("token", "string", false),
-	})),
+	"transfer": hclspec.NewDefault(hclspec.NewBlock("transfer", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"listen":      hclspec.NewDefault(hclspec.NewAttr("listen", "string", false), hclspec.NewLiteral(`"`+defaultTransferListen+`"`)),
+		"advertise":   hclspec.NewAttr("advertise", "string", false),
+		"ca_file":     hclspec.NewAttr("ca_file", "string", false),
+		"cert_file":   hclspec.NewAttr("cert_file", "string", false),
+		"key_file":    hclspec.NewAttr("key_file", "string", false),
+		"server_name": hclspec.NewAttr("server_name", "string", false),
+	})), hclspec.NewLiteral(`{ listen = "`+defaultTransferListen+`" }`)),
 })
 
 // danglingContainersSpec is the `gc { dangling_containers { ... } }` block.

@@ -2,35 +2,51 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/checkpoint"
 	"github.com/ferry-nomad/ferry/driver/task"
 	"github.com/ferry-nomad/ferry/driver/transfer"
+	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
+	"github.com/hashicorp/nomad/plugins/drivers"
 )
 
-// checkpointTimeout bounds one dump; the task's kill_timeout should be longer.
-const checkpointTimeout = 10 * time.Minute
+const (
+	// checkpointTimeout bounds one dump; the task's kill_timeout should be
+	// longer.
+	checkpointTimeout = 10 * time.Minute
+	// pushFinishTimeout bounds how long the source waits for the
+	// destination to confirm a push once the dump is over; past it the
+	// destination fetches what it lacks.
+	pushFinishTimeout = 2 * time.Minute
+)
 
-// migrating reports whether Nomad is moving the allocation elsewhere (node
-// drain, `nomad alloc stop`, `ferry-companion migrate`): only then is a task
-// checkpointed. A plain job stop or purge is not a migration.
-func (d *Driver) migrating(ctx context.Context, env *environment, allocID string) (bool, error) {
-	a, _, err := env.nomad.Allocations().Info(allocID, (&nomadapi.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return false, fmt.Errorf("read allocation %s from Nomad: %w", allocID, err)
-	}
-	return a.DesiredTransition.ShouldMigrate(), nil
-}
+// Task event details of a move, read by ferry-companion and the benchmark.
+const (
+	eventBytes      = "checkpoint_bytes"
+	eventDumpMs     = "ferry_dump_ms"
+	eventTransferMs = "ferry_transfer_ms"
+	eventPushedTo   = "ferry_pushed_to"
+	eventRestoreMs  = "ferry_restore_ms"
+	eventFetchMs    = "ferry_fetch_ms"
+	eventReceived   = "ferry_received"
+)
 
 // checkpointForMigration checkpoints a task whose allocation migrates and
 // records the checkpoint in the catalogue. It returns true when the task was
 // checkpointed, and has therefore exited; false when the task should be
 // stopped as usual (not migrating, or the dump failed: the task is still
 // running then, and the failure is reported).
+//
+// When Nomad has placed the replacement already, the checkpoint is pushed
+// to its node while CRIU dumps it; otherwise the destination fetches it
+// later from this node.
 func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.Handle) bool {
 	if !h.State.Checkpoint {
 		return false
@@ -40,15 +56,22 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 	ctx, cancel := context.WithTimeout(d.ctx, checkpointTimeout)
 	defer cancel()
 
+	// A plain job stop or purge is not a migration: only a node drain,
+	// `nomad alloc stop` or `ferry-companion migrate` set Migrate.
 	qctx, qcancel := context.WithTimeout(ctx, 15*time.Second)
-	migrating, err := d.migrating(qctx, env, cfg.AllocID)
+	alloc, _, err := env.nomad.Allocations().Info(cfg.AllocID, (&nomadapi.QueryOptions{}).WithContext(qctx))
 	qcancel()
 	if err != nil {
 		logger.Warn("cannot tell whether the allocation migrates; stopping without a checkpoint", "error", err)
-		d.emit(cfg, "Not checkpointed: "+err.Error(), nil)
+		d.emit(cfg, fmt.Sprintf("Not checkpointed: read allocation %s from Nomad: %v", cfg.AllocID, err), nil)
 		return false
 	}
-	if !migrating {
+	if !alloc.DesiredTransition.ShouldMigrate() {
+		return false
+	}
+	dir, err := env.writeDir(cfg.AllocID, cfg.Name)
+	if err != nil {
+		d.emit(cfg, "Not checkpointed: "+err.Error(), nil)
 		return false
 	}
 
@@ -56,7 +79,6 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 	if err != nil {
 		logger.Warn("network configuration incomplete in the checkpoint record", "error", err)
 	}
-	dir := transfer.CheckpointDir(env.checkpoints, cfg.AllocID, cfg.Name)
 	rec := &catalog.Record{
 		AllocID:        cfg.AllocID,
 		Task:           cfg.Name,
@@ -68,20 +90,30 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 		ImageRef:       h.State.ImageRef,
 		ImageDigest:    h.State.ImageDigest,
 		Platform:       h.State.Platform,
-		CheckpointDir:  dir,
-		Shared:         conf.CheckpointDir != "",
+		Shared:         env.shared,
 		Network:        network,
 	}
+	dest, secret := d.pushTarget(ctx, env, cfg.NodeID, alloc, rec, logger)
 	if err := env.catalog.Put(ctx, rec); err != nil {
 		logger.Warn("cannot record the checkpoint in Consul; stopping without one", "error", err)
 		d.emit(cfg, "Not checkpointed: "+err.Error(), nil)
 		return false
 	}
-	d.emit(cfg, "Checkpointing for migration", nil)
+	var push *transfer.Push
+	msg := "Checkpointing for migration"
+	if dest != nil {
+		push = transfer.StartPush(ctx, env.transfer.client, dest.Address, secret, cfg.AllocID, cfg.Name)
+		msg += ", streaming to " + dest.NodeName
+	}
+	d.emit(cfg, msg, nil)
 
 	runcVersion, _ := env.runc.Version(ctx)
 	criuVersion, _, _ := env.criu.get(ctx, conf.CriuPath)
-	m, err := checkpoint.Create(ctx, env.runc, h.State.ContainerID, h.State.Dir, dir, checkpoint.Meta{
+	var sink checkpoint.Sink
+	if push != nil {
+		sink = push
+	}
+	created, err := checkpoint.Create(ctx, env.runc, h.State.ContainerID, h.State.Dir, dir, checkpoint.Meta{
 		AllocID:     cfg.AllocID,
 		Task:        cfg.Name,
 		NodeID:      cfg.NodeID,
@@ -91,8 +123,11 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 		Platform:    h.State.Platform,
 		RuncVersion: runcVersion,
 		CriuVersion: criuVersion,
-	}, checkpoint.Options{TCPEstablished: h.State.TCPEstablished, FileLocks: h.State.FileLocks}, logger)
+	}, checkpoint.Options{TCPEstablished: h.State.TCPEstablished, FileLocks: h.State.FileLocks}, sink, logger)
 	if err != nil {
+		if push != nil {
+			push.Abort(err)
+		}
 		logger.Error("checkpoint failed; stopping the task normally", "error", err)
 		d.emit(cfg, "Checkpoint failed, stopping normally: "+err.Error(), nil)
 		if _, terr := env.catalog.Transition(ctx, cfg.AllocID, cfg.Name, []catalog.State{catalog.StateCheckpointing}, func(r *catalog.Record) error {
@@ -103,20 +138,125 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 		}
 		return false
 	}
+	dumped := time.Now()
+	// The record names the manifest's digest before the manifest goes
+	// out, so that the destination checks it before reading it.
 	if _, err := env.catalog.Transition(ctx, cfg.AllocID, cfg.Name, []catalog.State{catalog.StateCheckpointing}, func(r *catalog.Record) error {
 		r.State = catalog.StateReady
-		r.Bytes, r.Files, r.DumpDuration = m.Bytes, len(m.Files), m.DumpDuration
+		r.Bytes, r.Files, r.DumpDuration = created.Bytes, len(created.Files), created.DumpDuration
+		r.ManifestSHA256 = created.Digest
 		return nil
 	}); err != nil {
 		// The container is gone but nobody can find its checkpoint: the
 		// destination will start the task fresh. The checkpoint stays on disk.
+		if push != nil {
+			push.Abort(err)
+		}
 		logger.Error("checkpoint taken but not recorded", "dir", dir, "error", err)
 		d.emit(cfg, "Checkpoint taken but not recorded in Consul: "+err.Error(), nil)
-	} else {
-		d.emit(cfg, fmt.Sprintf("Checkpointed for migration: %s in %s", humanBytes(m.Bytes), m.DumpDuration.Round(time.Millisecond)), map[string]string{
-			"checkpoint_bytes": fmt.Sprint(m.Bytes),
-		})
+		d.keepLater(env, cfg, dir, logger)
+		return d.awaitExit(h, logger)
 	}
+	details := map[string]string{
+		eventBytes:  strconv.FormatInt(created.Bytes, 10),
+		eventDumpMs: strconv.FormatInt(created.DumpDuration.Milliseconds(), 10),
+	}
+	how := "for the destination to fetch"
+	if push != nil {
+		how = d.finishPush(ctx, push, created, dest, details, logger)
+	}
+	details[eventTransferMs] = strconv.FormatInt(time.Since(dumped).Milliseconds()+created.PackDuration.Milliseconds(), 10)
+	d.emit(cfg, fmt.Sprintf("Checkpointed for migration: %s; dump %s, %s", humanBytes(created.Bytes),
+		created.DumpDuration.Round(time.Millisecond), how), details)
+	d.keepLater(env, cfg, dir, logger)
+	return d.awaitExit(h, logger)
+}
+
+// pushTarget decides whether the checkpoint is pushed while it is dumped:
+// when Nomad placed the replacement already (NextAllocation) on another
+// node whose driver records a transfer endpoint, and the checkpoint is not
+// on shared storage. It then grants that node the push in rec, and returns
+// its endpoint and the push's secret; nil when the destination will fetch.
+func (d *Driver) pushTarget(ctx context.Context, env *environment, self string, alloc *nomadapi.Allocation, rec *catalog.Record, logger hclog.Logger) (*catalog.Endpoint, string) {
+	if env.transfer == nil || rec.Shared || alloc.NextAllocation == "" {
+		return nil, ""
+	}
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	next, _, err := env.nomad.Allocations().Info(alloc.NextAllocation, (&nomadapi.QueryOptions{Namespace: alloc.Namespace}).WithContext(qctx))
+	if err != nil {
+		logger.Warn("cannot read the replacement allocation; the destination will fetch the checkpoint", "next_alloc", alloc.NextAllocation, "error", err)
+		return nil, ""
+	}
+	if next.NodeID == self {
+		return nil, ""
+	}
+	ep, err := endpointOf(qctx, env, next.NodeID, next.NodeName)
+	if err != nil {
+		logger.Warn("cannot push the checkpoint; the destination will fetch it", "error", err)
+		return nil, ""
+	}
+	if ep.NodeName == "" {
+		ep.NodeName = next.NodeName
+	}
+	secret, sha := transfer.NewSecret()
+	rec.Push = &catalog.Grant{NodeID: next.NodeID, SHA256: sha, Expires: time.Now().Add(checkpointTimeout).UTC()}
+	return ep, secret
+}
+
+// finishPush sends the manifest and waits for the destination to have
+// checked the whole checkpoint. It returns how the checkpoint went, for
+// the task event; details get the destination.
+func (d *Driver) finishPush(ctx context.Context, push *transfer.Push, created *checkpoint.Created, dest *catalog.Endpoint, details map[string]string, logger hclog.Logger) string {
+	if created.SinkErr != nil {
+		push.Abort(created.SinkErr)
+		return fmt.Sprintf("streaming to %s failed (%v): the destination fetches it", dest.NodeName, created.SinkErr)
+	}
+	fctx, cancel := context.WithTimeout(ctx, pushFinishTimeout)
+	defer cancel()
+	start := time.Now()
+	if _, err := push.Finish(fctx, created.Raw); err != nil {
+		logger.Warn("push not confirmed; the destination will fetch what it lacks", "error", err)
+		return fmt.Sprintf("streaming to %s failed (%v): the destination fetches it", dest.NodeName, err)
+	}
+	details[eventPushedTo] = dest.NodeName
+	return fmt.Sprintf("streamed to %s (%s after the dump)", dest.NodeName, (created.PackDuration + time.Since(start)).Round(time.Millisecond))
+}
+
+// keepDelay is how long a checkpoint may stay where the move wrote it: a
+// move is over by then, one way or the other.
+const keepDelay = 30 * time.Second
+
+// keepLater keeps a checkpoint its move did not take: one whose task was
+// not restored within keepDelay (the destination fetches it later, or its
+// restore failed) is moved from state_dir to data_dir (a shared one
+// synced), made durable. A move never waits for the disk, nor does a
+// checkpoint's write-back slow Nomad's own writes while the allocation is
+// handed over; a checkpoint restored meanwhile is simply removed.
+func (d *Driver) keepLater(env *environment, cfg *drivers.TaskConfig, dir string, logger hclog.Logger) {
+	go func() {
+		ctx, cancel := context.WithTimeout(d.ctx, keepDelay)
+		defer cancel()
+		rec, err := env.catalog.WaitState(ctx, cfg.AllocID, cfg.Name, catalog.StateRestored, catalog.StateColdStart)
+		if (err == nil && rec != nil) || d.ctx.Err() != nil {
+			return
+		}
+		if env.shared {
+			err = checkpoint.Sync(dir)
+		} else {
+			var kept string
+			if kept, err = checkpoint.Dir(env.checkpoints, cfg.AllocID, cfg.Name); err == nil {
+				err = checkpoint.Move(dir, kept)
+			}
+		}
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			logger.Warn("keep checkpoint", "error", err)
+		}
+	}()
+}
+
+// awaitExit waits for the dumped container's shim to report it gone.
+func (d *Driver) awaitExit(h *task.Handle, logger hclog.Logger) bool {
 	select {
 	case <-h.Done():
 	case <-time.After(30 * time.Second):

@@ -3,6 +3,7 @@ package plugin
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,13 +27,55 @@ type Config struct {
 	Nomad              ServerConfig `codec:"nomad"`
 	Consul             ServerConfig `codec:"consul"`
 	CheckpointDir      string       `codec:"checkpoint_dir"`
-	Companion          Companion    `codec:"companion"`
+	Transfer           Transfer     `codec:"transfer"`
 }
 
-// Companion is how the driver reaches the ferry-companion agents that serve
-// checkpoints between nodes.
-type Companion struct {
-	Token string `codec:"token"`
+// Transfer is the `transfer { ... }` block: where the driver serves its
+// checkpoints to the nodes that restore them, and receives the ones pushed
+// to it, over mutual TLS with the cluster's CA. Without the TLS files a
+// checkpoint is restored only on the node that took it or from a shared
+// checkpoint_dir.
+type Transfer struct {
+	Listen     string `codec:"listen"`
+	Advertise  string `codec:"advertise"`
+	CAFile     string `codec:"ca_file"`
+	CertFile   string `codec:"cert_file"`
+	KeyFile    string `codec:"key_file"`
+	ServerName string `codec:"server_name"`
+}
+
+// enabled reports whether the TLS files are configured.
+func (t *Transfer) enabled() bool { return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" }
+
+// defaultTransferListen is transfer.listen when the block does not set it.
+const defaultTransferListen = "0.0.0.0:4701"
+
+// validate checks the transfer block; errors name the field.
+func (t *Transfer) validate() []error {
+	var errs []error
+	if t.Listen == "" {
+		t.Listen = defaultTransferListen
+	}
+	if _, _, err := net.SplitHostPort(t.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("transfer.listen: %q must be host:port, e.g. \"0.0.0.0:4701\"", t.Listen))
+	}
+	if t.Advertise != "" {
+		if host, port, err := net.SplitHostPort(t.Advertise); err != nil || host == "" || port == "" || port == "0" {
+			errs = append(errs, fmt.Errorf("transfer.advertise: %q must be host:port other nodes reach this one at, e.g. \"10.0.0.5:4701\"", t.Advertise))
+		}
+	}
+	if !t.enabled() {
+		return errs
+	}
+	for _, f := range []struct{ name, path string }{{"ca_file", t.CAFile}, {"cert_file", t.CertFile}, {"key_file", t.KeyFile}} {
+		switch {
+		case f.path == "":
+			errs = append(errs, fmt.Errorf("transfer.%s: required with the other TLS files (ca_file, cert_file, key_file)", f.name))
+		case !filepath.IsAbs(f.path):
+			errs = append(errs, fmt.Errorf("transfer.%s: %q must be an absolute path", f.name, f.path))
+		}
+	}
+	return errs
 }
 
 // AuthConfig points at a docker-style config.json holding registry credentials.
@@ -113,6 +156,7 @@ func (c *Config) validate() error {
 	if c.CheckpointDir != "" && !filepath.IsAbs(c.CheckpointDir) {
 		errs = append(errs, fmt.Errorf("checkpoint_dir: %q must be an absolute path on storage every client shares", c.CheckpointDir))
 	}
+	errs = append(errs, c.Transfer.validate()...)
 	if c.Platform != "" {
 		if _, err := parsePlatform(c.Platform); err != nil {
 			errs = append(errs, fmt.Errorf("platform: %w", err))

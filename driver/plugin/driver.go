@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -18,7 +17,6 @@ import (
 	"github.com/ferry-nomad/ferry/driver/shim"
 	"github.com/ferry-nomad/ferry/driver/spec"
 	"github.com/ferry-nomad/ferry/driver/task"
-	"github.com/hashicorp/go-cleanhttp"
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/hashicorp/nomad/client/lib/cpustats"
@@ -45,6 +43,8 @@ type Driver struct {
 	// tasks yet, for the dangling containers reconciler.
 	tracked    tracking
 	reconciler sync.Once
+	// cleanups are the cleanups of destroyed tasks still running.
+	cleanups sync.WaitGroup
 
 	// set by SetConfig
 	mu     sync.RWMutex
@@ -63,8 +63,14 @@ type environment struct {
 	self        string // this binary, re-executed as each task's shim
 	nomad       *nomadapi.Client
 	catalog     *catalog.Catalog
-	checkpoints string // where checkpoints are written: checkpoint_dir, or data_dir/checkpoints
-	http        *http.Client
+	checkpoints string // where checkpoints are kept: checkpoint_dir, or data_dir/checkpoints
+	shared      bool   // checkpoints is a checkpoint_dir every node mounts
+	node        *nodeIdentity
+	transfer    *transferEnv // nil without transfer TLS
+	// startNode starts the node's background work once (see
+	// Driver.startNode); stop ends it.
+	startNode func()
+	stop      context.CancelFunc
 }
 
 // New returns the driver; Nomad configures it with SetConfig.
@@ -148,13 +154,8 @@ func (d *Driver) SetConfig(c *base.Config) error {
 		return fmt.Errorf("checkpoint_dir: %w", err)
 	}
 
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.env != nil {
-		d.env.images.Close()
-	}
-	d.config = &cfg
-	d.env = &environment{
+	ctx, stop := context.WithCancel(d.ctx)
+	env := &environment{
 		platform:    platform,
 		layout:      l,
 		runc:        &runc.Runc{Path: cfg.RuncPath, Root: l.runcRoot(), Logger: d.logger.Named("runc")},
@@ -164,13 +165,44 @@ func (d *Driver) SetConfig(c *base.Config) error {
 		nomad:       nomadClient,
 		catalog:     cat,
 		checkpoints: checkpoints,
-		http:        cleanhttp.DefaultPooledClient(),
+		shared:      cfg.CheckpointDir != "",
+		node:        newNodeIdentity(),
+		stop:        stop,
 	}
 	if c.AgentConfig != nil {
-		d.env.compute = c.AgentConfig.Compute()
+		env.compute = c.AgentConfig.Compute()
 	}
+	if env.transfer, err = d.newTransfer(&cfg, env); err != nil {
+		stop()
+		images.Close()
+		return fmt.Errorf("plugin \"nomad-driver-ferry\" config: %w", err)
+	}
+	env.startNode = sync.OnceFunc(func() { d.startNode(ctx, &cfg, env) })
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.env != nil {
+		d.env.stop()
+		d.env.images.Close()
+	}
+	d.config, d.env = &cfg, env
 	d.startReconciler(cfg.GC.DanglingContainers)
 	return nil
+}
+
+// writeDir is where this node writes the checkpoint of alloc's task for a
+// move: the shared checkpoint_dir, else state_dir.
+func (env *environment) writeDir(alloc, task string) (string, error) {
+	if env.shared {
+		return checkpoint.Dir(env.checkpoints, alloc, task)
+	}
+	return checkpoint.Dir(env.layout.scratch(), alloc, task)
+}
+
+// checkpointRoots are where this node's checkpoints may be: written for a
+// move, then kept for later.
+func (env *environment) checkpointRoots() []string {
+	return []string{env.layout.scratch(), env.checkpoints}
 }
 
 // lookup returns a task and the configuration in force.
@@ -469,8 +501,16 @@ func (d *Driver) DestroyTask(taskID string, force bool) error {
 		}
 	}
 	h.Release()
-	d.cleanup(env, h.State, d.logger.With("task", h.Config.Name, "alloc", h.Config.AllocID))
+	// Unmounting the rootfs waits for the kernel (a few hundred ms), and
+	// Nomad tells the allocation's replacement that it may start only
+	// once this returns: clean up after, the container tracked meanwhile
+	// so that the dangling containers reconciler leaves it alone.
+	done := d.tracked.begin(h.State.ContainerID)
 	d.tasks.Delete(taskID)
+	d.cleanups.Go(func() {
+		defer done()
+		d.cleanup(env, h.State, d.logger.With("task", h.Config.Name, "alloc", h.Config.AllocID))
+	})
 	return nil
 }
 
@@ -534,12 +574,15 @@ func firstNonEmpty(vals ...string) string {
 	return ""
 }
 
-// Shutdown stops background work; tasks keep running under their shims.
+// Shutdown stops background work, after the cleanups of destroyed tasks;
+// tasks keep running under their shims.
 func (d *Driver) Shutdown() {
+	d.cleanups.Wait()
 	d.cancel()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.env != nil {
+		d.env.stop()
 		d.env.images.Close()
 	}
 }

@@ -287,6 +287,7 @@ func TestDriver_RecoverAfterRestart(t *testing.T) {
 	res := waitExit(t, h2, cfg.ID, 10*time.Second)
 	must.Eq(t, 9, res.Signal)
 	must.NoError(t, h2.DestroyTask(cfg.ID, false))
+	h2.Impl().(*Driver).cleanups.Wait()
 	_, err = os.Stat(st.Dir)
 	must.True(t, os.IsNotExist(err), must.Sprintf("task dir %s left behind", st.Dir))
 	_, err = os.Stat(st.ShimDir)

@@ -91,13 +91,13 @@ func (d *Driver) fingerprint(ctx context.Context) *drivers.Fingerprint {
 	if err != nil {
 		return &drivers.Fingerprint{Health: drivers.HealthStateUndetected, HealthDescription: err.Error()}
 	}
+	env.startNode()
 	platform := env.platform
 
 	attrs := map[string]*pstructs.Attribute{
-		"driver.ferry":          pstructs.NewBoolAttribute(true),
-		"driver.ferry.version":  pstructs.NewStringAttribute(Version),
-		"driver.ferry.platform": pstructs.NewStringAttribute(platform),
-		// ferry-companion serves checkpoints from here (jobspecs/companion.nomad.hcl).
+		"driver.ferry":                pstructs.NewBoolAttribute(true),
+		"driver.ferry.version":        pstructs.NewStringAttribute(Version),
+		"driver.ferry.platform":       pstructs.NewStringAttribute(platform),
 		"driver.ferry.checkpoint_dir": pstructs.NewStringAttribute(env.checkpoints),
 	}
 	fp := &drivers.Fingerprint{Attributes: attrs, Health: drivers.HealthStateHealthy, HealthDescription: drivers.DriverHealthy}

@@ -12,8 +12,10 @@ import (
 )
 
 // layout names the driver's directories. data_dir holds what must survive a
-// reboot (images, task rootfs changes); state_dir holds runtime state (runc's
-// root, the shims' sockets and pid files).
+// reboot (images, task rootfs changes, checkpoints kept for later);
+// state_dir holds runtime state (runc's root, the shims' sockets and pid
+// files, and the checkpoints of moves in flight, which on a tmpfs never
+// wait for the disk nor make Nomad's own writes wait for it).
 type layout struct {
 	dataDir  string
 	stateDir string
@@ -25,7 +27,8 @@ func (l layout) taskDir(cid string) string { return filepath.Join(l.tasks(), cid
 func (l layout) shims() string             { return filepath.Join(l.stateDir, "shims") }
 func (l layout) runcRoot() string          { return filepath.Join(l.stateDir, "runc") }
 func (l layout) checkpoints() string       { return filepath.Join(l.dataDir, "checkpoints") }
-func (l layout) incoming() string          { return filepath.Join(l.dataDir, "incoming") }
+func (l layout) scratch() string           { return filepath.Join(l.stateDir, "checkpoints") }
+func (l layout) incoming() string          { return filepath.Join(l.stateDir, "incoming") }
 
 // shimDir is short whatever the task's name: it holds the shim's unix socket,
 // whose path may not exceed 107 bytes.
@@ -35,7 +38,7 @@ func (l layout) shimDir(cid string) string {
 }
 
 func (l layout) create() error {
-	for _, dir := range []string{l.images(), l.tasks(), l.checkpoints(), l.incoming(), l.runcRoot(), l.shims()} {
+	for _, dir := range []string{l.images(), l.tasks(), l.checkpoints(), l.scratch(), l.incoming(), l.runcRoot(), l.shims()} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/docker/cli/cli/config"
+	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/image"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/hashicorp/nomad/plugins/drivers"
@@ -70,4 +72,33 @@ func (k fileKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
 		IdentityToken: ac.IdentityToken,
 		RegistryToken: ac.RegistryToken,
 	}), nil
+}
+
+// prefetch pulls the image a checkpoint pushed to this node was taken from,
+// while the checkpoint arrives and Nomad hands the allocation over, so that
+// the restore finds it cached. It uses the plugin's registry credentials
+// only (the task's own come with its start); failing is no error: the
+// restore pulls the image again itself.
+func (d *Driver) prefetch(conf *Config, env *environment, rec *catalog.Record) {
+	logger := d.logger.With("alloc", rec.AllocID, "task", rec.Task, "image", rec.ImageRef, "digest", rec.ImageDigest)
+	if !sameArch(rec.Platform, env.platform) || rec.ImageDigest == "" {
+		return
+	}
+	ref, err := image.ParseRef(rec.ImageRef, conf.InsecureRegistries)
+	if err != nil || ref.Remote == nil {
+		return // an oci: layout on the node, or nothing to pull
+	}
+	ref.Remote = ref.Remote.Context().Digest(rec.ImageDigest)
+	opts := image.PullOptions{Platform: imagePlatform(env.platform), Timeout: 5 * time.Minute}
+	if conf.Auth.Config != "" {
+		opts.Keychain = fileKeychain{path: conf.Auth.Config}
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, opts.Timeout)
+	defer cancel()
+	start := time.Now()
+	if _, err := env.images.Pull(ctx, ref, opts); err != nil {
+		logger.Debug("prefetching the image of an incoming checkpoint failed", "error", err)
+		return
+	}
+	logger.Debug("image of an incoming checkpoint prefetched", "duration", time.Since(start))
 }

@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/checkpoint"
+	"github.com/ferry-nomad/ferry/driver/image"
 	"github.com/ferry-nomad/ferry/driver/runc"
 	"github.com/ferry-nomad/ferry/driver/transfer"
 	"github.com/hashicorp/go-hclog"
@@ -38,20 +38,25 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 	ctx, cancel := context.WithTimeout(d.ctx, req.restoreWait+checkpointTimeout)
 	defer cancel()
 
-	rec, err := d.awaitCheckpoint(ctx, env, cfg, req.restoreWait)
+	rec, secret, err := d.awaitCheckpoint(ctx, env, cfg, req.restoreWait)
 	if errors.Is(err, errNoCheckpoint) {
 		logger.Debug("starting fresh", "reason", err)
 		return nil, false, nil
 	}
 	var handle *drivers.TaskHandle
 	if err == nil {
-		start := time.Now()
-		handle, err = d.restoreFrom(ctx, cfg, conf, env, req, rec, logger)
+		d.emit(cfg, fmt.Sprintf("Restoring from checkpoint of %s on %s", shortID(rec.AllocID), rec.SourceNodeName), nil)
+		var got *obtained
+		handle, got, err = d.restoreFrom(ctx, cfg, conf, env, req, rec, secret, logger)
 		if err == nil {
 			d.finishRestore(ctx, env, cfg, rec, catalog.StateRestored, "", logger)
-			d.emit(cfg, fmt.Sprintf("Restored from checkpoint of %s on %s: %s in %s",
-				shortID(rec.AllocID), rec.SourceNodeName, humanBytes(rec.Bytes), time.Since(start).Round(10*time.Millisecond)),
-				map[string]string{"restored_from": rec.AllocID, "source_node": rec.SourceNodeName, catalog.EventRestore: string(catalog.StateRestored)})
+			d.emit(cfg, fmt.Sprintf("Restored from checkpoint of %s on %s: %s %s, restored in %s",
+				shortID(rec.AllocID), rec.SourceNodeName, humanBytes(rec.Bytes), got.how, got.restore.Round(10*time.Millisecond)),
+				map[string]string{
+					"restored_from": rec.AllocID, "source_node": rec.SourceNodeName, catalog.EventRestore: string(catalog.StateRestored),
+					eventReceived: got.kind, eventRestoreMs: strconv.FormatInt(got.restore.Milliseconds(), 10),
+					eventFetchMs: strconv.FormatInt(got.fetch.Milliseconds(), 10),
+				})
 			return handle, true, nil
 		}
 		var cross *crossArchError
@@ -78,8 +83,30 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 
 // awaitCheckpoint finds the checkpoint record of the allocation cfg replaces
 // and waits, at most wait, for it to be ready; then claims it for this
-// allocation so no other can restore it.
-func (d *Driver) awaitCheckpoint(ctx context.Context, env *environment, cfg *drivers.TaskConfig, wait time.Duration) (*catalog.Record, error) {
+// allocation so no other can restore it, granting this node the fetch of
+// it: the secret returned is the credential.
+func (d *Driver) awaitCheckpoint(ctx context.Context, env *environment, cfg *drivers.TaskConfig, wait time.Duration) (*catalog.Record, string, error) {
+	rec, err := d.readyCheckpoint(ctx, env, cfg, wait)
+	if err != nil {
+		return nil, "", err
+	}
+	secret, sha := transfer.NewSecret()
+	rec, err = env.catalog.Transition(ctx, rec.AllocID, cfg.Name, []catalog.State{catalog.StateReady}, func(r *catalog.Record) error {
+		r.State = catalog.StateRestoring
+		r.DestAllocID, r.DestNodeID, r.DestNodeName = cfg.AllocID, cfg.NodeID, cfg.NodeName
+		r.Fetch = &catalog.Grant{NodeID: cfg.NodeID, SHA256: sha, Expires: time.Now().Add(fetchGrantTTL).UTC()}
+		return nil
+	})
+	return rec, secret, err
+}
+
+// fetchGrantTTL is how long a destination may fetch the checkpoint it
+// claimed.
+const fetchGrantTTL = 30 * time.Minute
+
+// readyCheckpoint finds the checkpoint record of the allocation cfg
+// replaces and waits, at most wait, for it to be ready.
+func (d *Driver) readyCheckpoint(ctx context.Context, env *environment, cfg *drivers.TaskConfig, wait time.Duration) (*catalog.Record, error) {
 	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
 	a, _, err := env.nomad.Allocations().Info(cfg.AllocID, q)
 	if err != nil {
@@ -125,11 +152,7 @@ func (d *Driver) awaitCheckpoint(ctx context.Context, env *environment, cfg *dri
 	case rec.State == catalog.StateFailed:
 		return nil, fmt.Errorf("%w: the source could not checkpoint: %s", errNoCheckpoint, rec.Reason)
 	}
-	return env.catalog.Transition(ctx, prevID, cfg.Name, []catalog.State{catalog.StateReady}, func(r *catalog.Record) error {
-		r.State = catalog.StateRestoring
-		r.DestAllocID, r.DestNodeID, r.DestNodeName = cfg.AllocID, cfg.NodeID, cfg.NodeName
-		return nil
-	})
+	return rec, nil
 }
 
 // migratingPredecessor finds the allocation a replaces when Nomad did not
@@ -169,48 +192,61 @@ func (d *Driver) migratingPredecessor(ctx context.Context, env *environment, a *
 	return prev.ID, nil
 }
 
-// restoreFrom fetches and verifies the checkpoint, then restores it.
-func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf *Config, env *environment, req *taskRequest, rec *catalog.Record, logger hclog.Logger) (*drivers.TaskHandle, error) {
+// obtained is how a checkpoint reached this node.
+type obtained struct {
+	// kind is "local", "shared", "pushed" or "fetched"; how says so for
+	// the task event.
+	kind, how string
+	// fetch is how long fetching it took, if it was fetched; restore how
+	// long restoring the container took.
+	fetch, restore time.Duration
+}
+
+// restoreFrom gets the checkpoint, then restores it. The image the
+// checkpoint was taken from is pulled meanwhile.
+func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf *Config, env *environment, req *taskRequest, rec *catalog.Record, secret string, logger hclog.Logger) (*drivers.TaskHandle, *obtained, error) {
 	platform := env.platform
 	if !sameArch(rec.Platform, platform) {
-		return nil, &crossArchError{from: rec.Platform, to: platform}
-	}
-
-	dir := rec.CheckpointDir
-	if !rec.Shared {
-		dir = filepath.Join(env.layout.incoming(), containerID(cfg))
-		defer os.RemoveAll(dir)
-		agent, err := env.catalog.GetAgent(ctx, rec.SourceNodeID)
-		if err != nil {
-			return nil, fmt.Errorf("find the ferry-companion agent of %s (is the companion job running there?): %w", rec.SourceNodeName, err)
-		}
-		addr := agent.Address
-		d.emit(cfg, fmt.Sprintf("Fetching checkpoint of %s from %s", shortID(rec.AllocID), rec.SourceNodeName), nil)
-		if _, err := transfer.Fetch(ctx, env.http, addr, conf.Companion.Token, rec.AllocID, rec.Task, dir, logger); err != nil {
-			return nil, fmt.Errorf("fetch checkpoint from %s: %w", rec.SourceNodeName, err)
-		}
-	}
-	m, err := checkpoint.Verify(dir)
-	if err != nil {
-		return nil, err
-	}
-	if err := d.checkVersions(ctx, conf, env, m); err != nil {
-		return nil, err
-	}
-	if m.ImageDigest != rec.ImageDigest {
-		return nil, fmt.Errorf("checkpoint manifest names image %s, the record %s", m.ImageDigest, rec.ImageDigest)
+		return nil, nil, &crossArchError{from: rec.Platform, to: platform}
 	}
 	// The image the checkpoint was taken from, even if the tag moved since.
 	pinned := *req
 	if req.ref.Remote != nil {
-		pinned.ref.Remote = req.ref.Remote.Context().Digest(m.ImageDigest)
+		pinned.ref.Remote = req.ref.Remote.Context().Digest(rec.ImageDigest)
 	}
-	img, err := d.pull(cfg, conf, env, &pinned)
+	type pullResult struct {
+		img *image.Image
+		err error
+	}
+	pulled := make(chan pullResult, 1)
+	go func() {
+		img, err := d.pull(cfg, conf, env, &pinned)
+		pulled <- pullResult{img, err}
+	}()
+
+	dir, m, got, err := d.obtain(ctx, cfg, conf, env, rec, secret, logger)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if img.Digest.String() != m.ImageDigest {
-		return nil, fmt.Errorf("image %s is now %s, the checkpoint was taken from %s", req.ref, img.Digest, m.ImageDigest)
+	if got.kind == "pushed" || got.kind == "fetched" {
+		defer func() {
+			if err := checkpoint.Remove(dir); err != nil {
+				logger.Warn("remove received checkpoint", "error", err)
+			}
+		}()
+	}
+	if err := d.checkVersions(ctx, conf, env, m); err != nil {
+		return nil, nil, err
+	}
+	if m.ImageDigest != rec.ImageDigest {
+		return nil, nil, fmt.Errorf("checkpoint manifest names image %s, the record %s", m.ImageDigest, rec.ImageDigest)
+	}
+	res := <-pulled
+	if res.err != nil {
+		return nil, nil, res.err
+	}
+	if res.img.Digest.String() != m.ImageDigest {
+		return nil, nil, fmt.Errorf("image %s is now %s, the checkpoint was taken from %s", req.ref, res.img.Digest, m.ImageDigest)
 	}
 	opts := runc.RestoreOptions{TCPEstablished: m.Options.TCPEstablished, FileLocks: m.Options.FileLocks}
 	if m.Options.TCPEstablished && !sameAddresses(rec, cfg) {
@@ -220,11 +256,80 @@ func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf 
 		opts.TCPEstablished, opts.TCPClose = false, true
 		undo, err := allowNonlocalBind(cfg)
 		if err != nil {
-			return nil, fmt.Errorf("restore connections closed: %w", err)
+			return nil, nil, fmt.Errorf("restore connections closed: %w", err)
 		}
 		defer undo()
 	}
-	return d.launch(cfg, conf, env, req, img, &restoreSource{dir: dir, record: rec, options: opts}, logger)
+	start := time.Now()
+	handle, err := d.launch(cfg, conf, env, req, res.img, &restoreSource{dir: dir, record: rec, options: opts}, logger)
+	got.restore = time.Since(start)
+	return handle, got, err
+}
+
+// obtain returns the directory and manifest of the checkpoint rec names,
+// checked before CRIU sees it: the manifest must have the digest the source
+// recorded, and its files the sizes (and sha256) it lists. The checkpoint
+// is this node's own (the task moved to the node it ran on), on shared
+// storage, pushed here while it was dumped, or else fetched now from the
+// source's driver.
+func (d *Driver) obtain(ctx context.Context, cfg *drivers.TaskConfig, conf *Config, env *environment, rec *catalog.Record, secret string, logger hclog.Logger) (string, *checkpoint.Manifest, *obtained, error) {
+	switch {
+	case rec.Shared:
+		if conf.CheckpointDir == "" {
+			return "", nil, nil, fmt.Errorf("the checkpoint is in the shared checkpoint_dir of %s, and this node has no checkpoint_dir: set it to the same shared storage", rec.SourceNodeName)
+		}
+		dir, err := checkpoint.Dir(env.checkpoints, rec.AllocID, rec.Task)
+		if err != nil {
+			return "", nil, nil, err
+		}
+		// Written by another node: this is its first read here.
+		m, err := checkpoint.Open(dir, rec.ManifestSHA256, true)
+		return dir, m, &obtained{kind: "shared", how: "read from the shared checkpoint_dir"}, err
+	case rec.SourceNodeID == cfg.NodeID:
+		var m *checkpoint.Manifest
+		var dir string
+		err := checkpoint.ErrNoManifest
+		for _, root := range env.checkpointRoots() {
+			if dir, err = checkpoint.Dir(root, rec.AllocID, rec.Task); err != nil {
+				break
+			}
+			if m, err = checkpoint.Open(dir, rec.ManifestSHA256, false); !errors.Is(err, checkpoint.ErrNoManifest) {
+				break
+			}
+		}
+		return dir, m, &obtained{kind: "local", how: "taken on this node"}, err
+	}
+	dir, err := checkpoint.Dir(env.layout.incoming(), rec.AllocID, rec.Task)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	if env.transfer == nil {
+		return "", nil, nil, fmt.Errorf("the checkpoint is on %s, and this driver has no transfer TLS configured to receive it: set transfer { ca_file, cert_file, key_file } in the plugin config", rec.SourceNodeName)
+	}
+	// A push still arriving is nearly done: the source confirmed it or
+	// gave up before Nomad handed the allocation over.
+	if err := env.transfer.server.WaitReceived(ctx, dir); err != nil {
+		return "", nil, nil, err
+	}
+	m, err := checkpoint.Open(dir, rec.ManifestSHA256, false)
+	if err == nil {
+		return dir, m, &obtained{kind: "pushed", how: "received while it was dumped"}, nil
+	}
+	if !errors.Is(err, checkpoint.ErrNoManifest) {
+		return "", nil, nil, err
+	}
+	ep, err := endpointOf(ctx, env, rec.SourceNodeID, rec.SourceNodeName)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	d.emit(cfg, fmt.Sprintf("Fetching checkpoint of %s from %s", shortID(rec.AllocID), rec.SourceNodeName), nil)
+	start := time.Now()
+	if _, err := transfer.Fetch(ctx, env.transfer.client, ep.Address, secret, rec.AllocID, rec.Task, rec.ManifestSHA256, dir, logger); err != nil {
+		return "", nil, nil, err
+	}
+	m, err = checkpoint.Open(dir, rec.ManifestSHA256, false)
+	took := time.Since(start)
+	return dir, m, &obtained{kind: "fetched", how: fmt.Sprintf("fetched in %s", took.Round(10*time.Millisecond)), fetch: took}, err
 }
 
 // checkVersions refuses a checkpoint this node's runc and CRIU may not

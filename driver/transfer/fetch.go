@@ -6,15 +6,18 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/checkpoint"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -24,32 +27,18 @@ const (
 	fetchAttempts = 3
 	// retryDelay grows linearly with each retry.
 	retryDelay = 250 * time.Millisecond
-	// partialPrefix names files being downloaded, next to their final name.
-	partialPrefix = ".ferry-partial-"
 	// copyBufferSize is the buffer streaming a file to disk.
-	copyBufferSize = 256 << 10
+	copyBufferSize = 1 << 20
 )
 
 var (
-	// ErrUnauthorized: the source refused the token.
-	ErrUnauthorized = errors.New("source refused the token")
+	// ErrRefused: the other driver refused the credential.
+	ErrRefused = errors.New("refused by the other node's driver")
 	// ErrNotFound: the source has no such checkpoint or file.
 	ErrNotFound = errors.New("not found on the source")
+	// ErrDigest: the manifest is not the one the source recorded.
+	ErrDigest = errors.New("manifest does not match the digest in the record")
 )
-
-// MismatchError reports a file whose received data does not match its
-// manifest entry. It is never retried.
-type MismatchError struct {
-	Path string
-	// Kind is "size" or "sha256".
-	Kind string
-	Want string
-	Got  string
-}
-
-func (e *MismatchError) Error() string {
-	return fmt.Sprintf("%s: %s mismatch: manifest says %s, received %s", e.Path, e.Kind, e.Want, e.Got)
-}
 
 // retryableError marks a failure of the network or of an overloaded source,
 // worth trying again.
@@ -58,138 +47,114 @@ type retryableError struct{ err error }
 func (e *retryableError) Error() string { return e.err.Error() }
 func (e *retryableError) Unwrap() error { return e.err }
 
-// Fetch downloads the checkpoint of alloc's task from the Server at baseURL
-// (e.g. "http://10.97.0.11:4700") into dest, presenting token. dest and the
-// directories under it are created 0700, files 0600. Each file is streamed
-// to a temporary name through SHA-256 and renamed into place only when its
-// size and digest match the manifest; the manifest itself is written last,
-// so dest holds manifest.json only when the whole checkpoint is there (and
-// fsynced). A previous manifest.json in dest is removed first.
+// Fetch downloads the checkpoint of alloc's task from the driver at address
+// ("host:port") into dest, presenting secret, the credential of the
+// record's Fetch grant. digest is the manifest's sha256 from the record:
+// the manifest is checked against it before it is read. Every file is
+// hashed while it streams to disk and checked against the manifest; a file
+// a cut push left in dest is hashed and resumed with a Range request (and
+// fetched again whole if it turns out wrong); files the manifest does not
+// list are removed. The manifest is written last, so dest holds one only
+// when all of the checkpoint is there and verified. Nothing is synced.
 //
-// A request failing on the network (or with 502, 503, 504, 429) is retried a
-// couple of times; a refused token (ErrUnauthorized), a missing checkpoint
-// (ErrNotFound) or data that does not match the manifest (*MismatchError,
-// naming the file) is not. On error, dest may hold some of the files but no
-// manifest; the caller removes it. A nil client uses a plain http.Client;
-// redirects are never followed, so that the token goes nowhere else. ctx
-// bounds the whole transfer.
-//
-// It returns the bytes written to dest: the files and the manifest.
-func Fetch(ctx context.Context, client *http.Client, baseURL, token, alloc, task, dest string, logger hclog.Logger) (int64, error) {
+// A request failing on the network (or with 502, 503, 504, 429) is retried
+// a couple of times; a refused credential (ErrRefused), a missing
+// checkpoint (ErrNotFound), a manifest that is not the recorded one
+// (ErrDigest) or a file that does not match the manifest
+// (*checkpoint.FileError) is not. It returns the bytes it downloaded.
+func Fetch(ctx context.Context, client *http.Client, address, secret, alloc, task, digest, dest string, logger hclog.Logger) (int64, error) {
 	wrap := func(err error) error {
-		return fmt.Errorf("transfer: fetch %s/%s from %s: %w", alloc, task, baseURL, err)
+		return fmt.Errorf("fetch %s/%s from %s: %w", alloc, task, address, err)
 	}
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	logger = logger.Named("transfer").With("alloc_id", alloc, "task", task, "source", baseURL)
-	if err := checkName("allocation ID", alloc); err != nil {
+	if secret == "" || digest == "" || dest == "" {
+		return 0, wrap(errors.New("no credential, digest or destination directory"))
+	}
+	if _, err := checkpoint.Dir(dest, alloc, task); err != nil {
 		return 0, wrap(err)
 	}
-	if err := checkName("task name", task); err != nil {
-		return 0, wrap(err)
-	}
-	if token == "" {
-		return 0, wrap(errors.New("no token to present"))
-	}
-	if dest == "" {
-		return 0, wrap(errors.New("no destination directory"))
-	}
-	base, err := url.Parse(baseURL)
-	if err != nil {
-		return 0, wrap(fmt.Errorf("invalid source URL: %w", err))
-	}
-	if (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return 0, wrap(fmt.Errorf("invalid source URL %q: want http(s)://host:port", baseURL))
-	}
-	if client == nil {
-		client = &http.Client{}
-	}
-	noRedirect := *client
-	noRedirect.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	f := &fetcher{client: &noRedirect, base: base, token: token, alloc: alloc, task: task, logger: logger}
+	f := &fetcher{client: client, base: url.URL{Scheme: "https", Host: address}, secret: secret, alloc: alloc, task: task,
+		logger: logger.With("alloc_id", alloc, "task", task, "source", address), buf: make([]byte, copyBufferSize)}
 
 	start := time.Now()
-	var manifest []byte
-	err = f.retry(ctx, ManifestName, func() error {
+	var raw []byte
+	err := f.retry(ctx, checkpoint.ManifestName, func() error {
 		var err error
-		manifest, err = f.getManifest(ctx)
+		raw, err = f.getManifest(ctx)
 		return err
 	})
 	if err != nil {
-		return 0, wrap(fmt.Errorf("%s: %w", ManifestName, err))
+		return 0, wrap(err)
 	}
-	entries, err := parseManifest(manifest)
+	if got := checkpoint.Digest(raw); got != digest {
+		return 0, wrap(fmt.Errorf("%w: sha256 %s, the record says %s; refusing the checkpoint", ErrDigest, got, digest))
+	}
+	m, err := checkpoint.ParseManifest(raw)
 	if err != nil {
-		return 0, wrap(fmt.Errorf("source sent an invalid manifest: %w", err))
+		return 0, wrap(err)
 	}
-
 	if err := os.MkdirAll(dest, 0o700); err != nil {
-		return 0, wrap(fmt.Errorf("create destination: %w", err))
-	}
-	// The checkpoint holds the task's memory: keep it to root even if the
-	// directory existed.
-	if err := os.Chmod(dest, 0o700); err != nil {
-		return 0, wrap(fmt.Errorf("create destination: %w", err))
+		return 0, wrap(err)
 	}
 	root, err := os.OpenRoot(dest)
 	if err != nil {
-		return 0, wrap(fmt.Errorf("open destination: %w", err))
+		return 0, wrap(err)
 	}
 	defer root.Close()
-	// A previous manifest would make a partly overwritten directory look
-	// complete.
-	if err := root.Remove(ManifestName); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return 0, wrap(fmt.Errorf("remove previous %s: %w", ManifestName, err))
+	if err := root.Remove(checkpoint.ManifestName); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return 0, wrap(err)
 	}
-
+	if err := removeUnlisted(dest, m); err != nil {
+		return 0, wrap(err)
+	}
 	var total int64
-	dirs := map[string]bool{".": true}
-	for i, e := range entries {
-		fileStart := time.Now()
-		var n int64
-		err := f.retry(ctx, e.Path, func() error {
-			var err error
-			n, err = f.downloadFile(ctx, root, e)
-			return err
-		})
-		if err != nil {
-			var mismatch *MismatchError
-			if errors.As(err, &mismatch) {
-				return total, wrap(err)
-			}
-			return total, wrap(fmt.Errorf("%s: %w", e.Path, err))
-		}
+	for _, file := range m.Files {
+		n, err := f.file(ctx, root, file)
 		total += n
-		for dir := path.Dir(e.Path); !dirs[dir]; dir = path.Dir(dir) {
-			dirs[dir] = true
-		}
-		logger.Debug("file received", "path", e.Path, "bytes", n, "file", i+1, "files", len(entries),
-			"duration", time.Since(fileStart))
-	}
-
-	// Everything the manifest vouches for reaches the disk before it does.
-	for dir := range dirs {
-		if err := syncDir(root, dir); err != nil {
+		if err != nil {
 			return total, wrap(err)
 		}
 	}
-	if err := writeFileSync(root, ManifestName, manifest); err != nil {
+	if err := checkpoint.WriteManifest(dest, raw); err != nil {
 		return total, wrap(err)
 	}
-	total += int64(len(manifest))
 	elapsed := time.Since(start)
-	logger.Info("checkpoint received", "files", len(entries), "bytes", total, "duration", elapsed,
+	f.logger.Info("checkpoint fetched", "files", len(m.Files), "bytes", total, "duration", elapsed,
 		"mib_per_s", fmt.Sprintf("%.1f", float64(total)/(1<<20)/max(elapsed.Seconds(), 1e-6)))
 	return total, nil
 }
 
+// removeUnlisted removes the regular files under dest the manifest does not
+// list: what a push left that is no part of this checkpoint.
+func removeUnlisted(dest string, m *checkpoint.Manifest) error {
+	listed := make(map[string]bool, len(m.Files))
+	for _, f := range m.Files {
+		listed[f.Path] = true
+	}
+	return filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(dest, p)
+		if err != nil {
+			return err
+		}
+		if !listed[filepath.ToSlash(rel)] {
+			return os.Remove(p)
+		}
+		return nil
+	})
+}
+
 type fetcher struct {
 	client      *http.Client
-	base        *url.URL
-	token       string
+	base        url.URL
+	secret      string
 	alloc, task string
 	logger      hclog.Logger
+	buf         []byte
 }
 
 // retry runs fn until it succeeds, fails with an error that is not a
@@ -201,14 +166,11 @@ func (f *fetcher) retry(ctx context.Context, what string, fn func() error) error
 			return nil
 		}
 		var re *retryableError
-		if !errors.As(err, &re) || attempt >= fetchAttempts {
+		if !errors.As(err, &re) || attempt >= fetchAttempts || ctx.Err() != nil {
 			if attempt > 1 {
-				return fmt.Errorf("after %d attempts: %w", attempt, err)
+				return fmt.Errorf("%s: after %d attempts: %w", what, attempt, err)
 			}
-			return err
-		}
-		if ctx.Err() != nil {
-			return err
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		delay := time.Duration(attempt) * retryDelay
 		f.logger.Warn("transfer failed, retrying", "path", what, "attempt", attempt, "delay", delay, "error", err)
@@ -216,16 +178,15 @@ func (f *fetcher) retry(ctx context.Context, what string, fn func() error) error
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("%w (retrying after: %v)", ctx.Err(), err)
+			return fmt.Errorf("%s: %w (retrying after: %v)", what, ctx.Err(), err)
 		case <-t.C:
 		}
 	}
 }
 
-// get requests v1/checkpoints/{alloc}/{task}/{rel} and returns the response
-// when it is 200 OK.
-func (f *fetcher) get(ctx context.Context, rel string) (*http.Response, error) {
-	// JoinPath takes escaped elements.
+// get requests rel under the checkpoint from byte from on, and returns the
+// response when it is 200 OK, or 206 for a range.
+func (f *fetcher) get(ctx context.Context, rel string, from int64) (*http.Response, error) {
 	elems := []string{"v1", "checkpoints", url.PathEscape(f.alloc), url.PathEscape(f.task)}
 	for elem := range strings.SplitSeq(rel, "/") {
 		elems = append(elems, url.PathEscape(elem))
@@ -235,111 +196,126 @@ func (f *fetcher) get(ctx context.Context, rel string) (*http.Response, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}
-	req.Header.Set(TokenHeader, f.token)
+	setSecret(req.Header, f.secret)
+	if from > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", from))
+	}
 	resp, err := f.client.Do(req)
 	if err != nil {
 		return nil, &retryableError{err}
 	}
-	if resp.StatusCode == http.StatusOK {
+	if resp.StatusCode == http.StatusOK || (from > 0 && resp.StatusCode == http.StatusPartialContent) {
 		return resp, nil
 	}
 	defer resp.Body.Close()
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-	detail := strings.TrimSpace(string(msg))
+	err = statusError(resp)
 	switch resp.StatusCode {
-	case http.StatusUnauthorized, http.StatusForbidden:
-		return nil, fmt.Errorf("%w (%s)", ErrUnauthorized, resp.Status)
 	case http.StatusNotFound:
-		return nil, fmt.Errorf("%w (%s)", ErrNotFound, resp.Status)
+		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
 	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout, http.StatusTooManyRequests:
-		return nil, &retryableError{fmt.Errorf("source answered %s: %s", resp.Status, detail)}
+		return nil, &retryableError{err}
 	}
-	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
-		return nil, fmt.Errorf("source answered %s with a redirect to %q, which is not followed", resp.Status, resp.Header.Get("Location"))
-	}
-	return nil, fmt.Errorf("source answered %s: %s", resp.Status, detail)
+	return nil, err
 }
 
 func (f *fetcher) getManifest(ctx context.Context) ([]byte, error) {
-	resp, err := f.get(ctx, ManifestName)
+	resp, err := f.get(ctx, checkpoint.ManifestName, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, checkpoint.MaxManifestSize+1))
 	if err != nil {
 		return nil, &retryableError{fmt.Errorf("read: %w", err)}
 	}
-	if len(data) > maxManifestSize {
-		return nil, fmt.Errorf("larger than %d bytes", maxManifestSize)
+	if len(data) > checkpoint.MaxManifestSize {
+		return nil, fmt.Errorf("larger than %d bytes", checkpoint.MaxManifestSize)
 	}
 	return data, nil
 }
 
-// downloadFile streams one file to a temporary name next to its final one,
-// checks its size and digest, syncs it and renames it into place.
-func (f *fetcher) downloadFile(ctx context.Context, root *os.Root, e FileEntry) (n int64, err error) {
-	resp, err := f.get(ctx, "files/"+e.Path)
+// file makes dest's copy of one listed file complete and checked: what is
+// there already is hashed and kept, the rest downloaded. A copy that turns
+// out wrong is downloaded once more from the start.
+func (f *fetcher) file(ctx context.Context, root *os.Root, want checkpoint.File) (int64, error) {
+	if dir := path.Dir(want.Path); dir != "." {
+		if err := root.MkdirAll(dir, 0o700); err != nil {
+			return 0, fmt.Errorf("%s: %w", want.Path, err)
+		}
+	}
+	out, err := root.OpenFile(want.Path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", want.Path, err)
+	}
+	defer out.Close()
+	var total int64
+	for attempt := 0; ; attempt++ {
+		h := sha256.New()
+		have, err := f.resume(out, h, want.Size, attempt > 0)
+		if err != nil {
+			return total, fmt.Errorf("%s: %w", want.Path, err)
+		}
+		if have < want.Size {
+			err := f.retry(ctx, want.Path, func() error {
+				n, err := f.download(ctx, out, h, want, have)
+				total += n
+				have += n
+				return err
+			})
+			if err != nil {
+				return total, err
+			}
+		}
+		if hex.EncodeToString(h.Sum(nil)) == want.SHA256 {
+			return total, nil
+		}
+		if attempt > 0 || have == 0 {
+			return total, &checkpoint.FileError{Path: want.Path, Problem: "sha256 mismatch (corrupt or tampered)"}
+		}
+		f.logger.Warn("a file kept from a push does not match the manifest; fetching it whole", "path", want.Path)
+	}
+}
+
+// resume hashes what out holds already (nothing when fresh) into h, and
+// returns its size; a file longer than size is emptied.
+func (f *fetcher) resume(out *os.File, h hash.Hash, size int64, fresh bool) (int64, error) {
+	fi, err := out.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if fresh || fi.Size() > size {
+		return 0, out.Truncate(0)
+	}
+	if _, err := out.Seek(0, io.SeekStart); err != nil {
+		return 0, err
+	}
+	n, err := io.CopyBuffer(h, io.LimitReader(out, fi.Size()), f.buf)
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// download streams want from byte from into out at from, through h.
+func (f *fetcher) download(ctx context.Context, out *os.File, h hash.Hash, want checkpoint.File, from int64) (int64, error) {
+	resp, err := f.get(ctx, "files/"+want.Path, from)
 	if err != nil {
 		return 0, err
 	}
 	defer resp.Body.Close()
-	if resp.ContentLength >= 0 && resp.ContentLength != e.Size {
-		return 0, &MismatchError{Path: e.Path, Kind: "size",
-			Want: fmt.Sprintf("%d bytes", e.Size), Got: fmt.Sprintf("Content-Length %d", resp.ContentLength)}
+	if resp.StatusCode == http.StatusOK && from > 0 {
+		return 0, fmt.Errorf("the source ignored the range request")
 	}
-
-	dir, name := path.Split(e.Path)
-	if dir != "" {
-		if err := root.MkdirAll(strings.TrimSuffix(dir, "/"), 0o700); err != nil {
-			return 0, fmt.Errorf("create directory: %w", err)
-		}
+	if _, err := out.Seek(from, io.SeekStart); err != nil {
+		return 0, err
 	}
-	tmp := dir + partialPrefix + name
-	out, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return 0, fmt.Errorf("create: %w", err)
-	}
-	defer func() {
-		if out != nil {
-			_ = out.Close()
-		}
-		if err != nil {
-			_ = root.Remove(tmp)
-		}
-	}()
-
 	// Read one byte more than expected to notice a longer body.
-	body := io.LimitReader(&networkReader{resp.Body}, e.Size+1)
-	h := sha256.New()
-	n, err = io.CopyBuffer(io.MultiWriter(out, h), body, make([]byte, copyBufferSize))
+	n, err := io.CopyBuffer(io.MultiWriter(out, h), io.LimitReader(&networkReader{resp.Body}, want.Size-from+1), f.buf)
 	if err != nil {
-		var re *retryableError
-		if errors.As(err, &re) {
-			return n, &retryableError{fmt.Errorf("receive after %d of %d bytes: %w", n, e.Size, re.err)}
-		}
-		return n, fmt.Errorf("write: %w", err)
+		return n, err
 	}
-	if n != e.Size {
-		got := fmt.Sprintf("%d bytes", n)
-		if n > e.Size {
-			got = "more"
-		}
-		return n, &MismatchError{Path: e.Path, Kind: "size", Want: fmt.Sprintf("%d bytes", e.Size), Got: got}
-	}
-	if sum := hex.EncodeToString(h.Sum(nil)); sum != e.SHA256 {
-		return n, &MismatchError{Path: e.Path, Kind: "sha256", Want: e.SHA256, Got: sum}
-	}
-	if err := out.Sync(); err != nil {
-		return n, fmt.Errorf("sync: %w", err)
-	}
-	closeErr := out.Close()
-	out = nil
-	if closeErr != nil {
-		return n, fmt.Errorf("close: %w", closeErr)
-	}
-	if err := root.Rename(tmp, e.Path); err != nil {
-		return n, fmt.Errorf("rename into place: %w", err)
+	if from+n != want.Size {
+		return n, &checkpoint.FileError{Path: want.Path, Problem: fmt.Sprintf("received %d bytes, manifest says %d", from+n, want.Size)}
 	}
 	return n, nil
 }
@@ -353,52 +329,4 @@ func (r *networkReader) Read(p []byte) (int, error) {
 		err = &retryableError{err}
 	}
 	return n, err
-}
-
-// writeFileSync writes name (0600) under a temporary name, syncs it, renames
-// it into place and syncs its directory.
-func writeFileSync(root *os.Root, name string, data []byte) (err error) {
-	dir, base := path.Split(name)
-	tmp := dir + partialPrefix + base
-	out, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = root.Remove(tmp)
-		}
-	}()
-	if _, err := out.Write(data); err != nil {
-		_ = out.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := out.Sync(); err != nil {
-		_ = out.Close()
-		return fmt.Errorf("sync %s: %w", name, err)
-	}
-	if err := out.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", name, err)
-	}
-	if err := root.Rename(tmp, name); err != nil {
-		return fmt.Errorf("rename %s into place: %w", name, err)
-	}
-	if dir == "" {
-		dir = "."
-	}
-	return syncDir(root, strings.TrimSuffix(dir, "/"))
-}
-
-// syncDir fsyncs a directory under root, persisting the entries renamed
-// into it.
-func syncDir(root *os.Root, dir string) error {
-	d, err := root.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }

@@ -1,257 +1,465 @@
 package transfer
 
 import (
+	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"crypto/subtle"
+	"context"
+	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
-	"strings"
+	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/checkpoint"
 	"github.com/hashicorp/go-hclog"
 )
 
-const checkpointsPath = "/v1/checkpoints/"
-
-// Server serves the checkpoints under Root, read-only, over HTTP (see the
-// package documentation for the routes). Every checkpoint request must carry
-// Token in the X-Ferry-Token header; with an empty Token every checkpoint
-// request is refused. Paths are confined to Root/{alloc}/{task}: requests
-// with "..", absolute or otherwise unclean paths are rejected, symlinks that
-// lead out of the checkpoint directory are not followed, and only regular
-// files that the checkpoint's manifest lists are served.
+// Server is a driver's side of the transfers: it serves this node's
+// checkpoints to the nodes that fetch them, and receives the checkpoints
+// other nodes push to it (see the package documentation).
 type Server struct {
-	Root   string
-	Token  string
+	// Checkpoints are where this node's checkpoints may be, looked in in
+	// order; Incoming is where it receives pushed ones.
+	Checkpoints []string
+	Incoming    string
+	// Catalog holds the records whose grants authorize requests, and the
+	// nodes' endpoints.
+	Catalog *catalog.Catalog
+	// NodeID returns this node's ID, or "" while it is not known; every
+	// checkpoint request is refused until it is.
+	NodeID func() string
+	// OnPush, if set, is called (in a goroutine of its own) when a push is
+	// authorized, e.g. to pull the task's image meanwhile.
+	OnPush func(*catalog.Record)
 	Logger hclog.Logger
+
+	mu        sync.Mutex
+	receiving map[string]chan struct{}
 }
 
-// Handler returns the server's HTTP handler. It captures the Server's fields:
-// later changes to them do not affect it.
+// Serve serves the routes over TLS with conf on ln until ctx ends.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, conf *tls.Config) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          s.logger().StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(tls.NewListener(ln, conf)) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		return nil
+	}
+}
+
+func (s *Server) logger() hclog.Logger {
+	if s.Logger == nil {
+		return hclog.NewNullLogger()
+	}
+	return s.Logger
+}
+
+// Handler returns the server's routes.
 func (s *Server) Handler() http.Handler {
-	logger := s.Logger
-	if logger == nil {
-		logger = hclog.NewNullLogger()
-	}
-	h := &handler{
-		root:     s.Root,
-		hasToken: s.Token != "",
-		token:    sha256.Sum256([]byte(s.Token)),
-		logger:   logger.Named("transfer"),
-	}
-	if !h.hasToken {
-		h.logger.Error("no checkpoint token configured: refusing every checkpoint request")
-	}
-	return h
-}
-
-type handler struct {
-	root     string
-	hasToken bool
-	// token is the SHA-256 of the token, so that comparing takes the same
-	// time whatever the length of the token presented.
-	token  [sha256.Size]byte
-	logger hclog.Logger
-}
-
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	switch {
-	case r.URL.Path == "/v1/health":
-		if !allowMethod(w, r) {
-			return
-		}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok")
-	case strings.HasPrefix(r.URL.Path, checkpointsPath):
-		h.serveCheckpoint(w, r)
-	default:
-		http.NotFound(w, r)
-	}
+	})
+	mux.HandleFunc("GET /v1/checkpoints/{alloc}/{task}/manifest.json", func(w http.ResponseWriter, r *http.Request) {
+		s.serve(w, r, "")
+	})
+	mux.HandleFunc("GET /v1/checkpoints/{alloc}/{task}/files/{path...}", func(w http.ResponseWriter, r *http.Request) {
+		s.serve(w, r, r.PathValue("path"))
+	})
+	mux.HandleFunc("PUT /v1/checkpoints/{alloc}/{task}", s.receive)
+	return mux
 }
 
-func allowMethod(w http.ResponseWriter, r *http.Request) bool {
-	if r.Method == http.MethodGet || r.Method == http.MethodHead {
-		return true
-	}
-	w.Header().Set("Allow", "GET, HEAD")
-	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-	return false
+// refusal is a request refused, with the status it gets.
+type refusal struct {
+	status int
+	err    error
 }
 
-func (h *handler) authorized(r *http.Request) bool {
-	got := sha256.Sum256([]byte(r.Header.Get(TokenHeader)))
-	return h.hasToken && subtle.ConstantTimeCompare(got[:], h.token[:]) == 1
+func (e *refusal) Error() string { return e.err.Error() }
+
+func refuse(status int, format string, args ...any) error {
+	return &refusal{status: status, err: fmt.Errorf(format, args...)}
 }
 
-// serveCheckpoint serves {alloc}/{task}/manifest.json and
-// {alloc}/{task}/files/{path}. It works on the decoded path without
-// cleaning it, so that percent-encoded dots and slashes are checked like
-// plain ones and nothing is redirected.
-func (h *handler) serveCheckpoint(w http.ResponseWriter, r *http.Request) {
-	if !allowMethod(w, r) {
-		return
-	}
-	if !h.authorized(r) {
-		h.logger.Warn("refused checkpoint request: missing or invalid token",
-			"remote_addr", r.RemoteAddr, "path", r.URL.Path)
-		http.Error(w, "missing or invalid "+TokenHeader, http.StatusUnauthorized)
-		return
-	}
-	parts := strings.SplitN(strings.TrimPrefix(r.URL.Path, checkpointsPath), "/", 3)
-	if len(parts) != 3 {
-		http.NotFound(w, r)
-		return
-	}
-	alloc, task, rest := parts[0], parts[1], parts[2]
-	if err := checkName("allocation ID", alloc); err != nil {
-		h.badRequest(w, r, err)
-		return
-	}
-	if err := checkName("task name", task); err != nil {
-		h.badRequest(w, r, err)
-		return
-	}
-	logger := h.logger.With("alloc_id", alloc, "task", task, "remote_addr", r.RemoteAddr)
-
-	var file string
-	switch {
-	case rest == ManifestName:
-	case strings.HasPrefix(rest, "files/"):
-		file = strings.TrimPrefix(rest, "files/")
-		if err := checkRelPath(file); err != nil {
-			h.badRequest(w, r, err)
-			return
-		}
-	default:
-		http.NotFound(w, r)
-		return
-	}
-
-	root, err := os.OpenRoot(CheckpointDir(h.root, alloc, task))
+// authorize checks a checkpoint request against the grant of its task's
+// record: Push grants a push to this node from the record's source, Fetch
+// a fetch of this node's checkpoint by the granted node. It returns the
+// record and the task's directory under root.
+func (s *Server) authorize(r *http.Request, push bool) (*catalog.Record, string, error) {
+	alloc, task := r.PathValue("alloc"), r.PathValue("task")
+	dir, err := s.dir(alloc, task, push)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			http.NotFound(w, r)
+		return nil, "", refuse(http.StatusBadRequest, "%w", err)
+	}
+	self := s.NodeID()
+	if self == "" {
+		return nil, "", refuse(http.StatusServiceUnavailable, "this node's ID is not known yet")
+	}
+	secret := secretOf(r)
+	if secret == "" {
+		return nil, "", refuse(http.StatusUnauthorized, "no credential: requests carry the move's credential as \"Authorization: Bearer SECRET\"")
+	}
+	rec, err := s.Catalog.Get(r.Context(), alloc, task)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil, "", refuse(http.StatusForbidden, "no move of %s/%s is recorded", alloc, task)
+	}
+	if err != nil {
+		return nil, "", refuse(http.StatusServiceUnavailable, "read the record of %s/%s: %w", alloc, task, err)
+	}
+	kind, grant, peer, states := "fetch", rec.Fetch, "", []catalog.State{catalog.StateRestoring}
+	if push {
+		kind, grant, states = "push", rec.Push, []catalog.State{catalog.StateCheckpointing, catalog.StateReady}
+	}
+	if grant == nil {
+		return nil, "", refuse(http.StatusForbidden, "no %s of %s/%s is granted", kind, alloc, task)
+	}
+	if !secretMatches(secret, grant.SHA256) {
+		return nil, "", refuse(http.StatusForbidden, "the credential is not the one granted for the %s of %s/%s", kind, alloc, task)
+	}
+	if now := time.Now(); now.After(grant.Expires) {
+		return nil, "", refuse(http.StatusForbidden, "the %s credential of %s/%s expired at %s", kind, alloc, task, grant.Expires.Format(time.RFC3339))
+	}
+	if push {
+		if grant.NodeID != self {
+			return nil, "", refuse(http.StatusForbidden, "the push of %s/%s is granted to node %s, this is %s", alloc, task, grant.NodeID, self)
+		}
+		peer = rec.SourceNodeID
+	} else {
+		if rec.SourceNodeID != self {
+			return nil, "", refuse(http.StatusForbidden, "%s/%s was checkpointed on node %s, this is %s", alloc, task, rec.SourceNodeID, self)
+		}
+		peer = grant.NodeID
+	}
+	ep, err := s.Catalog.GetEndpoint(r.Context(), peer)
+	if err != nil {
+		return nil, "", refuse(http.StatusForbidden, "the %s of %s/%s is granted to node %s, whose address is unknown: %w", kind, alloc, task, peer, err)
+	}
+	if from := remoteHost(r); from != ep.Host() {
+		return nil, "", refuse(http.StatusForbidden, "the %s of %s/%s is granted to node %s (%s), the request comes from %s", kind, alloc, task, peer, ep.Host(), from)
+	}
+	if !slices.Contains(states, rec.State) {
+		return nil, "", refuse(http.StatusConflict, "%s/%s is %s, a %s needs it %v", alloc, task, rec.State, kind, states)
+	}
+	return rec, dir, nil
+}
+
+// dir is where a push of alloc's task is received, or where this node has
+// its checkpoint (the first of Checkpoints that holds one; the first when
+// none does).
+func (s *Server) dir(alloc, task string, push bool) (string, error) {
+	if push {
+		return checkpoint.Dir(s.Incoming, alloc, task)
+	}
+	var first string
+	for i, root := range s.Checkpoints {
+		dir, err := checkpoint.Dir(root, alloc, task)
+		if err != nil {
+			return "", err
+		}
+		if i == 0 {
+			first = dir
+		}
+		if _, err := os.Stat(filepath.Join(dir, checkpoint.ManifestName)); err == nil {
+			return dir, nil
+		}
+	}
+	if first == "" {
+		return "", errors.New("no checkpoint directory")
+	}
+	return first, nil
+}
+
+func remoteHost(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// fail answers a refused or failed request, and logs it.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status := http.StatusInternalServerError
+	var ref *refusal
+	if errors.As(err, &ref) {
+		status = ref.status
+	}
+	s.logger().Warn("checkpoint request refused", "method", r.Method, "path", r.URL.Path,
+		"remote_addr", r.RemoteAddr, "status", status, "error", err)
+	http.Error(w, err.Error(), status)
+}
+
+// serve answers a fetch: the manifest when file is empty, else one file
+// the manifest lists.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, file string) {
+	_, dir, err := s.authorize(r, false)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if file != "" {
+		if err := checkpoint.CheckPath(file); err != nil {
+			s.fail(w, r, refuse(http.StatusBadRequest, "%w", err))
 			return
 		}
-		logger.Error("open checkpoint directory", "error", err)
-		http.Error(w, "cannot open checkpoint", http.StatusInternalServerError)
+	}
+	root, err := os.OpenRoot(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		s.fail(w, r, refuse(http.StatusNotFound, "no checkpoint of %s/%s on this node", r.PathValue("alloc"), r.PathValue("task")))
+		return
+	}
+	if err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	defer root.Close()
-
-	manifest, modTime, err := readManifest(root)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			// No manifest: no checkpoint, or one still being written.
-			http.NotFound(w, r)
-			return
-		}
-		logger.Error("read manifest", "error", err)
-		http.Error(w, "cannot read manifest", http.StatusInternalServerError)
+	raw, err := checkpoint.ReadRaw(dir)
+	if errors.Is(err, checkpoint.ErrNoManifest) {
+		s.fail(w, r, refuse(http.StatusNotFound, "the checkpoint of %s/%s is not complete", r.PathValue("alloc"), r.PathValue("task")))
 		return
 	}
-	entries, err := parseManifest(manifest)
 	if err != nil {
-		logger.Error("invalid manifest", "error", err)
-		http.Error(w, "invalid manifest", http.StatusInternalServerError)
+		s.fail(w, r, err)
 		return
 	}
-
 	if file == "" {
 		w.Header().Set("Content-Type", "application/json")
-		http.ServeContent(w, r, "", modTime, bytes.NewReader(manifest))
-		logger.Debug("served manifest", "files", len(entries))
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(raw))
 		return
 	}
-	var entry *FileEntry
-	for i := range entries {
-		if entries[i].Path == file {
-			entry = &entries[i]
-			break
-		}
-	}
-	if entry == nil {
-		logger.Warn("refused file not listed in the manifest", "path", file)
-		http.NotFound(w, r)
-		return
-	}
-	h.serveFile(w, r, logger, root, entry)
-}
-
-func (h *handler) serveFile(w http.ResponseWriter, r *http.Request, logger hclog.Logger, root *os.Root, entry *FileEntry) {
-	logger = logger.With("path", entry.Path)
-	// Stat before opening, so that a FIFO or device never blocks the open.
-	fi, err := root.Stat(entry.Path)
+	m, err := checkpoint.ParseManifest(raw)
 	if err != nil {
-		// Missing, or a symlink leading out of the checkpoint.
-		logger.Warn("cannot serve listed file", "error", err)
-		http.NotFound(w, r)
+		s.fail(w, r, err)
 		return
 	}
-	if !fi.Mode().IsRegular() {
-		logger.Warn("refused listed file that is not a regular file", "mode", fi.Mode().String())
-		http.NotFound(w, r)
+	i := slices.IndexFunc(m.Files, func(f checkpoint.File) bool { return f.Path == file })
+	if i < 0 {
+		s.fail(w, r, refuse(http.StatusNotFound, "%s is not listed in the manifest", file))
 		return
 	}
-	f, err := root.Open(entry.Path)
+	// Stat before opening, so that a FIFO or device never blocks the open;
+	// os.Root follows no symlink out of the checkpoint.
+	fi, err := root.Lstat(file)
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() != m.Files[i].Size {
+		s.fail(w, r, fmt.Errorf("%s does not match the manifest (%v)", file, err))
+		return
+	}
+	f, err := root.Open(file)
 	if err != nil {
-		logger.Warn("cannot serve listed file", "error", err)
-		http.NotFound(w, r)
+		s.fail(w, r, err)
 		return
 	}
 	defer f.Close()
-	if fi, err = f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		logger.Error("stat opened file", "error", err)
-		http.Error(w, "cannot read file", http.StatusInternalServerError)
-		return
-	}
-	if fi.Size() != entry.Size {
-		logger.Error("file size differs from the manifest", "size", fi.Size(), "manifest_size", entry.Size)
-		http.Error(w, "file does not match the manifest", http.StatusInternalServerError)
-		return
-	}
-	start := time.Now()
 	w.Header().Set("Content-Type", "application/octet-stream")
 	http.ServeContent(w, r, "", fi.ModTime(), f)
-	logger.Debug("served file", "bytes", entry.Size, "duration", time.Since(start))
 }
 
-func (h *handler) badRequest(w http.ResponseWriter, r *http.Request, err error) {
-	h.logger.Warn("refused checkpoint request", "remote_addr", r.RemoteAddr, "path", r.URL.Path, "error", err)
-	http.Error(w, err.Error(), http.StatusBadRequest)
+// Received is what a push delivered.
+type Received struct {
+	Files int   `json:"files"`
+	Bytes int64 `json:"bytes"`
 }
 
-// readManifest reads the manifest of the checkpoint directory root.
-func readManifest(root *os.Root) ([]byte, time.Time, error) {
-	// Stat before opening, so that a FIFO never blocks the open.
-	if fi, err := root.Stat(ManifestName); err != nil {
-		return nil, time.Time{}, err
-	} else if !fi.Mode().IsRegular() {
-		return nil, time.Time{}, fmt.Errorf("%s is not a regular file", ManifestName)
-	}
-	f, err := root.Open(ManifestName)
+// receive takes a push: the frames of the checkpoint of one task, written
+// under the incoming directory and checked as they arrive; the manifest
+// last.
+func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
+	rec, dir, err := s.authorize(r, true)
 	if err != nil {
-		return nil, time.Time{}, err
+		s.fail(w, r, err)
+		return
 	}
-	defer f.Close()
-	fi, err := f.Stat()
+	done, err := s.beginReceive(dir)
 	if err != nil {
-		return nil, time.Time{}, err
+		s.fail(w, r, err)
+		return
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, time.Time{}, fmt.Errorf("%s is not a regular file", ManifestName)
+	defer done()
+	if s.OnPush != nil {
+		go s.OnPush(rec)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
+	start := time.Now()
+	got, err := s.receiveInto(r, dir, rec)
 	if err != nil {
-		return nil, time.Time{}, err
+		s.fail(w, r, err)
+		return
 	}
-	if len(data) > maxManifestSize {
-		return nil, time.Time{}, fmt.Errorf("%s larger than %d bytes", ManifestName, maxManifestSize)
+	s.logger().Info("checkpoint received", "alloc_id", rec.AllocID, "task", rec.Task, "from", rec.SourceNodeName,
+		"files", got.Files, "bytes", got.Bytes, "duration", time.Since(start))
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(got)
+}
+
+func (s *Server) receiveInto(r *http.Request, dir string, rec *catalog.Record) (*Received, error) {
+	// A manifest left from an earlier push would vouch for what this one
+	// has not verified yet.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
 	}
-	return data, fi.ModTime(), nil
+	if err := os.Remove(filepath.Join(dir, checkpoint.ManifestName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	rc := newReceiver(root)
+	defer rc.close()
+	// Reading (and decrypting) the next frames overlaps writing and
+	// hashing this one.
+	frames := make(chan inFrame, 8)
+	stop := make(chan struct{})
+	defer close(stop)
+	go readFrames(bufio.NewReaderSize(r.Body, 1<<20), frames, stop)
+	for in := range frames {
+		if in.err != nil {
+			return nil, refuse(http.StatusBadRequest, "%w", in.err)
+		}
+		if in.f.kind == frameManifest {
+			return s.finishReceive(r.Context(), dir, rec, rc, *in.buf)
+		}
+		err := rc.write(in.f, *in.buf)
+		putChunk(in.buf)
+		if err != nil {
+			return nil, refuse(http.StatusBadRequest, "%w", err)
+		}
+	}
+	return nil, refuse(http.StatusBadRequest, "the push ended without a manifest")
+}
+
+// inFrame is a frame read from a push, or the error that ends the push.
+type inFrame struct {
+	f   frame
+	buf *[]byte
+	err error
+}
+
+// readFrames reads the frames of a push body into out until the manifest,
+// an error, or stop; it closes out.
+func readFrames(body io.Reader, out chan<- inFrame, stop <-chan struct{}) {
+	defer close(out)
+	send := func(in inFrame) bool {
+		select {
+		case out <- in:
+			return true
+		case <-stop:
+			return false
+		}
+	}
+	for {
+		f, err := readFrameHeader(body)
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			send(inFrame{err: err})
+			return
+		}
+		buf := getChunk(int(f.length))
+		*buf = (*buf)[:f.length]
+		if _, err := io.ReadFull(body, *buf); err != nil {
+			putChunk(buf)
+			send(inFrame{err: fmt.Errorf("frame of %q: %w", f.path, err)})
+			return
+		}
+		if !send(inFrame{f: f, buf: buf}) || f.kind == frameManifest {
+			return
+		}
+	}
+}
+
+// finishReceive checks the pushed manifest against the digest the source
+// recorded before reading it, then every file against it, and only then
+// writes it.
+func (s *Server) finishReceive(ctx context.Context, dir string, rec *catalog.Record, rc *receiver, raw []byte) (*Received, error) {
+	cur, err := s.Catalog.Get(ctx, rec.AllocID, rec.Task)
+	if err != nil {
+		return nil, refuse(http.StatusServiceUnavailable, "read the record of %s/%s: %w", rec.AllocID, rec.Task, err)
+	}
+	if cur.ManifestSHA256 == "" || checkpoint.Digest(raw) != cur.ManifestSHA256 {
+		return nil, refuse(http.StatusUnprocessableEntity, "the manifest's sha256 %s is not the one the source recorded (%q): refusing the checkpoint",
+			checkpoint.Digest(raw), cur.ManifestSHA256)
+	}
+	m, err := checkpoint.ParseManifest(raw)
+	if err != nil {
+		return nil, refuse(http.StatusUnprocessableEntity, "%w", err)
+	}
+	if err := rc.verify(m); err != nil {
+		return nil, refuse(http.StatusUnprocessableEntity, "%w", err)
+	}
+	if err := rc.close(); err != nil {
+		return nil, err
+	}
+	if err := checkpoint.WriteManifest(dir, raw); err != nil {
+		return nil, err
+	}
+	return &Received{Files: len(m.Files), Bytes: rc.bytes}, nil
+}
+
+// beginReceive marks dir as being received into, refusing a second push
+// of the same task meanwhile; done ends the mark.
+func (s *Server) beginReceive(dir string) (done func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.receiving == nil {
+		s.receiving = make(map[string]chan struct{})
+	}
+	if _, busy := s.receiving[dir]; busy {
+		return nil, refuse(http.StatusConflict, "a push of this checkpoint is already being received")
+	}
+	ch := make(chan struct{})
+	s.receiving[dir] = ch
+	return func() {
+		s.mu.Lock()
+		delete(s.receiving, dir)
+		s.mu.Unlock()
+		close(ch)
+	}, nil
+}
+
+// WaitReceived waits until no push into dir (under Incoming) is being
+// received, or ctx ends.
+func (s *Server) WaitReceived(ctx context.Context, dir string) error {
+	s.mu.Lock()
+	ch := s.receiving[dir]
+	s.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Receiving reports whether a push into dir is being received.
+func (s *Server) Receiving(dir string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, busy := s.receiving[dir]
+	return busy
 }

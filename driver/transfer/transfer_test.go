@@ -1,689 +1,722 @@
 package transfer_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/catalog/catalogtest"
+	"github.com/ferry-nomad/ferry/driver/checkpoint"
 	"github.com/ferry-nomad/ferry/driver/testutil"
 	"github.com/ferry-nomad/ferry/driver/transfer"
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-uuid"
 	"github.com/shoenig/test/must"
+	"github.com/shoenig/test/wait"
 )
 
-const (
-	testToken = "s3cret-token"
-	testAlloc = "8a1d2f3e-0000-4000-8000-000000000001"
-	testTask  = "app"
-)
+const testTask = "app"
 
-func testContext(t *testing.T) context.Context {
+func testContext(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-func randomBytes(t *testing.T, n int) []byte {
-	b := make([]byte, n)
-	_, err := rand.Read(b)
+func newAllocID(t testing.TB) string {
+	id, err := uuid.GenerateUUID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// world is a Consul agent, a CA, and nodes whose drivers serve transfers on
+// loopback addresses of their own (127.0.0.2, 127.0.0.3, ...).
+type world struct {
+	t   testing.TB
+	cat *catalog.Catalog
+	ca  *testutil.CA
+}
+
+func newWorld(t testing.TB) *world {
+	t.Helper()
+	addr := catalogtest.StartConsul(t)
+	cat, err := catalog.NewFromConfig(addr, "", testutil.Logger(t, hclog.Debug))
 	must.NoError(t, err)
-	return b
+	return &world{t: t, cat: cat, ca: testutil.NewCA(t)}
 }
 
-// checkpoint is a checkpoint directory written by writeCheckpoint.
-type checkpoint struct {
-	dir      string
-	files    map[string][]byte
-	manifest []byte
+// node is one node's driver: its transfer server, and a client that dials
+// from the node's address.
+type node struct {
+	id, name, ip string
+	addr         string // the server's ip:port
+	root         string // holds checkpoints/ and incoming/
+	server       *transfer.Server
+	client       *http.Client
+	clientTLS    *tls.Config
+	pushes       atomic.Int32 // OnPush calls
 }
 
-// writeCheckpoint writes files and a manifest listing them (with fields
-// besides "files", as the driver's manifest has) under
-// CheckpointDir(root, alloc, task).
-func writeCheckpoint(t *testing.T, root, alloc, task string, files map[string][]byte) *checkpoint {
+func (n *node) checkpoints() string { return filepath.Join(n.root, "checkpoints") }
+func (n *node) incoming() string    { return filepath.Join(n.root, "incoming") }
+
+// node starts the driver side of node name at ip, and records its endpoint.
+func (w *world) node(name, ip string) *node {
+	t := w.t
 	t.Helper()
-	dir := transfer.CheckpointDir(root, alloc, task)
-	type entry struct {
-		Path   string `json:"path"`
-		Size   int64  `json:"size"`
-		SHA256 string `json:"sha256"`
-		Mode   uint32 `json:"mode"`
-	}
-	var entries []entry
-	for name, data := range files {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		must.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
-		must.NoError(t, os.WriteFile(p, data, 0o644))
-		sum := sha256.Sum256(data)
-		entries = append(entries, entry{Path: name, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:]), Mode: 0o644})
-	}
-	manifest, err := json.MarshalIndent(map[string]any{
-		"version":    1,
-		"alloc_id":   alloc,
-		"task":       task,
-		"created_at": "2025-03-01T12:00:00Z",
-		"criu":       map[string]any{"version": "4.0", "tcp_established": true},
-		"files":      entries,
-	}, "", "  ")
+	nc := w.ca.Node(t, name, ip)
+	serverTLS, clientTLS, err := transfer.TLS{CAFile: w.ca.File, CertFile: nc.CertFile, KeyFile: nc.KeyFile}.Configs()
 	must.NoError(t, err)
-	must.NoError(t, os.WriteFile(filepath.Join(dir, transfer.ManifestName), manifest, 0o644))
-	return &checkpoint{dir: dir, files: files, manifest: manifest}
-}
-
-func sampleFiles(t *testing.T) map[string][]byte {
-	return map[string][]byte{
-		"images/pages-1.img":           randomBytes(t, 5<<20),
-		"images/core-1.img":            randomBytes(t, 4096),
-		"images/empty.img":             {},
-		"images/sub/deep/fdinfo-2.img": randomBytes(t, 777),
-		"rootfs.tar":                   randomBytes(t, 100<<10),
-		"config.json":                  []byte(`{"ociVersion":"1.2.0"}`),
+	n := &node{id: name + "-id", name: name, ip: ip, root: t.TempDir(), clientTLS: clientTLS}
+	n.client = clientFrom(clientTLS, ip)
+	n.server = &transfer.Server{
+		Checkpoints: []string{n.checkpoints()}, Incoming: n.incoming(), Catalog: w.cat,
+		NodeID: func() string { return n.id },
+		OnPush: func(*catalog.Record) { n.pushes.Add(1) },
+		Logger: testutil.Logger(t, hclog.Debug).Named(name),
 	}
+	ln, err := net.Listen("tcp", ip+":0")
+	must.NoError(t, err)
+	n.addr = ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = n.server.Serve(ctx, ln, serverTLS)
+	}()
+	held := make(chan struct{})
+	go func() {
+		defer close(held)
+		_ = w.cat.HoldEndpoint(ctx, catalog.Endpoint{NodeID: n.id, NodeName: name, Address: n.addr})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-served
+		<-held
+	})
+	must.Wait(t, wait.InitialSuccess(wait.BoolFunc(func() bool {
+		_, err := w.cat.GetEndpoint(context.Background(), n.id)
+		return err == nil
+	}), wait.Timeout(20*time.Second), wait.Gap(20*time.Millisecond)))
+	return n
 }
 
-// startServer serves root with testToken on a loopback httptest server,
-// with the handler wrapped by wrap when given.
-func startServer(t *testing.T, root string, wrap func(http.Handler) http.Handler) *httptest.Server {
-	t.Helper()
-	s := &transfer.Server{Root: root, Token: testToken, Logger: testutil.Logger(t, hclog.Off)}
-	h := s.Handler()
-	if wrap != nil {
-		h = wrap(h)
+// clientFrom is a transfer client whose connections come from ip.
+func clientFrom(conf *tls.Config, ip string) *http.Client {
+	c := transfer.NewClient(conf)
+	c.Transport.(*http.Transport).DialContext = (&net.Dialer{
+		Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)},
+	}).DialContext
+	return c
+}
+
+// fixture is a checkpoint's files and manifest.
+type fixture struct {
+	files map[string][]byte
+	raw   []byte
+}
+
+func (f *fixture) digest() string { return checkpoint.Digest(f.raw) }
+
+func (f *fixture) paths() []string {
+	var ps []string
+	for p := range f.files {
+		ps = append(ps, p)
 	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return srv
+	sort.Strings(ps)
+	return ps
 }
 
-func fetch(t *testing.T, ctx context.Context, srv *httptest.Server, token, dest string) (int64, error) {
-	return transfer.Fetch(ctx, srv.Client(), srv.URL, token, testAlloc, testTask, dest, testutil.Logger(t, hclog.Off))
-}
-
-// assertNoManifest checks that dest holds no manifest and no partial file.
-func assertNoManifest(t *testing.T, dest string) {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	_, err := os.Stat(filepath.Join(dest, transfer.ManifestName))
-	must.ErrorIs(t, err, fs.ErrNotExist)
-	assertNoPartials(t, dest)
+	big := make([]byte, 5<<20+123)
+	_, err := rand.Read(big)
+	must.NoError(t, err)
+	f := &fixture{files: map[string][]byte{
+		"images/inventory.img": []byte("inventory"),
+		"images/pages-1.img":   big,
+		"images/core-1.img":    []byte("core"),
+		"images/empty.img":     {},
+		"rootfs.tar":           []byte("tar"),
+		"config.json":          []byte(`{"ociVersion":"1.2.1"}`),
+	}}
+	f.raw = manifestOf(t, f.files)
+	return f
 }
 
-func assertNoPartials(t *testing.T, dest string) {
+// manifestOf is a manifest listing files.
+func manifestOf(t testing.TB, files map[string][]byte) []byte {
 	t.Helper()
-	if _, err := os.Stat(dest); errors.Is(err, fs.ErrNotExist) {
-		return
+	m := checkpoint.Manifest{Version: checkpoint.Version, ContainerID: "c1", CreatedAt: time.Now().UTC()}
+	var paths []string
+	for p := range files {
+		paths = append(paths, p)
 	}
-	must.NoError(t, filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+	sort.Strings(paths)
+	for _, p := range paths {
+		sum := sha256.Sum256(files[p])
+		m.Files = append(m.Files, checkpoint.File{Path: p, Size: int64(len(files[p])), SHA256: hex.EncodeToString(sum[:]), Mode: 0o600})
+		m.Bytes += int64(len(files[p]))
+	}
+	raw, err := json.Marshal(&m)
+	must.NoError(t, err)
+	return raw
+}
+
+// write lays the fixture out as a complete checkpoint in dir.
+func (f *fixture) write(t testing.TB, dir string) {
+	t.Helper()
+	for p, data := range f.files {
+		full := filepath.Join(dir, filepath.FromSlash(p))
+		must.NoError(t, os.MkdirAll(filepath.Dir(full), 0o700))
+		must.NoError(t, os.WriteFile(full, data, 0o600))
+	}
+	must.NoError(t, checkpoint.WriteManifest(dir, f.raw))
+}
+
+// assertHas checks that dir holds the fixture, manifest included.
+func (f *fixture) assertHas(t testing.TB, dir string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(dir, checkpoint.ManifestName))
+	must.NoError(t, err)
+	must.Eq(t, f.raw, raw)
+	for p, data := range f.files {
+		got, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(p)))
+		must.NoError(t, err)
+		must.True(t, string(data) == string(got), must.Sprintf("file %s differs", p))
+	}
+	_, err = checkpoint.Open(dir, f.digest(), true)
+	must.NoError(t, err)
+}
+
+func assertNoManifest(t testing.TB, dir string) {
+	t.Helper()
+	must.FileNotExists(t, filepath.Join(dir, checkpoint.ManifestName))
+}
+
+func dirOf(t testing.TB, root, alloc string) string {
+	t.Helper()
+	dir, err := checkpoint.Dir(root, alloc, testTask)
+	must.NoError(t, err)
+	return dir
+}
+
+// move records a move of a new allocation's task from src, in state, with
+// the fixture's digest (when ready or later) and the given grants.
+func (w *world) move(t testing.TB, src *node, state catalog.State, f *fixture, push, fetch *catalog.Grant) string {
+	t.Helper()
+	alloc := newAllocID(t)
+	rec := &catalog.Record{AllocID: alloc, Task: testTask, SourceNodeID: src.id, SourceNodeName: src.name,
+		State: state, Push: push, Fetch: fetch}
+	if state != catalog.StateCheckpointing {
+		rec.ManifestSHA256 = f.digest()
+	}
+	must.NoError(t, w.cat.Put(testContext(t), rec))
+	return alloc
+}
+
+func grant(n *node, ttl time.Duration) (*catalog.Grant, string) {
+	secret, sha := transfer.NewSecret()
+	return &catalog.Grant{NodeID: n.id, SHA256: sha, Expires: time.Now().Add(ttl).UTC()}, secret
+}
+
+// push streams the fixture as Create would: the files, then the record
+// made ready with the manifest's digest, then the manifest.
+func (w *world) push(t testing.TB, src, dst *node, alloc, secret string, f *fixture, ready bool) (*transfer.Received, error) {
+	t.Helper()
+	ctx := testContext(t)
+	p := transfer.StartPush(ctx, src.client, dst.addr, secret, alloc, testTask)
+	for _, path := range f.paths() {
+		data := f.files[path]
+		for off := 0; ; off += 1 << 20 {
+			end := min(off+1<<20, len(data))
+			if err := p.Write(path, int64(off), data[off:end]); err != nil {
+				return nil, err
+			}
+			if end == len(data) {
+				break
+			}
 		}
-		if strings.HasPrefix(d.Name(), ".ferry-partial-") {
-			t.Errorf("partial file left behind: %s", p)
+	}
+	if ready {
+		_, err := w.cat.Transition(ctx, alloc, testTask, []catalog.State{catalog.StateCheckpointing}, func(r *catalog.Record) error {
+			r.State, r.ManifestSHA256 = catalog.StateReady, f.digest()
+			return nil
+		})
+		must.NoError(t, err)
+	}
+	return p.Finish(ctx, f.raw)
+}
+
+func TestPushRoundTrip(t *testing.T) {
+	w := newWorld(t)
+	src, dst := w.node("src", "127.0.0.2"), w.node("dst", "127.0.0.3")
+	f := newFixture(t)
+	g, secret := grant(dst, time.Minute)
+	alloc := w.move(t, src, catalog.StateCheckpointing, f, g, nil)
+
+	got, err := w.push(t, src, dst, alloc, secret, f, true)
+	must.NoError(t, err)
+	must.Eq(t, len(f.files), got.Files)
+	var total int64
+	for _, d := range f.files {
+		total += int64(len(d))
+	}
+	must.Eq(t, total, got.Bytes)
+	f.assertHas(t, dirOf(t, dst.incoming(), alloc))
+	must.Eq(t, int32(1), dst.pushes.Load())
+}
+
+// Every push the grant does not cover is refused before a byte is kept.
+func TestPushRefused(t *testing.T) {
+	w := newWorld(t)
+	src, dst, other := w.node("src", "127.0.0.2"), w.node("dst", "127.0.0.3"), w.node("other", "127.0.0.4")
+	f := newFixture(t)
+
+	cases := []struct {
+		name string
+		// setup returns the move's allocation, the pushing node and the
+		// secret it presents.
+		setup func() (string, *node, string)
+		want  string
+	}{{
+		name: "no credential",
+		setup: func() (string, *node, string) {
+			g, _ := grant(dst, time.Minute)
+			return w.move(t, src, catalog.StateCheckpointing, f, g, nil), src, ""
+		},
+		want: "401 Unauthorized",
+	}, {
+		name: "another move's credential",
+		setup: func() (string, *node, string) {
+			g1, _ := grant(dst, time.Minute)
+			g2, secret2 := grant(dst, time.Minute)
+			w.move(t, src, catalog.StateCheckpointing, f, g2, nil)
+			return w.move(t, src, catalog.StateCheckpointing, f, g1, nil), src, secret2
+		},
+		want: "the credential is not the one granted for the push",
+	}, {
+		name: "granted to another node",
+		setup: func() (string, *node, string) {
+			g, secret := grant(other, time.Minute)
+			return w.move(t, src, catalog.StateCheckpointing, f, g, nil), src, secret
+		},
+		want: "is granted to node other-id, this is dst-id",
+	}, {
+		name: "not from the source",
+		setup: func() (string, *node, string) {
+			g, secret := grant(dst, time.Minute)
+			return w.move(t, src, catalog.StateCheckpointing, f, g, nil), other, secret
+		},
+		want: "the request comes from 127.0.0.4",
+	}, {
+		name: "expired",
+		setup: func() (string, *node, string) {
+			g, secret := grant(dst, -time.Second)
+			return w.move(t, src, catalog.StateCheckpointing, f, g, nil), src, secret
+		},
+		want: "expired",
+	}, {
+		name: "no push granted",
+		setup: func() (string, *node, string) {
+			_, secret := grant(dst, time.Minute)
+			return w.move(t, src, catalog.StateCheckpointing, f, nil, nil), src, secret
+		},
+		want: "no push of",
+	}}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			alloc, from, secret := tc.setup()
+			_, err := w.push(t, from, dst, alloc, secret, f, false)
+			must.ErrorContains(t, err, tc.want)
+			must.DirNotExists(t, dirOf(t, dst.incoming(), alloc))
+		})
+	}
+	must.Eq(t, int32(0), dst.pushes.Load())
+}
+
+// The receiver checks the manifest against the digest the source recorded
+// before reading it, then every file against the manifest; it keeps what
+// it received, without a manifest, for a fetch to resume.
+func TestPushVerified(t *testing.T) {
+	w := newWorld(t)
+	src, dst := w.node("src", "127.0.0.2"), w.node("dst", "127.0.0.3")
+
+	t.Run("digest not recorded", func(t *testing.T) {
+		f := newFixture(t)
+		g, secret := grant(dst, time.Minute)
+		alloc := w.move(t, src, catalog.StateCheckpointing, f, g, nil)
+		_, err := w.push(t, src, dst, alloc, secret, f, false)
+		must.ErrorContains(t, err, "is not the one the source recorded")
+		assertNoManifest(t, dirOf(t, dst.incoming(), alloc))
+	})
+	t.Run("manifest differs from the record", func(t *testing.T) {
+		f := newFixture(t)
+		g, secret := grant(dst, time.Minute)
+		alloc := w.move(t, src, catalog.StateCheckpointing, f, g, nil)
+		tampered := *f
+		tampered.raw = []byte(strings.Replace(string(f.raw), `"c1"`, `"c2"`, 1))
+		ctx := testContext(t)
+		p := transfer.StartPush(ctx, src.client, dst.addr, secret, alloc, testTask)
+		must.NoError(t, p.Write("rootfs.tar", 0, f.files["rootfs.tar"]))
+		_, err := w.cat.Transition(ctx, alloc, testTask, []catalog.State{catalog.StateCheckpointing}, func(r *catalog.Record) error {
+			r.State, r.ManifestSHA256 = catalog.StateReady, f.digest()
+			return nil
+		})
+		must.NoError(t, err)
+		_, err = p.Finish(ctx, tampered.raw)
+		must.ErrorContains(t, err, "is not the one the source recorded")
+		dir := dirOf(t, dst.incoming(), alloc)
+		assertNoManifest(t, dir)
+		must.FileExists(t, filepath.Join(dir, "rootfs.tar"))
+	})
+	t.Run("file differs from the manifest", func(t *testing.T) {
+		f := newFixture(t)
+		g, secret := grant(dst, time.Minute)
+		alloc := w.move(t, src, catalog.StateCheckpointing, f, g, nil)
+		bad := *f
+		bad.files = map[string][]byte{}
+		for p, d := range f.files {
+			bad.files[p] = d
 		}
+		flipped := []byte(string(f.files["images/pages-1.img"]))
+		flipped[len(flipped)/2] ^= 0xff
+		bad.files["images/pages-1.img"] = flipped
+		_, err := w.push(t, src, dst, alloc, secret, &bad, true)
+		must.ErrorContains(t, err, "checkpoint file images/pages-1.img: sha256 mismatch")
+		assertNoManifest(t, dirOf(t, dst.incoming(), alloc))
+	})
+	t.Run("file missing", func(t *testing.T) {
+		f := newFixture(t)
+		g, secret := grant(dst, time.Minute)
+		alloc := w.move(t, src, catalog.StateCheckpointing, f, g, nil)
+		short := *f
+		short.files = map[string][]byte{"config.json": f.files["config.json"]}
+		_, err := w.push(t, src, dst, alloc, secret, &short, true)
+		must.ErrorContains(t, err, "listed in the manifest but not received")
+	})
+}
+
+// A push cut short leaves its files; the fetch that follows resumes them
+// with Range requests and downloads only the rest.
+func TestFetchResumesCutPush(t *testing.T) {
+	w := newWorld(t)
+	src, dst := w.node("src", "127.0.0.2"), w.node("dst", "127.0.0.3")
+	f := newFixture(t)
+	pg, psecret := grant(dst, time.Minute)
+	alloc := w.move(t, src, catalog.StateCheckpointing, f, pg, nil)
+	f.write(t, dirOf(t, src.checkpoints(), alloc))
+
+	ctx := testContext(t)
+	p := transfer.StartPush(ctx, src.client, dst.addr, psecret, alloc, testTask)
+	pages := f.files["images/pages-1.img"]
+	for off := 0; off < 3<<20; off += 1 << 20 {
+		must.NoError(t, p.Write("images/pages-1.img", int64(off), pages[off:off+1<<20]))
+	}
+	must.NoError(t, p.Write("config.json", 0, f.files["config.json"]))
+	dir := dirOf(t, dst.incoming(), alloc)
+	// Cut once part of it arrived.
+	must.Wait(t, wait.InitialSuccess(wait.BoolFunc(func() bool {
+		fi, err := os.Stat(filepath.Join(dir, "images", "pages-1.img"))
+		return err == nil && fi.Size() >= 1<<20
+	}), wait.Timeout(10*time.Second), wait.Gap(5*time.Millisecond)))
+	p.Abort(errors.New("source gave up"))
+	must.Wait(t, wait.InitialSuccess(wait.BoolFunc(func() bool { return !dst.server.Receiving(dir) }),
+		wait.Timeout(10*time.Second), wait.Gap(10*time.Millisecond)))
+	assertNoManifest(t, dir)
+
+	fg, fsecret := grant(dst, time.Minute)
+	_, err := w.cat.Transition(ctx, alloc, testTask, []catalog.State{catalog.StateCheckpointing}, func(r *catalog.Record) error {
+		r.State, r.ManifestSHA256, r.Fetch = catalog.StateRestoring, f.digest(), fg
 		return nil
-	}))
-}
-
-func TestFetchRoundTrip(t *testing.T) {
-	root := t.TempDir()
-	cp := writeCheckpoint(t, root, testAlloc, testTask, sampleFiles(t))
-	// Another checkpoint under the same root is not fetched.
-	writeCheckpoint(t, root, testAlloc, "sidecar", map[string][]byte{"other.img": []byte("x")})
-	srv := startServer(t, root, nil)
-	ctx := testContext(t)
-
-	dest := filepath.Join(t.TempDir(), "node-2", "checkpoints", testAlloc, testTask)
-	n, err := fetch(t, ctx, srv, testToken, dest)
+	})
 	must.NoError(t, err)
-
-	var want int64
-	for _, data := range cp.files {
-		want += int64(len(data))
-	}
-	want += int64(len(cp.manifest))
-	must.Eq(t, want, n)
-
-	fi, err := os.Stat(dest)
-	must.NoError(t, err)
-	must.Eq(t, fs.ModeDir|0o700, fi.Mode())
-	got, err := os.ReadFile(filepath.Join(dest, transfer.ManifestName))
-	must.NoError(t, err)
-	must.Eq(t, cp.manifest, got, must.Sprint("the manifest is copied verbatim"))
-
-	var seen []string
-	must.NoError(t, filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
-		must.NoError(t, err)
-		rel, err := filepath.Rel(dest, p)
-		must.NoError(t, err)
-		info, err := d.Info()
-		must.NoError(t, err)
-		switch {
-		case d.IsDir():
-			must.Eq(t, fs.ModeDir|0o700, info.Mode(), must.Sprintf("directory %s", rel))
-		case rel == transfer.ManifestName:
-			must.Eq(t, fs.FileMode(0o600), info.Mode())
-		default:
-			must.Eq(t, fs.FileMode(0o600), info.Mode(), must.Sprintf("file %s", rel))
-			data, err := os.ReadFile(p)
-			must.NoError(t, err)
-			must.True(t, bytes.Equal(cp.files[filepath.ToSlash(rel)], data), must.Sprintf("content of %s", rel))
-			seen = append(seen, filepath.ToSlash(rel))
+	// What the push delivered stays, and only the rest is fetched.
+	var total, kept int64
+	for p, d := range f.files {
+		total += int64(len(d))
+		if fi, err := os.Stat(filepath.Join(dir, filepath.FromSlash(p))); err == nil {
+			kept += fi.Size()
 		}
-		return nil
-	}))
-	must.Eq(t, len(cp.files), len(seen))
-
-	// Fetching again over a complete copy works and gives the same.
-	n2, err := fetch(t, ctx, srv, testToken, dest)
+	}
+	must.Positive(t, kept)
+	// A stray file a push left is no part of the checkpoint.
+	must.NoError(t, os.WriteFile(filepath.Join(dir, "images", "stray.img"), []byte("x"), 0o600))
+	n, err := transfer.Fetch(ctx, dst.client, src.addr, fsecret, alloc, testTask, f.digest(), dir, testutil.Logger(t, hclog.Debug))
 	must.NoError(t, err)
-	must.Eq(t, n, n2)
-	assertNoPartials(t, dest)
+	must.Eq(t, total-kept, n)
+	f.assertHas(t, dir)
+	must.FileNotExists(t, filepath.Join(dir, "images", "stray.img"))
 }
 
-func TestFetchNilClientAndBasePath(t *testing.T) {
-	root := t.TempDir()
-	cp := writeCheckpoint(t, root, testAlloc, testTask, map[string][]byte{"a b/c%d.img": []byte("odd names")})
-	// The server mounted under a path prefix, as behind a proxy.
-	s := &transfer.Server{Root: root, Token: testToken, Logger: testutil.Logger(t, hclog.Off)}
-	mux := http.NewServeMux()
-	mux.Handle("/ferry/", http.StripPrefix("/ferry", s.Handler()))
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
+// A file a push left that does not match is fetched again whole.
+func TestFetchReplacesWrongPartial(t *testing.T) {
+	w := newWorld(t)
+	src, dst := w.node("src", "127.0.0.2"), w.node("dst", "127.0.0.3")
+	f := newFixture(t)
+	fg, secret := grant(dst, time.Minute)
+	alloc := w.move(t, src, catalog.StateRestoring, f, nil, fg)
+	f.write(t, dirOf(t, src.checkpoints(), alloc))
+	dir := dirOf(t, dst.incoming(), alloc)
+	must.NoError(t, os.MkdirAll(filepath.Join(dir, "images"), 0o700))
+	must.NoError(t, os.WriteFile(filepath.Join(dir, "images", "pages-1.img"), []byte("not the pages"), 0o600))
 
-	dest := t.TempDir()
-	_, err := transfer.Fetch(testContext(t), nil, srv.URL+"/ferry/", testToken, testAlloc, testTask, dest, nil)
+	_, err := transfer.Fetch(testContext(t), dst.client, src.addr, secret, alloc, testTask, f.digest(), dir, nil)
 	must.NoError(t, err)
-	data, err := os.ReadFile(filepath.Join(dest, "a b", "c%d.img"))
-	must.NoError(t, err)
-	must.Eq(t, cp.files["a b/c%d.img"], data)
+	f.assertHas(t, dir)
 }
 
-// rawGet sends path verbatim as the request target, so that no client
-// cleans or re-encodes it, and returns the status and body.
-func rawGet(t *testing.T, srv *httptest.Server, target string, header map[string]string) (int, string) {
+// Every fetch the grant does not cover is refused: without the move's
+// credential, with another allocation's, from another node than the one
+// granted, after the grant expired, before the destination claimed it,
+// over plain HTTP, or without a client certificate.
+func TestFetchRefused(t *testing.T) {
+	w := newWorld(t)
+	src, dst, other := w.node("src", "127.0.0.2"), w.node("dst", "127.0.0.3"), w.node("other", "127.0.0.4")
+	f := newFixture(t)
+	ready := func(state catalog.State, g *catalog.Grant) string {
+		alloc := w.move(t, src, state, f, nil, g)
+		f.write(t, dirOf(t, src.checkpoints(), alloc))
+		return alloc
+	}
+	cases := []struct {
+		name  string
+		setup func() (string, *node, string)
+		want  string
+	}{{
+		name: "no credential",
+		setup: func() (string, *node, string) {
+			g, _ := grant(dst, time.Minute)
+			return ready(catalog.StateRestoring, g), dst, ""
+		},
+		want: "401",
+	}, {
+		name: "another allocation's credential",
+		setup: func() (string, *node, string) {
+			g1, _ := grant(dst, time.Minute)
+			g2, secret2 := grant(dst, time.Minute)
+			ready(catalog.StateRestoring, g2)
+			return ready(catalog.StateRestoring, g1), dst, secret2
+		},
+		want: "the credential is not the one granted for the fetch",
+	}, {
+		name: "another node",
+		setup: func() (string, *node, string) {
+			g, secret := grant(dst, time.Minute)
+			return ready(catalog.StateRestoring, g), other, secret
+		},
+		want: "is granted to node dst-id (127.0.0.3), the request comes from 127.0.0.4",
+	}, {
+		name: "expired",
+		setup: func() (string, *node, string) {
+			g, secret := grant(dst, -time.Second)
+			return ready(catalog.StateRestoring, g), dst, secret
+		},
+		want: "expired",
+	}, {
+		name: "not claimed",
+		setup: func() (string, *node, string) {
+			g, secret := grant(dst, time.Minute)
+			return ready(catalog.StateReady, g), dst, secret
+		},
+		want: "is ready, a fetch needs it [restoring]",
+	}}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			alloc, from, secret := tc.setup()
+			if secret == "" {
+				// Fetch never sends a request without one.
+				resp := rawGet(t, from.client, "https://"+src.addr+"/v1/checkpoints/"+alloc+"/"+testTask+"/manifest.json", "")
+				must.Eq(t, http.StatusUnauthorized, resp.StatusCode)
+				return
+			}
+			dest := dirOf(t, from.incoming(), alloc)
+			_, err := transfer.Fetch(testContext(t), from.client, src.addr, secret, alloc, testTask, f.digest(), dest, nil)
+			must.ErrorContains(t, err, tc.want)
+			must.DirNotExists(t, dest)
+		})
+	}
+
+	g, secret := grant(dst, time.Minute)
+	alloc := ready(catalog.StateRestoring, g)
+	t.Run("plain HTTP", func(t *testing.T) {
+		req, err := http.NewRequest(http.MethodGet, "http://"+src.addr+"/v1/checkpoints/"+alloc+"/"+testTask+"/manifest.json", nil)
+		must.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+secret)
+		resp, err := http.DefaultClient.Do(req)
+		must.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		must.Eq(t, http.StatusBadRequest, resp.StatusCode)
+		must.StrContains(t, string(body), "HTTP request to an HTTPS server")
+	})
+	t.Run("no client certificate", func(t *testing.T) {
+		conf := dst.clientTLS.Clone()
+		conf.GetClientCertificate = nil
+		_, err := transfer.Fetch(testContext(t), clientFrom(conf, dst.ip), src.addr, secret, alloc, testTask, f.digest(), t.TempDir()+"/x", nil)
+		must.Error(t, err)
+		must.StrContains(t, err.Error(), "certificate")
+	})
+	t.Run("certificate of another CA", func(t *testing.T) {
+		foreign := testutil.NewCA(t)
+		nc := foreign.Node(t, "dst", dst.ip)
+		_, conf, err := transfer.TLS{CAFile: w.ca.File, CertFile: nc.CertFile, KeyFile: nc.KeyFile}.Configs()
+		must.NoError(t, err)
+		_, err = transfer.Fetch(testContext(t), clientFrom(conf, dst.ip), src.addr, secret, alloc, testTask, f.digest(), t.TempDir()+"/x", nil)
+		must.Error(t, err)
+	})
+	t.Run("granted node", func(t *testing.T) {
+		dest := dirOf(t, dst.incoming(), alloc)
+		_, err := transfer.Fetch(testContext(t), dst.client, src.addr, secret, alloc, testTask, f.digest(), dest, nil)
+		must.NoError(t, err)
+		f.assertHas(t, dest)
+	})
+}
+
+func rawGet(t testing.TB, c *http.Client, url, secret string) *http.Response {
 	t.Helper()
-	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	req, err := http.NewRequest(http.MethodGet, url, nil)
 	must.NoError(t, err)
-	defer conn.Close()
-	must.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
-	var req strings.Builder
-	fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", target, srv.Listener.Addr())
-	for k, v := range header {
-		fmt.Fprintf(&req, "%s: %s\r\n", k, v)
+	if secret != "" {
+		req.Header.Set("Authorization", "Bearer "+secret)
 	}
-	req.WriteString("\r\n")
-	_, err = io.WriteString(conn, req.String())
+	resp, err := c.Do(req)
 	must.NoError(t, err)
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	must.NoError(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	must.NoError(t, err)
-	return resp.StatusCode, string(body)
-}
-
-func withToken(token string) map[string]string { return map[string]string{transfer.TokenHeader: token} }
-
-func checkpointURL(rel string) string {
-	return "/v1/checkpoints/" + testAlloc + "/" + testTask + "/" + rel
-}
-
-func TestToken(t *testing.T) {
-	root := t.TempDir()
-	writeCheckpoint(t, root, testAlloc, testTask, map[string][]byte{"config.json": []byte("{}")})
-	srv := startServer(t, root, nil)
-	ctx := testContext(t)
-
-	for _, target := range []string{checkpointURL("manifest.json"), checkpointURL("files/config.json"), "/v1/checkpoints/nope"} {
-		code, _ := rawGet(t, srv, target, nil)
-		must.Eq(t, http.StatusUnauthorized, code, must.Sprintf("no token: %s", target))
-		code, _ = rawGet(t, srv, target, withToken("wrong"))
-		must.Eq(t, http.StatusUnauthorized, code, must.Sprintf("wrong token: %s", target))
-		code, _ = rawGet(t, srv, target, withToken(testToken+"x"))
-		must.Eq(t, http.StatusUnauthorized, code, must.Sprintf("longer token: %s", target))
-	}
-	code, body := rawGet(t, srv, checkpointURL("files/config.json"), withToken(testToken))
-	must.Eq(t, http.StatusOK, code)
-	must.Eq(t, "{}", body)
-
-	dest := filepath.Join(t.TempDir(), "dest")
-	_, err := fetch(t, ctx, srv, "wrong", dest)
-	must.ErrorContains(t, err, "token")
-	must.ErrorIs(t, err, transfer.ErrUnauthorized)
-	_, err = os.Stat(dest)
-	must.ErrorIs(t, err, fs.ErrNotExist, must.Sprint("nothing is created when the token is refused"))
-
-	_, err = fetch(t, ctx, srv, "", dest)
-	must.ErrorContains(t, err, "token")
-
-	// A server without a token refuses everything, also an empty token.
-	open := httptest.NewServer((&transfer.Server{Root: root, Logger: testutil.Logger(t, hclog.Off)}).Handler())
-	t.Cleanup(open.Close)
-	code, _ = rawGet(t, open, checkpointURL("manifest.json"), nil)
-	must.Eq(t, http.StatusUnauthorized, code)
-	code, _ = rawGet(t, open, checkpointURL("manifest.json"), withToken(""))
-	must.Eq(t, http.StatusUnauthorized, code)
-}
-
-func TestHealth(t *testing.T) {
-	srv := startServer(t, t.TempDir(), nil)
-	code, body := rawGet(t, srv, "/v1/health", nil)
-	must.Eq(t, http.StatusOK, code)
-	must.Eq(t, "ok", body)
-
-	resp, err := srv.Client().Post(srv.URL+"/v1/health", "text/plain", nil)
-	must.NoError(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	must.Eq(t, http.StatusMethodNotAllowed, resp.StatusCode)
-
-	code, _ = rawGet(t, srv, "/v1/other", nil)
-	must.Eq(t, http.StatusNotFound, code)
+	return resp
 }
 
-func TestTraversalRefused(t *testing.T) {
-	base := t.TempDir()
-	root := filepath.Join(base, "checkpoints")
-	secret := []byte("secret outside the checkpoint root\n")
-	must.NoError(t, os.WriteFile(filepath.Join(base, "secret"), secret, 0o644))
-	must.NoError(t, os.MkdirAll(filepath.Join(base, "outside"), 0o755))
-	must.NoError(t, os.WriteFile(filepath.Join(base, "outside", "file"), secret, 0o644))
+// The manifest is checked against the digest in the record before it is
+// parsed; a file is checked against the manifest as it streams.
+func TestFetchVerified(t *testing.T) {
+	w := newWorld(t)
+	src, dst := w.node("src", "127.0.0.2"), w.node("dst", "127.0.0.3")
+	f := newFixture(t)
 
-	files := map[string][]byte{
-		"config.json":        []byte("{}"),
-		"images/pages-1.img": []byte("pages"),
-		// Listed, but symlinks leading out of the checkpoint.
-		"images/link.img": secret,
-		"escdir/file":     secret,
-	}
-	cp := writeCheckpoint(t, root, testAlloc, testTask, files)
-	must.NoError(t, os.Remove(filepath.Join(cp.dir, "images", "link.img")))
-	must.NoError(t, os.Symlink(filepath.Join(base, "secret"), filepath.Join(cp.dir, "images", "link.img")))
-	must.NoError(t, os.RemoveAll(filepath.Join(cp.dir, "escdir")))
-	must.NoError(t, os.Symlink("../../../outside", filepath.Join(cp.dir, "escdir")))
-	// A symlink staying inside the checkpoint is fine.
-	writeCheckpoint(t, root, testAlloc, "inner", map[string][]byte{"real.img": []byte("real"), "alias.img": []byte("real")})
-	innerDir := transfer.CheckpointDir(root, testAlloc, "inner")
-	must.NoError(t, os.Remove(filepath.Join(innerDir, "alias.img")))
-	must.NoError(t, os.Symlink("real.img", filepath.Join(innerDir, "alias.img")))
+	g, secret := grant(dst, time.Minute)
+	alloc := w.move(t, src, catalog.StateRestoring, f, nil, g)
+	dir := dirOf(t, src.checkpoints(), alloc)
+	f.write(t, dir)
+	// A manifest that does not parse, and is not the recorded one.
+	must.NoError(t, os.WriteFile(filepath.Join(dir, checkpoint.ManifestName), []byte("{not json"), 0o600))
+	_, err := transfer.Fetch(testContext(t), dst.client, src.addr, secret, alloc, testTask, f.digest(), dirOf(t, dst.incoming(), alloc), nil)
+	must.ErrorIs(t, err, transfer.ErrDigest)
+	must.ErrorContains(t, err, "refusing the checkpoint")
 
-	srv := startServer(t, root, nil)
-	prefix := "/v1/checkpoints/" + testAlloc + "/" + testTask
-	for _, target := range []string{
-		prefix + "/files/../../etc/passwd",
-		prefix + "/files/../../../../../../etc/passwd",
-		prefix + "/files/%2e%2e/%2e%2e/etc/passwd",
-		prefix + "/files/%2E%2E/%2E%2E/%2E%2E/%2E%2E/etc/passwd",
-		prefix + "/files/..%2f..%2f..%2f..%2fetc%2fpasswd",
-		prefix + "/files/..%252f..%252fetc%252fpasswd",
-		prefix + "/files/%2fetc%2fpasswd",
-		prefix + "/files//etc/passwd",
-		prefix + "/files/./config.json",
-		prefix + "/files/images/../config.json",
-		prefix + "/files/images/%2e%2e/config.json",
-		prefix + "/files/..%5c..%5cetc%5cpasswd",
-		prefix + "/files/config.json%00",
-		prefix + "/files/",
-		prefix + "/files",
-		prefix + "/../../../secret",
-		"/v1/checkpoints/../../etc/passwd",
-		"/v1/checkpoints/%2e%2e/%2e%2e/etc/passwd",
-		"/v1/checkpoints/" + testAlloc + "/../manifest.json",
-		"/v1/checkpoints/" + testAlloc + "/%2e%2e/" + testAlloc + "/" + testTask + "/manifest.json",
-		"/v1/checkpoints/%2e%2e/" + testAlloc + "/manifest.json",
-		"/v1/checkpoints/" + testAlloc + "/" + testTask,
-		"/v1/checkpoints/" + testAlloc + "/" + testTask + "/",
-		"/v1/checkpoints/" + testAlloc + "/" + testTask + "/secret",
-		prefix + "/files/images/link.img",
-		prefix + "/files/escdir/file",
-	} {
-		code, body := rawGet(t, srv, target, withToken(testToken))
-		must.True(t, code == http.StatusNotFound || code == http.StatusBadRequest,
-			must.Sprintf("%s: status %d, body %q", target, code, body))
-		must.StrNotContains(t, body, "secret outside")
-		must.StrNotContains(t, body, "root:")
-	}
-
-	code, body := rawGet(t, srv, "/v1/checkpoints/"+testAlloc+"/inner/files/alias.img", withToken(testToken))
-	must.Eq(t, http.StatusOK, code)
-	must.Eq(t, "real", body)
-
-	// Fetch fails on the escaping symlink rather than copying the secret.
-	dest := t.TempDir()
-	_, err := fetch(t, testContext(t), srv, testToken, dest)
-	must.ErrorIs(t, err, transfer.ErrNotFound)
+	g, secret = grant(dst, time.Minute)
+	alloc = w.move(t, src, catalog.StateRestoring, f, nil, g)
+	dir = dirOf(t, src.checkpoints(), alloc)
+	f.write(t, dir)
+	pages := filepath.Join(dir, "images", "pages-1.img")
+	data, err := os.ReadFile(pages)
+	must.NoError(t, err)
+	data[100] ^= 0xff
+	must.NoError(t, os.WriteFile(pages, data, 0o600))
+	dest := dirOf(t, dst.incoming(), alloc)
+	_, err = transfer.Fetch(testContext(t), dst.client, src.addr, secret, alloc, testTask, f.digest(), dest, nil)
+	must.ErrorContains(t, err, "checkpoint file images/pages-1.img: sha256 mismatch")
 	assertNoManifest(t, dest)
 }
 
-func TestUnlistedFileNotServed(t *testing.T) {
-	root := t.TempDir()
-	cp := writeCheckpoint(t, root, testAlloc, testTask, map[string][]byte{"config.json": []byte("{}")})
-	must.NoError(t, os.WriteFile(filepath.Join(cp.dir, "unlisted.bin"), []byte("not in the manifest"), 0o644))
-	must.NoError(t, os.MkdirAll(filepath.Join(cp.dir, "images"), 0o755))
-	must.NoError(t, os.WriteFile(filepath.Join(cp.dir, "images", "stray.img"), []byte("stray"), 0o644))
-	srv := startServer(t, root, nil)
+// Only files the manifest lists are served, and no path leaves the
+// checkpoint.
+func TestServedPaths(t *testing.T) {
+	w := newWorld(t)
+	src, dst := w.node("src", "127.0.0.2"), w.node("dst", "127.0.0.3")
+	f := newFixture(t)
+	g, secret := grant(dst, time.Minute)
+	alloc := w.move(t, src, catalog.StateRestoring, f, nil, g)
+	dir := dirOf(t, src.checkpoints(), alloc)
+	f.write(t, dir)
+	must.NoError(t, os.WriteFile(filepath.Join(dir, "images", "unlisted.img"), []byte("secret"), 0o600))
+	must.NoError(t, os.WriteFile(filepath.Join(src.root, "outside"), []byte("secret"), 0o600))
 
-	for _, rel := range []string{"files/unlisted.bin", "files/images/stray.img", "files/manifest.json", "files/images"} {
-		code, body := rawGet(t, srv, checkpointURL(rel), withToken(testToken))
-		must.Eq(t, http.StatusNotFound, code, must.Sprintf("%s: %q", rel, body))
+	base := "https://" + src.addr + "/v1/checkpoints/" + alloc + "/" + testTask
+	must.Eq(t, http.StatusOK, rawGet(t, dst.client, base+"/files/images/core-1.img", secret).StatusCode)
+	for _, p := range []string{
+		"/files/images/unlisted.img",
+		"/files/..%2F..%2F..%2Foutside",
+		"/files/images/..%2F..%2F..%2F..%2Foutside",
+		"/files/%2Fetc%2Fpasswd",
+	} {
+		resp := rawGet(t, dst.client, base+p, secret)
+		must.True(t, resp.StatusCode >= 400, must.Sprintf("%s: %s", p, resp.Status))
 	}
-	code, _ := rawGet(t, srv, checkpointURL("files/config.json"), withToken(testToken))
-	must.Eq(t, http.StatusOK, code)
+	// Another task's or a malformed allocation's path.
+	must.Eq(t, http.StatusBadRequest, rawGet(t, dst.client, "https://"+src.addr+"/v1/checkpoints/..%2F..%2Fx/"+testTask+"/manifest.json", secret).StatusCode)
 
-	// A listed file that is not a regular file is not served either.
-	must.NoError(t, os.Remove(filepath.Join(cp.dir, "config.json")))
-	must.NoError(t, os.Mkdir(filepath.Join(cp.dir, "config.json"), 0o755))
-	code, _ = rawGet(t, srv, checkpointURL("files/config.json"), withToken(testToken))
-	must.Eq(t, http.StatusNotFound, code)
-}
-
-func TestMissingOrIncompleteCheckpoint(t *testing.T) {
-	root := t.TempDir()
-	srv := startServer(t, root, nil)
-	ctx := testContext(t)
-
-	code, _ := rawGet(t, srv, checkpointURL("manifest.json"), withToken(testToken))
-	must.Eq(t, http.StatusNotFound, code)
-	dest := filepath.Join(t.TempDir(), "dest")
-	_, err := fetch(t, ctx, srv, testToken, dest)
-	must.ErrorIs(t, err, transfer.ErrNotFound)
-	must.ErrorContains(t, err, "manifest.json")
-
-	// Files but no manifest yet: a checkpoint still being written.
-	dir := transfer.CheckpointDir(root, testAlloc, testTask)
-	must.NoError(t, os.MkdirAll(dir, 0o755))
-	must.NoError(t, os.WriteFile(filepath.Join(dir, "config.json"), []byte("{}"), 0o644))
-	code, _ = rawGet(t, srv, checkpointURL("manifest.json"), withToken(testToken))
-	must.Eq(t, http.StatusNotFound, code)
-	code, _ = rawGet(t, srv, checkpointURL("files/config.json"), withToken(testToken))
-	must.Eq(t, http.StatusNotFound, code)
-}
-
-func TestHeadAndContentLength(t *testing.T) {
-	root := t.TempDir()
-	files := map[string][]byte{"rootfs.tar": randomBytes(t, 12345)}
-	writeCheckpoint(t, root, testAlloc, testTask, files)
-	srv := startServer(t, root, nil)
-
-	req, err := http.NewRequest(http.MethodHead, srv.URL+checkpointURL("files/rootfs.tar"), nil)
+	// Ranges are served.
+	req, err := http.NewRequest(http.MethodGet, base+"/files/images/pages-1.img", nil)
 	must.NoError(t, err)
-	req.Header.Set(transfer.TokenHeader, testToken)
-	resp, err := srv.Client().Do(req)
+	req.Header.Set("Authorization", "Bearer "+secret)
+	req.Header.Set("Range", "bytes=10-19")
+	resp, err := dst.client.Do(req)
 	must.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	must.Eq(t, http.StatusOK, resp.StatusCode)
-	must.Eq(t, int64(12345), resp.ContentLength)
-	must.Eq(t, "application/octet-stream", resp.Header.Get("Content-Type"))
+	must.Eq(t, http.StatusPartialContent, resp.StatusCode)
+	must.Eq(t, f.files["images/pages-1.img"][10:20], body)
 }
 
-// corruptWriter flips the byte at offset flipAt of the body.
-type corruptWriter struct {
-	http.ResponseWriter
-	off, flipAt int64
-}
-
-func (w *corruptWriter) Write(p []byte) (int, error) {
-	if w.flipAt >= w.off && w.flipAt < w.off+int64(len(p)) {
-		p = bytes.Clone(p)
-		p[w.flipAt-w.off] ^= 0x01
-	}
-	w.off += int64(len(p))
-	return w.ResponseWriter.Write(p)
-}
-
-// countRequests counts requests whose path ends in suffix.
-type requestCounter struct {
-	mu     sync.Mutex
-	counts map[string]int
-}
-
-func (c *requestCounter) add(path string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.counts == nil {
-		c.counts = map[string]int{}
-	}
-	c.counts[path]++
-	return c.counts[path]
-}
-
-func (c *requestCounter) get(path string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.counts[path]
-}
-
-func TestCorruptedInTransit(t *testing.T) {
-	root := t.TempDir()
-	writeCheckpoint(t, root, testAlloc, testTask, sampleFiles(t))
-	const victim = "images/pages-1.img"
-	var counter requestCounter
-	srv := startServer(t, root, func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if strings.HasSuffix(r.URL.Path, "/files/"+victim) {
-				counter.add(victim)
-				w = &corruptWriter{ResponseWriter: w, flipAt: 3<<20 + 17}
-			}
-			next.ServeHTTP(w, r)
-		})
-	})
-
-	dest := t.TempDir()
-	// A manifest from an earlier fetch must not survive a failed one.
-	must.NoError(t, os.WriteFile(filepath.Join(dest, transfer.ManifestName), []byte(`{"files":[]}`), 0o600))
-	_, err := fetch(t, testContext(t), srv, testToken, dest)
-	must.ErrorContains(t, err, victim)
-	must.ErrorContains(t, err, "sha256 mismatch")
-	var mismatch *transfer.MismatchError
-	must.True(t, errors.As(err, &mismatch))
-	must.Eq(t, victim, mismatch.Path)
-	must.Eq(t, "sha256", mismatch.Kind)
-	must.Eq(t, 1, counter.get(victim), must.Sprint("a mismatch is not retried"))
-	assertNoManifest(t, dest)
-	_, err = os.Stat(filepath.Join(dest, filepath.FromSlash(victim)))
-	must.ErrorIs(t, err, fs.ErrNotExist, must.Sprint("the corrupt file is not kept"))
-}
-
-// rewriteManifest serves the manifest changed by edit.
-func rewriteManifest(edit func(files []map[string]any)) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if !strings.HasSuffix(r.URL.Path, "/"+transfer.ManifestName) {
-				next.ServeHTTP(w, r)
-				return
-			}
-			rec := httptest.NewRecorder()
-			next.ServeHTTP(rec, r)
-			var m map[string]any
-			if err := json.Unmarshal(rec.Body.Bytes(), &m); err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-				return
-			}
-			var files []map[string]any
-			for _, f := range m["files"].([]any) {
-				files = append(files, f.(map[string]any))
-			}
-			edit(files)
-			m["files"] = files
-			data, _ := json.Marshal(m)
-			_, _ = w.Write(data)
-		})
-	}
-}
-
-func TestSizeMismatch(t *testing.T) {
-	root := t.TempDir()
-	writeCheckpoint(t, root, testAlloc, testTask, map[string][]byte{"config.json": []byte(`{"a":1}`), "rootfs.tar": randomBytes(t, 1000)})
-	srv := startServer(t, root, rewriteManifest(func(files []map[string]any) {
-		for _, f := range files {
-			if f["path"] == "rootfs.tar" {
-				f["size"] = 999
-			}
-		}
-	}))
-	dest := t.TempDir()
-	_, err := fetch(t, testContext(t), srv, testToken, dest)
-	must.ErrorContains(t, err, "rootfs.tar")
-	must.ErrorContains(t, err, "size mismatch")
-	assertNoManifest(t, dest)
-}
-
-func TestInvalidManifestFromSource(t *testing.T) {
-	root := t.TempDir()
-	writeCheckpoint(t, root, testAlloc, testTask, map[string][]byte{"config.json": []byte(`{}`)})
-	for name, edit := range map[string]func([]map[string]any){
-		"traversal": func(files []map[string]any) { files[0]["path"] = "../../escaped.json" },
-		"absolute":  func(files []map[string]any) { files[0]["path"] = "/tmp/escaped.json" },
-		"bad sha":   func(files []map[string]any) { files[0]["sha256"] = "xyz" },
-		"itself":    func(files []map[string]any) { files[0]["path"] = "manifest.json" },
-	} {
-		t.Run(name, func(t *testing.T) {
-			srv := startServer(t, root, rewriteManifest(edit))
-			parent := t.TempDir()
-			dest := filepath.Join(parent, "a", "b")
-			_, err := fetch(t, testContext(t), srv, testToken, dest)
-			must.ErrorContains(t, err, "invalid manifest")
-			entries, err := os.ReadDir(parent)
-			must.NoError(t, err)
-			must.SliceEmpty(t, entries)
-		})
-	}
-}
-
-// abortWriter aborts the response (the connection is cut) after limit
-// bytes of body.
-type abortWriter struct {
-	http.ResponseWriter
-	limit, off int64
-}
-
-func (w *abortWriter) Write(p []byte) (int, error) {
-	if w.off+int64(len(p)) > w.limit {
-		n, _ := w.ResponseWriter.Write(p[:w.limit-w.off])
-		w.off += int64(n)
-		if f, ok := w.ResponseWriter.(http.Flusher); ok {
-			f.Flush()
-		}
-		panic(http.ErrAbortHandler)
-	}
-	w.off += int64(len(p))
-	return w.ResponseWriter.Write(p)
-}
-
-func TestFetchRetriesNetworkErrors(t *testing.T) {
-	root := t.TempDir()
-	cp := writeCheckpoint(t, root, testAlloc, testTask, sampleFiles(t))
-	const victim = "images/pages-1.img"
-	var counter requestCounter
-	srv := startServer(t, root, func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			switch {
-			case strings.HasSuffix(r.URL.Path, "/"+transfer.ManifestName):
-				if counter.add(transfer.ManifestName) == 1 {
-					http.Error(w, "busy", http.StatusServiceUnavailable)
-					return
-				}
-			case strings.HasSuffix(r.URL.Path, "/files/"+victim):
-				if counter.add(victim) == 1 {
-					w = &abortWriter{ResponseWriter: w, limit: 1 << 20}
-				}
-			}
-			next.ServeHTTP(w, r)
-		})
-	})
-	dest := t.TempDir()
-	_, err := fetch(t, testContext(t), srv, testToken, dest)
+// A renewed certificate is read again without a restart.
+func TestTLSReloadsCertificate(t *testing.T) {
+	ca := testutil.NewCA(t)
+	nc := ca.Node(t, "n", "127.0.0.2")
+	server, _, err := transfer.TLS{CAFile: ca.File, CertFile: nc.CertFile, KeyFile: nc.KeyFile}.Configs()
 	must.NoError(t, err)
-	must.Eq(t, 2, counter.get(transfer.ManifestName))
-	must.Eq(t, 2, counter.get(victim))
-	data, err := os.ReadFile(filepath.Join(dest, filepath.FromSlash(victim)))
+	first, err := server.GetCertificate(nil)
 	must.NoError(t, err)
-	must.True(t, bytes.Equal(cp.files[victim], data))
-	assertNoPartials(t, dest)
+	time.Sleep(10 * time.Millisecond)
+	ca.Node(t, "n", "127.0.0.2") // the same files, a new certificate
+	now := time.Now().Add(time.Second)
+	must.NoError(t, os.Chtimes(nc.CertFile, now, now))
+	second, err := server.GetCertificate(nil)
+	must.NoError(t, err)
+	must.NotEq(t, fmt.Sprint(first.Certificate[0][:64]), fmt.Sprint(second.Certificate[0][:64]))
+
+	_, _, err = transfer.TLS{CAFile: filepath.Join(t.TempDir(), "missing.pem"), CertFile: nc.CertFile, KeyFile: nc.KeyFile}.Configs()
+	must.ErrorContains(t, err, "ca_file")
+	_, _, err = transfer.TLS{CAFile: ca.File, CertFile: nc.KeyFile, KeyFile: nc.KeyFile}.Configs()
+	must.ErrorContains(t, err, "cert_file")
 }
 
-func TestFetchGivesUpAfterRetries(t *testing.T) {
-	root := t.TempDir()
-	writeCheckpoint(t, root, testAlloc, testTask, map[string][]byte{"rootfs.tar": randomBytes(t, 200<<10)})
-	var counter requestCounter
-	srv := startServer(t, root, func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if strings.HasSuffix(r.URL.Path, "/files/rootfs.tar") {
-				counter.add("rootfs.tar")
-				w = &abortWriter{ResponseWriter: w, limit: 1000}
-			}
-			next.ServeHTTP(w, r)
-		})
-	})
-	dest := t.TempDir()
-	_, err := fetch(t, testContext(t), srv, testToken, dest)
-	must.ErrorContains(t, err, "rootfs.tar")
-	must.ErrorContains(t, err, "after 3 attempts")
-	must.Eq(t, 3, counter.get("rootfs.tar"))
-	assertNoManifest(t, dest)
-}
-
-func TestFetchBoundedByContext(t *testing.T) {
-	root := t.TempDir()
-	writeCheckpoint(t, root, testAlloc, testTask, map[string][]byte{"rootfs.tar": randomBytes(t, 64<<10)})
-	var stalled atomic.Int32
-	srv := startServer(t, root, func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if strings.HasSuffix(r.URL.Path, "/files/rootfs.tar") {
-				// Send the headers and some data, then stall.
-				stalled.Add(1)
-				w.Header().Set("Content-Length", fmt.Sprint(64<<10))
-				w.WriteHeader(http.StatusOK)
-				_, _ = w.Write(make([]byte, 1000))
-				w.(http.Flusher).Flush()
-				<-r.Context().Done()
-				return
-			}
-			next.ServeHTTP(w, r)
-		})
-	})
-	ctx, cancel := context.WithTimeout(testContext(t), 500*time.Millisecond)
-	defer cancel()
-	dest := t.TempDir()
-	start := time.Now()
-	_, err := fetch(t, ctx, srv, testToken, dest)
-	must.ErrorIs(t, err, context.DeadlineExceeded)
-	must.Less(t, 5*time.Second, time.Since(start))
-	must.Eq(t, int32(1), stalled.Load(), must.Sprint("not retried once the context ended"))
-	assertNoManifest(t, dest)
-}
-
-func TestFetchRejectsBadArguments(t *testing.T) {
-	ctx := testContext(t)
-	dest := t.TempDir()
-	for name, args := range map[string][4]string{
-		"alloc with slash": {"http://127.0.0.1:1", "a/b", testTask, dest},
-		"dot-dot task":     {"http://127.0.0.1:1", testAlloc, "..", dest},
-		"no scheme":        {"127.0.0.1:1", testAlloc, testTask, dest},
-		"ftp":              {"ftp://127.0.0.1:1", testAlloc, testTask, dest},
-		"no dest":          {"http://127.0.0.1:1", testAlloc, testTask, ""},
-	} {
-		_, err := transfer.Fetch(ctx, nil, args[0], testToken, args[1], args[2], args[3], nil)
-		must.Error(t, err, must.Sprint(name))
+// BenchmarkPush streams checkpoint files of 256 MiB from one node's driver
+// to another's over loopback: how fast the push path (read, hash, encrypt;
+// decrypt, write, hash) runs here.
+func BenchmarkPush(b *testing.B) {
+	w := newWorld(b)
+	src, dst := w.node("src", "127.0.0.2"), w.node("dst", "127.0.0.3")
+	f := newFixture(b)
+	pages := make([]byte, 256<<20)
+	_, _ = rand.Read(pages)
+	f.files["images/pages-1.img"] = pages
+	f.raw = manifestOf(b, f.files)
+	b.SetBytes(int64(len(pages)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		g, secret := grant(dst, time.Minute)
+		alloc := w.move(b, src, catalog.StateCheckpointing, f, g, nil)
+		if _, err := w.push(b, src, dst, alloc, secret, f, true); err != nil {
+			b.Fatal(err)
+		}
 	}
-}
-
-func TestCheckpointDir(t *testing.T) {
-	must.Eq(t, "/var/lib/ferry/checkpoints/a1/web", transfer.CheckpointDir("/var/lib/ferry/checkpoints", "a1", "web"))
 }

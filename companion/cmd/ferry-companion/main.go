@@ -1,7 +1,7 @@
 // Command ferry-companion is Ferry's daemon and operator tool:
 //
-//	ferry-companion agent    serve this node's checkpoints, measure its load, and
-//	                         plan and move when it holds the lock (run by a system job)
+//	ferry-companion agent    measure this node's load, and plan and move when it
+//	                         holds the lock (run by a system job)
 //	ferry-companion plan     print what the planner would do now; changes nothing
 //	ferry-companion status   planner, node loads, moves in flight, last moves
 //	ferry-companion migrate  move an allocation to another node, live
@@ -22,7 +22,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ferry-nomad/ferry/companion/agent"
 	"github.com/ferry-nomad/ferry/companion/config"
 	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/migrate"
@@ -41,7 +40,7 @@ var version = "0.1.0-dev"
 const usage = `usage: ferry-companion <command> [flags]
 
 commands:
-  agent     serve this node's checkpoints, measure its load, rebalance (run by jobspecs/companion.nomad.hcl)
+  agent     measure this node's load, rebalance; serves /metrics and /v1/status (run by jobspecs/companion.nomad.hcl)
             ferry-companion agent -config FILE [-dry-run] [-h for every flag]
   plan      print the round the planner would run now: loads, moves, rejections; changes nothing
   status    print the planner, each node's load, moves in flight and the last moves
@@ -147,14 +146,10 @@ func runAgent(ctx context.Context, args []string, logger hclog.Logger) error {
 		"/metrics":   promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}),
 		"/v1/status": http.HandlerFunc(status),
 	}
-	server := agent.New(agent.Config{
-		Listen: cfg.Listen, Advertise: cfg.Advertise, CheckpointDir: cfg.CheckpointDir,
-		Token: cfg.Token, NodeID: cfg.NodeID, NodeName: cfg.NodeName,
-	}, cat, routes, logger.Named("agent"))
 
 	// The agent's parts run side by side; the first to fail stops the rest.
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return server.Run(ctx) })
+	g.Go(func() error { return serveHTTP(ctx, cfg.Listen, routes, logger.Named("http")) })
 	g.Go(func() error {
 		return load.Run(ctx, sampler, publisher, cfg.Sample.Interval, func(r load.Record) {
 			self.Store(&r)
