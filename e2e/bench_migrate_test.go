@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -97,7 +98,7 @@ func BenchmarkMigrate(b *testing.B) {
 		b.Fatal(err)
 	}
 	image := dev.memtickImage(b)
-	bin := buildMemtick(b)
+	bin := buildGo(b, "memtick", runtime.GOARCH)
 	type row struct {
 		size, path string
 		m          move
@@ -181,19 +182,6 @@ func median(b *testing.B, n int, measure func() move) move {
 	}
 	slices.SortFunc(ms, func(x, y move) int { return int(x.down - y.down) })
 	return ms[len(ms)/2]
-}
-
-// buildMemtick builds memtick for this machine.
-func buildMemtick(b *testing.B) string {
-	b.Helper()
-	bin := filepath.Join(b.TempDir(), "memtick")
-	build := exec.Command("go", "build", "-o", bin, "./testdata/memtick")
-	build.Dir = filepath.Join(dev.root, "e2e")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build memtick: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // pipeLog collects what a container writes to the write end of a pipe.

@@ -546,6 +546,14 @@ const counterScript = "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1;
 // image, with checkpointing set by the HCL attributes in checkpoint
 // ("enabled = true; tcp_established = true").
 func checkpointedJob(name, image, script, checkpoint string) string {
+	return checkpointedService(name, image, fmt.Sprintf("command = \"/bin/sh\"\n        args    = [\"-c\", %q]", script), checkpoint, 64)
+}
+
+// checkpointedService is a one-task service job "name" whose task
+// "counter" runs image as the HCL attributes run say, with checkpointing
+// set by checkpoint and memory MB of memory, written as a user would from
+// the README: the steering affinity of ferry-companion migrate, no restart.
+func checkpointedService(name, image, run, checkpoint string, memory int) string {
 	return fmt.Sprintf(`
 job %q {
   datacenters = ["*"]
@@ -564,17 +572,17 @@ job %q {
       driver = "ferry"
       config {
         image   = %q
-        command = "/bin/sh"
-        args    = ["-c", %q]
+        %s
         checkpoint {
           %s
         }
       }
+      kill_timeout = "30s"
       resources {
         cpu    = 100
-        memory = 64
+        memory = %d
       }
     }
   }
-}`, name, image, script, strings.ReplaceAll(checkpoint, "; ", "\n          "))
+}`, name, image, run, strings.ReplaceAll(checkpoint, "; ", "\n          "), memory)
 }

@@ -15,21 +15,21 @@ import (
 	nomad "github.com/hashicorp/nomad/api"
 )
 
-// archprintImage builds e2e/testdata/archprint for arch (static, CGO off)
-// into a one-layer image for linux/arch.
+// archprintImage builds e2e/testdata/archprint for arch into a one-layer
+// image for linux/arch.
 func archprintImage(t testing.TB, arch string) v1.Image {
+	return goImage(t, "archprint", arch)
+}
+
+// goImage builds the program e2e/testdata/<name> for arch (static, CGO
+// off) into a one-layer image for linux/arch whose entrypoint is /<name>.
+func goImage(t testing.TB, name, arch string) v1.Image {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "archprint")
-	build := exec.Command("go", "build", "-o", bin, "./testdata/archprint")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build archprint for %s: %v\n%s", arch, err, out)
-	}
-	b, err := os.ReadFile(bin)
+	b, err := os.ReadFile(buildGo(t, name, arch))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tarball, err := testutil.Tar(testutil.TarEntry{Name: "archprint", Mode: 0o755, Body: string(b)})
+	tarball, err := testutil.Tar(testutil.TarEntry{Name: name, Mode: 0o755, Body: string(b)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,11 +37,25 @@ func archprintImage(t testing.TB, arch string) v1.Image {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := testutil.ImageFromLayers(v1.Platform{OS: "linux", Architecture: arch}, v1.Config{Entrypoint: []string{"/archprint"}}, layer)
+	img, err := testutil.ImageFromLayers(v1.Platform{OS: "linux", Architecture: arch}, v1.Config{Entrypoint: []string{"/" + name}}, layer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return img
+}
+
+// buildGo builds the program e2e/testdata/<name> for linux/arch (static,
+// CGO off) and returns the binary.
+func buildGo(t testing.TB, name, arch string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	build := exec.Command("go", "build", "-o", bin, "./testdata/"+name)
+	build.Dir = filepath.Join(repoRoot(), "e2e")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build %s for %s: %v\n%s", name, arch, err, out)
+	}
+	return bin
 }
 
 // qemuAarch64 reports whether arm64 binaries run here (binfmt_misc with

@@ -23,7 +23,6 @@ import (
 	"github.com/ferry-nomad/ferry/driver/checkpoint"
 	"github.com/ferry-nomad/ferry/driver/testutil"
 	"github.com/ferry-nomad/ferry/driver/transfer"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-uuid"
 	nomad "github.com/hashicorp/nomad/api"
@@ -34,68 +33,15 @@ import (
 // one-layer image and pushes it; it returns the reference clients use.
 func (c *cluster) memtickImage(t testing.TB) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "memtick")
-	build := exec.Command("go", "build", "-o", bin, "./testdata/memtick")
-	build.Dir = filepath.Join(c.root, "e2e")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build memtick: %v\n%s", err, out)
-	}
-	b, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tarball, err := testutil.Tar(testutil.TarEntry{Name: "memtick", Mode: 0o755, Body: string(b)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	layer, err := testutil.LayerFromBytes(tarball)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := testutil.ImageFromLayers(v1.Platform{OS: "linux", Architecture: runtime.GOARCH}, v1.Config{Entrypoint: []string{"/memtick"}}, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := goImage(t, "memtick", runtime.GOARCH)
 	testutil.PushImage(t, img, c.push+"/ferry/memtick:1")
 	return c.registry + "/ferry/memtick:1"
 }
 
-// memtickJob is a one-task service job "id" whose task "counter" runs
-// memtick holding mib MiB of random memory and ticking every `every`, with
-// checkpointing, written as a user would from the README.
+// memtickJob is a checkpointed service job "id" whose task "counter" runs
+// memtick holding mib MiB of random memory and ticking every `every`.
 func memtickJob(id, image string, mib int, every time.Duration) string {
-	return fmt.Sprintf(`
-job %q {
-  datacenters = ["*"]
-  type        = "service"
-  affinity {
-    attribute = "${meta.ferry_migrate_target}"
-    value     = "true"
-    weight    = 100
-  }
-  group "g" {
-    restart {
-      attempts = 0
-      mode     = "fail"
-    }
-    task "counter" {
-      driver = "ferry"
-      config {
-        image = %q
-        args  = ["-mib", "%d", "-every", "%s"]
-        checkpoint {
-          enabled = true
-        }
-      }
-      kill_timeout = "30s"
-      resources {
-        cpu    = 200
-        memory = %d
-      }
-    }
-  }
-}`, id, image, mib, every, mib+96)
+	return checkpointedService(id, image, fmt.Sprintf(`args = ["-mib", "%d", "-every", "%s"]`, mib, every), "enabled = true", mib+96)
 }
 
 // runMemtick runs memtickJob and returns its allocation once it ticks.

@@ -295,7 +295,7 @@ const minInterval = time.Second
 // checkOwnKey refuses a key (or a prefix ending in "/") that would mix with
 // the records the drivers and the mover keep.
 func checkOwnKey(k string) error {
-	for _, p := range []string{catalog.DefaultPrefix, catalog.DefaultMigrationPrefix} {
+	for _, p := range []string{catalog.DefaultPrefix, catalog.DefaultMigrationPrefix, catalog.DefaultEndpointPrefix} {
 		if strings.HasPrefix(k, p) || strings.HasPrefix(p, k) {
 			return fmt.Errorf("%q must not overlap %q, where ferry keeps other records", k, p)
 		}

@@ -374,6 +374,8 @@ func TestValidation(t *testing.T) {
 			want: []string{`sample.interval (-sample-interval): "100ms" must be at least 1s`}},
 		{name: "state key among the migrations", file: `rebalance { state_key = "ferry/migrations/state" }`,
 			want: []string{`rebalance.state_key: "ferry/migrations/state" must not overlap "ferry/migrations/"`}},
+		{name: "lock among the drivers' endpoints", file: `rebalance { lock_key = "ferry/drivers/leader" }`,
+			want: []string{`rebalance.lock_key: "ferry/drivers/leader" must not overlap "ferry/drivers/"`}},
 		{name: "node records over the checkpoints", file: `sample { prefix = "ferry" }`,
 			want: []string{`sample.prefix: "ferry/" must not overlap "ferry/checkpoints/"`}},
 		{name: "sample window below interval", file: `sample { window = "3s" }`,

@@ -32,7 +32,10 @@ func (d *Driver) reap(ctx context.Context, env *environment, logger hclog.Logger
 			if ctx.Err() == nil {
 				logger.Debug("list checkpoint records", "error", err)
 				index = 0
-				_ = sleepCtx(ctx, 5*time.Second)
+				select {
+				case <-ctx.Done():
+				case <-time.After(5 * time.Second):
+				}
 			}
 			continue
 		}
@@ -103,17 +106,5 @@ func (d *Driver) sweepIncoming(env *environment, live map[string]bool, logger hc
 		}
 		// Removed once its tasks are; a directory not empty stays.
 		_ = os.Remove(filepath.Join(root, a.Name()))
-	}
-}
-
-// sleepCtx waits for d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }

@@ -127,8 +127,10 @@ func (d *Driver) serveTransfer(ctx context.Context, conf *Config, env *environme
 			break
 		}
 		logger.Warn("cannot listen for transfers yet", "listen", conf.Transfer.Listen, "error", err, "retry_in", wait)
-		if sleepCtx(ctx, wait) != nil {
+		select {
+		case <-ctx.Done():
 			return
+		case <-time.After(wait):
 		}
 	}
 	addr := conf.Transfer.Advertise
