@@ -305,7 +305,7 @@ func (c *cluster) fakeCheckpoint(t testing.TB, src *devNode, alloc string) strin
 		t.Fatal(err)
 	}
 	m := checkpoint.Manifest{Version: checkpoint.Version, AllocID: alloc, Task: "counter", Bytes: int64(len(data)), Files: []checkpoint.File{{
-		Path: "images/inventory.img", Size: int64(len(data)), SHA256: checkpoint.Digest(data), Mode: 0o600,
+		Path: "images/inventory.img", Size: int64(len(data)), Sum: checkpoint.FileSum(data), Mode: 0o600,
 	}}}
 	raw, err := json.Marshal(&m)
 	if err != nil {

@@ -44,7 +44,7 @@ func checkLayout(t *testing.T, dir string, m *Manifest) {
 		paths[f.Path] = true
 		sum += f.Size
 		must.Eq(t, uint32(0o600), f.Mode, must.Sprintf("file %s", f.Path))
-		must.Eq(t, 64, len(f.SHA256))
+		must.Eq(t, 64, len(f.Sum))
 	}
 	must.Eq(t, sum, m.Bytes)
 	must.MapContainsKey(t, paths, "images/inventory.img")
@@ -242,7 +242,7 @@ func TestCheckpointRestoreRoundTrip(t *testing.T) {
 	pages := firstPagesImage(t, dir)
 	flipByte(t, filepath.Join(dir, pages))
 	_, err := verify(dir)
-	must.ErrorContains(t, err, "checkpoint file "+pages+": sha256 mismatch (corrupt or tampered); refusing to restore")
+	must.ErrorContains(t, err, "checkpoint file "+pages+": blake3 mismatch (corrupt or tampered); refusing to restore")
 	must.True(t, errors.Is(err, ErrCorrupt))
 	flipByte(t, filepath.Join(dir, pages))
 	_, err = verify(dir)

@@ -37,7 +37,7 @@ type Created struct {
 // rootfs) is taskDir, into dir, which must not exist. It dumps the
 // container with `runc checkpoint` into dir/images (the container is gone
 // afterwards), packs taskDir/upper into dir/rootfs.tar, copies
-// taskDir/config.json and last writes the manifest with the sha256 of every
+// taskDir/config.json and last writes the manifest with the sum of every
 // file.
 //
 // Every file is read once, as it is written: CRIU's memory pages while the

@@ -6,7 +6,7 @@
 //	images/        CRIU's images of the task's processes (runc checkpoint)
 //	rootfs.tar     the task's overlay upper directory: its changes to the image
 //	config.json    the task's runtime spec at dump time
-//	manifest.json  what the checkpoint is, and the size and sha256 of every
+//	manifest.json  what the checkpoint is, and the size and BLAKE3 sum of every
 //	               other file
 //
 // The manifest is written last, atomically: a directory without one is an

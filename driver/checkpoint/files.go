@@ -1,10 +1,9 @@
 package checkpoint
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -65,19 +64,20 @@ func copyFile(src, dst string, perm os.FileMode) (err error) {
 	return out.Close()
 }
 
-// hashFile returns the size and hex sha256 of the file at path.
-func hashFile(path string) (int64, string, error) {
+// hashFile returns the size of the file at path, and its contents hashed
+// with NewFileHash.
+func hashFile(path string) (int64, hash.Hash, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, "", err
+		return 0, nil, err
 	}
 	defer f.Close()
-	h := sha256.New()
+	h := NewFileHash()
 	n, err := io.Copy(h, f)
 	if err != nil {
-		return 0, "", err
+		return 0, nil, err
 	}
-	return n, hex.EncodeToString(h.Sum(nil)), nil
+	return n, h, nil
 }
 
 // Move moves checkpoint src to dst, which must not exist, so that readers

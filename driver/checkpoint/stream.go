@@ -2,7 +2,6 @@ package checkpoint
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -105,7 +104,7 @@ func (fw *follower) catchUp(rel string) error {
 		if err != nil {
 			return err
 		}
-		st = &followed{f: f, hash: sha256.New()}
+		st = &followed{f: f, hash: NewFileHash()}
 		fw.files[rel] = st
 		// An empty first write announces the file, so that an empty one
 		// reaches the sink too.
@@ -140,7 +139,7 @@ func (fw *follower) send(rel string, off int64, p []byte) {
 
 // finish reads every file of the finished checkpoint to its end, sets the
 // modes of what it holds to 0700 (directories) and 0600 (files), and
-// returns every regular file but the manifest with its size and sha256,
+// returns every regular file but the manifest with its size and sum,
 // sorted by path. Anything else is an error: a checkpoint holds only files
 // and directories.
 func (fw *follower) finish(ctx context.Context) ([]File, error) {
@@ -172,7 +171,7 @@ func (fw *follower) finish(ctx context.Context) ([]File, error) {
 			return fmt.Errorf("read %s: %w", rel, err)
 		}
 		st := fw.files[rel]
-		files = append(files, File{Path: rel, Size: st.off, SHA256: hex.EncodeToString(st.hash.Sum(nil)), Mode: uint32(fileMode)})
+		files = append(files, File{Path: rel, Size: st.off, Sum: hex.EncodeToString(st.hash.Sum(nil)), Mode: uint32(fileMode)})
 		return nil
 	})
 	if err != nil {

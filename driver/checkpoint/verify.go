@@ -16,7 +16,7 @@ var ErrCorrupt = errors.New("checkpoint corrupt")
 type FileError struct {
 	// Path is relative to the checkpoint directory.
 	Path string
-	// Problem is e.g. "sha256 mismatch (corrupt or tampered)".
+	// Problem is e.g. "blake3 mismatch (corrupt or tampered)".
 	Problem string
 }
 
@@ -28,7 +28,7 @@ func (e *FileError) Error() string {
 func (e *FileError) Unwrap() error { return ErrCorrupt }
 
 // Verify reads dir's manifest and checks it against the directory: every
-// listed file must be a regular file of the listed size and sha256, the
+// listed file must be a regular file of the listed size and sum, the
 // manifest must list the CRIU images, the rootfs tar and the spec, and no
 // file may be under images/ that the manifest does not list. It returns
 // the manifest when all is well. It reads every byte: use it where the
@@ -130,7 +130,7 @@ func checkUnlisted(dir string, listed map[string]bool) error {
 }
 
 // checkFile checks one listed file's type and size, and with hash its
-// sha256.
+// sum.
 func checkFile(dir string, f File, hash bool) error {
 	p := filepath.Join(dir, filepath.FromSlash(f.Path))
 	fi, err := os.Lstat(p)
@@ -150,16 +150,9 @@ func checkFile(dir string, f File, hash bool) error {
 	if !hash {
 		return nil
 	}
-	size, sum, err := hashFile(p)
+	size, h, err := hashFile(p)
 	if err != nil {
 		return fmt.Errorf("checkpoint file %s: %w", f.Path, err)
 	}
-	if size != f.Size {
-		return &FileError{Path: f.Path, Problem: fmt.Sprintf(
-			"size %d, manifest says %d (changed while verifying)", size, f.Size)}
-	}
-	if sum != f.SHA256 {
-		return &FileError{Path: f.Path, Problem: "sha256 mismatch (corrupt or tampered)"}
-	}
-	return nil
+	return f.Check(size, h)
 }

@@ -74,7 +74,7 @@ func TestOpenRefuses(t *testing.T) {
 	}{{
 		name:   "flipped byte",
 		tamper: func(t *testing.T, dir string) { flipByte(t, filepath.Join(dir, "images", "pages-1.img")) },
-		want:   "checkpoint file images/pages-1.img: sha256 mismatch (corrupt or tampered); refusing to restore",
+		want:   "checkpoint file images/pages-1.img: blake3 mismatch (corrupt or tampered); refusing to restore",
 	}, {
 		name: "truncated",
 		tamper: func(t *testing.T, dir string) {
@@ -169,9 +169,10 @@ func TestOpenManifest(t *testing.T) {
 	must.ErrorIs(t, err, ErrNoManifest)
 
 	dir = fakeCheckpoint(t)
-	editManifest(t, dir, func(m *Manifest) { m.Version = 2 })
+	// A checkpoint of a driver that hashed its files with sha256.
+	editManifest(t, dir, func(m *Manifest) { m.Version = 1 })
 	_, err = verify(dir)
-	must.ErrorContains(t, err, "manifest version 2")
+	must.ErrorContains(t, err, "manifest version 1, this driver reads version 2")
 
 	dir = fakeCheckpoint(t)
 	must.NoError(t, os.WriteFile(filepath.Join(dir, ManifestName), []byte("{"), 0o600))
@@ -222,7 +223,7 @@ func TestOpenDigestAndHash(t *testing.T) {
 	_, err = Open(dir, digest, false)
 	must.NoError(t, err)
 	_, err = Open(dir, digest, true)
-	must.ErrorContains(t, err, "images/pages-1.img: sha256 mismatch")
+	must.ErrorContains(t, err, "images/pages-1.img: blake3 mismatch")
 
 	must.NoError(t, os.Truncate(filepath.Join(dir, "images", "pages-1.img"), 10))
 	_, err = Open(dir, digest, false)

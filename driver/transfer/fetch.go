@@ -2,8 +2,6 @@ package transfer
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
@@ -250,7 +248,7 @@ func (f *fetcher) file(ctx context.Context, root *os.Root, want checkpoint.File)
 	defer out.Close()
 	var total int64
 	for attempt := 0; ; attempt++ {
-		h := sha256.New()
+		h := checkpoint.NewFileHash()
 		have, err := f.resume(out, h, want.Size, attempt > 0)
 		if err != nil {
 			return total, fmt.Errorf("%s: %w", want.Path, err)
@@ -266,11 +264,12 @@ func (f *fetcher) file(ctx context.Context, root *os.Root, want checkpoint.File)
 				return total, err
 			}
 		}
-		if hex.EncodeToString(h.Sum(nil)) == want.SHA256 {
+		err = want.Check(have, h)
+		if err == nil {
 			return total, nil
 		}
 		if attempt > 0 || have == 0 {
-			return total, &checkpoint.FileError{Path: want.Path, Problem: "sha256 mismatch (corrupt or tampered)"}
+			return total, err
 		}
 		f.logger.Warn("a file kept from a push does not match the manifest; fetching it whole", "path", want.Path)
 	}
@@ -313,9 +312,6 @@ func (f *fetcher) download(ctx context.Context, out *os.File, h hash.Hash, want 
 	n, err := io.CopyBuffer(io.MultiWriter(out, h), io.LimitReader(&networkReader{resp.Body}, want.Size-from+1), f.buf)
 	if err != nil {
 		return n, err
-	}
-	if from+n != want.Size {
-		return n, &checkpoint.FileError{Path: want.Path, Problem: fmt.Sprintf("received %d bytes, manifest says %d", from+n, want.Size)}
 	}
 	return n, nil
 }

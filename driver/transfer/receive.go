@@ -1,8 +1,6 @@
 package transfer
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"hash"
 	"os"
@@ -45,7 +43,7 @@ func (rc *receiver) write(f frame, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", f.path, err)
 		}
-		st = &received{f: file, hash: sha256.New()}
+		st = &received{f: file, hash: checkpoint.NewFileHash()}
 		rc.files[f.path] = st
 	}
 	if f.offset != st.size {
@@ -61,19 +59,17 @@ func (rc *receiver) write(f frame, data []byte) error {
 }
 
 // verify checks what was received against m: every listed file, with its
-// size and sha256, and nothing else.
+// size and sum, and nothing else.
 func (rc *receiver) verify(m *checkpoint.Manifest) error {
 	listed := make(map[string]bool, len(m.Files))
 	for _, f := range m.Files {
 		listed[f.Path] = true
 		st := rc.files[f.Path]
-		switch {
-		case st == nil:
+		if st == nil {
 			return &checkpoint.FileError{Path: f.Path, Problem: "listed in the manifest but not received"}
-		case st.size != f.Size:
-			return &checkpoint.FileError{Path: f.Path, Problem: fmt.Sprintf("received %d bytes, manifest says %d", st.size, f.Size)}
-		case hex.EncodeToString(st.hash.Sum(nil)) != f.SHA256:
-			return &checkpoint.FileError{Path: f.Path, Problem: "sha256 mismatch (corrupt or tampered)"}
+		}
+		if err := f.Check(st.size, st.hash); err != nil {
+			return err
 		}
 	}
 	for p := range rc.files {

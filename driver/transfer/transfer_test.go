@@ -3,9 +3,7 @@ package transfer_test
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -172,8 +170,7 @@ func manifestOf(t testing.TB, files map[string][]byte) []byte {
 	}
 	sort.Strings(paths)
 	for _, p := range paths {
-		sum := sha256.Sum256(files[p])
-		m.Files = append(m.Files, checkpoint.File{Path: p, Size: int64(len(files[p])), SHA256: hex.EncodeToString(sum[:]), Mode: 0o600})
+		m.Files = append(m.Files, checkpoint.File{Path: p, Size: int64(len(files[p])), Sum: checkpoint.FileSum(files[p]), Mode: 0o600})
 		m.Bytes += int64(len(files[p]))
 	}
 	raw, err := json.Marshal(&m)
@@ -401,7 +398,7 @@ func TestPushVerified(t *testing.T) {
 		flipped[len(flipped)/2] ^= 0xff
 		bad.files["images/pages-1.img"] = flipped
 		_, err := w.push(t, src, dst, alloc, secret, &bad, true)
-		must.ErrorContains(t, err, "checkpoint file images/pages-1.img: sha256 mismatch")
+		must.ErrorContains(t, err, "checkpoint file images/pages-1.img: blake3 mismatch")
 		assertNoManifest(t, dirOf(t, dst.incoming(), alloc))
 	})
 	t.Run("file missing", func(t *testing.T) {
@@ -633,7 +630,7 @@ func TestFetchVerified(t *testing.T) {
 	must.NoError(t, os.WriteFile(pages, data, 0o600))
 	dest := dirOf(t, dst.incoming(), alloc)
 	_, err = transfer.Fetch(testContext(t), dst.client, src.addr, secret, alloc, testTask, f.digest(), dest, nil)
-	must.ErrorContains(t, err, "checkpoint file images/pages-1.img: sha256 mismatch")
+	must.ErrorContains(t, err, "checkpoint file images/pages-1.img: blake3 mismatch")
 	assertNoManifest(t, dest)
 }
 
