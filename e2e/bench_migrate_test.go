@@ -342,39 +342,6 @@ func ms(v string) time.Duration {
 	return time.Duration(n) * time.Millisecond
 }
 
-// taskEventList is a task's events.
-type taskEventList []*nomad.TaskEvent
-
-func (l taskEventList) find(prefix string) *nomad.TaskEvent {
-	for _, e := range l {
-		if strings.HasPrefix(e.DisplayMessage, prefix) {
-			return e
-		}
-	}
-	return nil
-}
-
-func (l taskEventList) String() string {
-	var s []string
-	for _, e := range l {
-		s = append(s, e.Type+": "+e.DisplayMessage)
-	}
-	return strings.Join(s, "\n")
-}
-
-// events is the task "counter"'s events of an allocation.
-func (c *cluster) events(t testing.TB, allocID string) taskEventList {
-	t.Helper()
-	a, _, err := c.api.Allocations().Info(allocID, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ts := a.TaskStates["counter"]; ts != nil {
-		return ts.Events
-	}
-	return nil
-}
-
 // purgeAndWait purges job and waits until none of its allocations runs, so
 // that its memory is free for the next.
 func (c *cluster) purgeAndWait(t testing.TB, job string) {

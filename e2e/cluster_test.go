@@ -212,3 +212,47 @@ func runScript(t testing.TB, root string, args ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
+
+// taskEventList is a task's events.
+type taskEventList []*nomad.TaskEvent
+
+func (l taskEventList) find(prefix string) *nomad.TaskEvent {
+	for _, e := range l {
+		if strings.HasPrefix(e.DisplayMessage, prefix) {
+			return e
+		}
+	}
+	return nil
+}
+
+func (l taskEventList) String() string {
+	var s []string
+	for _, e := range l {
+		s = append(s, e.Type+": "+e.DisplayMessage)
+	}
+	return strings.Join(s, "\n")
+}
+
+// events is the task "counter"'s events of an allocation.
+func (c *cluster) events(t testing.TB, allocID string) taskEventList {
+	t.Helper()
+	a, _, err := c.api.Allocations().Info(allocID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts := a.TaskStates["counter"]; ts != nil {
+		return ts.Events
+	}
+	return nil
+}
+
+// assertReceived checks how the restored task on allocID got its
+// checkpoint: "pushed" while it was dumped, "fetched", "shared" or "local".
+func (c *cluster) assertReceived(t testing.TB, allocID, kind string) {
+	t.Helper()
+	evs := c.events(t, allocID)
+	e := evs.find("Restored from checkpoint")
+	if e == nil || e.Details["ferry_received"] != kind {
+		t.Fatalf("the checkpoint was not %s:\n%s", kind, evs)
+	}
+}

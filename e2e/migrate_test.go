@@ -152,6 +152,13 @@ func TestMigrateByAllocStop(t *testing.T) {
 	}
 	next := dev.replacement(t, "move-stop", a)
 	dev.assertResumed(t, a.ID, next.ID)
+	// A batch allocation is replaced only once it stopped: nothing to
+	// push to, the destination fetches (or reads its own, on the same node).
+	if next.NodeID == a.NodeID {
+		dev.assertReceived(t, next.ID, "local")
+	} else {
+		dev.assertReceived(t, next.ID, "fetched")
+	}
 	dev.waitRecordGone(t, a.ID)
 	// The record went through its states in order, and was removed.
 	seen := <-states
@@ -358,6 +365,7 @@ func TestMigrateSharedCheckpointDir(t *testing.T) {
 	}
 	next := dev.replacement(t, "move-shared", a)
 	dev.assertResumed(t, a.ID, next.ID)
+	dev.assertReceived(t, next.ID, "shared")
 	events := strings.Join(dev.taskEvents(t, next.ID, "counter"), "\n")
 	if strings.Contains(events, "Fetching checkpoint") {
 		t.Fatalf("the checkpoint was transferred despite the shared checkpoint_dir:\n%s", events)

@@ -105,6 +105,7 @@ func TestDrainKeepsMemory(t *testing.T) {
 				t.Fatal("the replacement landed on the drained node")
 			}
 			dev.assertResumed(t, a.ID, next.ID)
+			dev.assertReceived(t, next.ID, "pushed")
 			dev.assertMemoryKept(t, next.ID)
 			dev.waitRecordGone(t, a.ID)
 		})

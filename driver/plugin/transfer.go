@@ -137,7 +137,9 @@ func (d *Driver) serveTransfer(ctx context.Context, conf *Config, env *environme
 	if addr == "" {
 		_, port, _ := net.SplitHostPort(ln.Addr().String())
 		if env.node.ip == "" {
+			_ = ln.Close()
 			logger.Error("the node has no unique.network.ip-address: set transfer.advertise; other nodes cannot reach this one")
+			return
 		}
 		addr = net.JoinHostPort(env.node.ip, port)
 	}
