@@ -273,31 +273,35 @@ func holdingPeer(t testing.TB) net.Listener {
 }
 
 // listenInNetNS opens a TCP listener inside the network namespace at path
-// (its socket stays there). The thread that entered the namespace is never
-// unlocked, so Go discards it.
-func listenInNetNS(path, addr string) (net.Listener, error) {
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
+// (its socket stays there).
+func listenInNetNS(path, addr string) (ln net.Listener, err error) {
+	err = inNetNS(path, func() error {
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	return ln, err
+}
+
+// inNetNS runs fn on a thread inside the network namespace at path: the
+// sockets fn opens stay there. The thread that entered the namespace is
+// never unlocked, so Go discards it.
+func inNetNS(path string, fn func() error) error {
+	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		f, err := os.Open(path)
 		if err != nil {
-			ch <- result{err: err}
+			done <- err
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{err: fmt.Errorf("enter %s: %w", path, err)}
+			done <- fmt.Errorf("enter %s: %w", path, err)
 			return
 		}
-		ln, err := net.Listen("tcp", addr)
-		ch <- result{ln, err}
+		done <- fn()
 	}()
-	r := <-ch
-	return r.ln, r.err
+	return <-done
 }
 
 // TestFailedDumpStopsNormally: a task CRIU cannot dump (it holds an

@@ -26,7 +26,6 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-uuid"
 	nomad "github.com/hashicorp/nomad/api"
-	"golang.org/x/sys/unix"
 )
 
 // memtickImage builds e2e/testdata/memtick for this machine into a
@@ -253,31 +252,13 @@ func clientInNetNS(conf *tls.Config, path string) *http.Client {
 }
 
 // dialInNetNS connects to addr from inside the network namespace at path
-// (the socket stays there). The thread that entered the namespace is never
-// unlocked, so Go discards it.
-func dialInNetNS(ctx context.Context, path, network, addr string) (net.Conn, error) {
-	type result struct {
-		conn net.Conn
-		err  error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := os.Open(path)
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{err: fmt.Errorf("enter %s: %w", path, err)}
-			return
-		}
-		conn, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, network, addr)
-		ch <- result{conn, err}
-	}()
-	r := <-ch
-	return r.conn, r.err
+// (the socket stays there).
+func dialInNetNS(ctx context.Context, path, network, addr string) (conn net.Conn, err error) {
+	err = inNetNS(path, func() error {
+		conn, err = (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, network, addr)
+		return err
+	})
+	return conn, err
 }
 
 func newAllocID(t testing.TB) string {

@@ -24,7 +24,6 @@ import (
 type Push struct {
 	q      *chunkQueue
 	cancel context.CancelFunc
-	sent   int64
 	closed bool
 	once   sync.Once
 	done   chan struct{}
@@ -122,15 +121,11 @@ func (p *Push) Write(path string, off int64, b []byte) error {
 		if err := p.queue(frame{kind: frameFile, path: path, offset: off, length: int64(n)}, b[:n]); err != nil {
 			return err
 		}
-		p.sent += int64(n)
 		off += int64(n)
 		b = b[n:]
 	}
 	return nil
 }
-
-// Sent is how many bytes of files were sent so far.
-func (p *Push) Sent() int64 { return p.sent }
 
 // Finish sends the manifest, ending the push, and waits until the
 // destination has checked everything against it and kept the checkpoint.
