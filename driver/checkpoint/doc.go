@@ -12,7 +12,7 @@
 // The manifest is written last, atomically: a directory without one is an
 // incomplete checkpoint. Directories are 0700 and files 0600.
 //
-// On the destination the driver verifies the checkpoint (Verify), lays out
+// On the destination the driver checks the checkpoint (Open), lays out
 // a new task directory from it (PrepareTaskDir), mounts the task's overlay
 // over the same image, points the runtime spec at the new rootfs
 // (RebaseSpec) and restores the container from ImagesDir with the shim in

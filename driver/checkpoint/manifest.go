@@ -280,8 +280,32 @@ func Dir(root, alloc, task string) (string, error) {
 	return filepath.Join(root, alloc, task), nil
 }
 
+// Find returns the directory of the checkpoint of alloc's task (see Dir)
+// under the first of roots that holds a complete one, or under the first
+// root when none does: a node keeps a checkpoint where it wrote it, or
+// later where it moved it for keeping.
+func Find(roots []string, alloc, task string) (string, error) {
+	var first string
+	for _, root := range roots {
+		dir, err := Dir(root, alloc, task)
+		if err != nil {
+			return "", err
+		}
+		if first == "" {
+			first = dir
+		}
+		if _, err := os.Stat(filepath.Join(dir, ManifestName)); err == nil {
+			return dir, nil
+		}
+	}
+	if first == "" {
+		return "", errors.New("checkpoint directory: no root to look in")
+	}
+	return first, nil
+}
+
 // ReadManifest reads and parses dir's manifest without checking the files
-// it lists (see Verify). It wraps ErrNoManifest when there is none.
+// it lists (see Open). It wraps ErrNoManifest when there is none.
 func ReadManifest(dir string) (*Manifest, error) {
 	data, err := ReadRaw(dir)
 	if err != nil {

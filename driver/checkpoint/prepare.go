@@ -27,7 +27,7 @@ const (
 // extracts rootfs.tar into taskDir/upper (created 0700; it must not exist
 // or be empty) and copies config.json into taskDir. It mounts nothing: the
 // caller mounts the overlay at taskDir/rootfs over the same image, then
-// calls RebaseSpec. dir should have passed Verify.
+// calls RebaseSpec. dir should have passed Open.
 func PrepareTaskDir(dir, taskDir string) (err error) {
 	if _, err := ReadManifest(dir); err != nil {
 		return fmt.Errorf("prepare task dir %s: %w", taskDir, err)

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 )
 
-// ErrCorrupt is wrapped by the errors of Verify that find a checkpoint's
+// ErrCorrupt is wrapped by the errors of Open that find a checkpoint's
 // contents differ from its manifest.
 var ErrCorrupt = errors.New("checkpoint corrupt")
 
@@ -27,32 +27,10 @@ func (e *FileError) Error() string {
 // Unwrap makes a FileError match ErrCorrupt.
 func (e *FileError) Unwrap() error { return ErrCorrupt }
 
-// Verify reads dir's manifest and checks it against the directory: every
-// listed file must be a regular file of the listed size and sum, the
-// manifest must list the CRIU images, the rootfs tar and the spec, and no
-// file may be under images/ that the manifest does not list. It returns
-// the manifest when all is well. It reads every byte: use it where the
-// files were not hashed as they arrived (Check is the rest of it).
-func Verify(dir string) (*Manifest, error) {
-	m, err := ReadManifest(dir)
-	if err != nil {
-		return nil, err
-	}
-	if err := Check(dir, m); err != nil {
-		return nil, err
-	}
-	for _, f := range m.Files {
-		if err := checkFile(dir, f, true); err != nil {
-			return nil, err
-		}
-	}
-	return m, nil
-}
-
 // Open returns the manifest of checkpoint dir once it is fit to restore: the
 // manifest as written must have the sha256 digest (hex) the catalogue
 // recorded, checked before it is parsed; then it is parsed and checked
-// against the directory (Check). With hash every file is read and hashed
+// against the directory (check). With hash every file is read and hashed
 // too: for a checkpoint this node did not hash as it wrote or received it,
 // such as one on shared storage.
 func Open(dir, digest string, hash bool) (*Manifest, error) {
@@ -67,7 +45,7 @@ func Open(dir, digest string, hash bool) (*Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", dir, err)
 	}
-	if err := Check(dir, m); err != nil {
+	if err := check(dir, m); err != nil {
 		return nil, err
 	}
 	if hash {
@@ -80,12 +58,12 @@ func Open(dir, digest string, hash bool) (*Manifest, error) {
 	return m, nil
 }
 
-// Check is Verify without reading the files: the manifest m must list the
-// CRIU images, the rootfs tar and the spec; every listed file must be a
-// regular file of its listed size; nothing unlisted may be under images/.
-// It is what a node checks of a checkpoint whose files were hashed as they
-// were written or received.
-func Check(dir string, m *Manifest) error {
+// check checks dir against its manifest m without reading the files: m
+// must list the CRIU images, the rootfs tar and the spec; every listed
+// file must be a regular file of its listed size; nothing unlisted may be
+// under images/. It is all a node checks of a checkpoint whose files it
+// hashed as they were written or received.
+func check(dir string, m *Manifest) error {
 	listed := make(map[string]bool, len(m.Files))
 	for _, f := range m.Files {
 		listed[f.Path] = true

@@ -32,7 +32,6 @@ const (
 	eventBytes      = "checkpoint_bytes"
 	eventDumpMs     = "ferry_dump_ms"
 	eventTransferMs = "ferry_transfer_ms"
-	eventPushedTo   = "ferry_pushed_to"
 	eventRestoreMs  = "ferry_restore_ms"
 	eventFetchMs    = "ferry_fetch_ms"
 	eventReceived   = "ferry_received"
@@ -163,7 +162,7 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 	}
 	how := "for the destination to fetch"
 	if push != nil {
-		how = d.finishPush(ctx, push, created, dest, details, logger)
+		how = d.finishPush(ctx, push, created, dest, logger)
 	}
 	details[eventTransferMs] = strconv.FormatInt(time.Since(dumped).Milliseconds()+created.PackDuration.Milliseconds(), 10)
 	d.emit(cfg, fmt.Sprintf("Checkpointed for migration: %s; dump %s, %s", humanBytes(created.Bytes),
@@ -206,8 +205,8 @@ func (d *Driver) pushTarget(ctx context.Context, env *environment, self string, 
 
 // finishPush sends the manifest and waits for the destination to have
 // checked the whole checkpoint. It returns how the checkpoint went, for
-// the task event; details get the destination.
-func (d *Driver) finishPush(ctx context.Context, push *transfer.Push, created *checkpoint.Created, dest *catalog.Endpoint, details map[string]string, logger hclog.Logger) string {
+// the task event.
+func (d *Driver) finishPush(ctx context.Context, push *transfer.Push, created *checkpoint.Created, dest *catalog.Endpoint, logger hclog.Logger) string {
 	if created.SinkErr != nil {
 		push.Abort(created.SinkErr)
 		return fmt.Sprintf("streaming to %s failed (%v): the destination fetches it", dest.NodeName, created.SinkErr)
@@ -219,7 +218,6 @@ func (d *Driver) finishPush(ctx context.Context, push *transfer.Push, created *c
 		logger.Warn("push not confirmed; the destination will fetch what it lacks", "error", err)
 		return fmt.Sprintf("streaming to %s failed (%v): the destination fetches it", dest.NodeName, err)
 	}
-	details[eventPushedTo] = dest.NodeName
 	return fmt.Sprintf("streamed to %s (%s after the dump)", dest.NodeName, (created.PackDuration + time.Since(start)).Round(time.Millisecond))
 }
 

@@ -224,7 +224,7 @@ func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf 
 		pulled <- pullResult{img, err}
 	}()
 
-	dir, m, got, err := d.obtain(ctx, cfg, conf, env, rec, secret, logger)
+	dir, m, got, err := d.obtain(ctx, cfg, env, rec, secret, logger)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -272,10 +272,10 @@ func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf 
 // is this node's own (the task moved to the node it ran on), on shared
 // storage, pushed here while it was dumped, or else fetched now from the
 // source's driver.
-func (d *Driver) obtain(ctx context.Context, cfg *drivers.TaskConfig, conf *Config, env *environment, rec *catalog.Record, secret string, logger hclog.Logger) (string, *checkpoint.Manifest, *obtained, error) {
+func (d *Driver) obtain(ctx context.Context, cfg *drivers.TaskConfig, env *environment, rec *catalog.Record, secret string, logger hclog.Logger) (string, *checkpoint.Manifest, *obtained, error) {
 	switch {
 	case rec.Shared:
-		if conf.CheckpointDir == "" {
+		if !env.shared {
 			return "", nil, nil, fmt.Errorf("the checkpoint is in the shared checkpoint_dir of %s, and this node has no checkpoint_dir: set it to the same shared storage", rec.SourceNodeName)
 		}
 		dir, err := checkpoint.Dir(env.checkpoints, rec.AllocID, rec.Task)
@@ -286,17 +286,11 @@ func (d *Driver) obtain(ctx context.Context, cfg *drivers.TaskConfig, conf *Conf
 		m, err := checkpoint.Open(dir, rec.ManifestSHA256, true)
 		return dir, m, &obtained{kind: "shared", how: "read from the shared checkpoint_dir"}, err
 	case rec.SourceNodeID == cfg.NodeID:
-		var m *checkpoint.Manifest
-		var dir string
-		err := checkpoint.ErrNoManifest
-		for _, root := range env.checkpointRoots() {
-			if dir, err = checkpoint.Dir(root, rec.AllocID, rec.Task); err != nil {
-				break
-			}
-			if m, err = checkpoint.Open(dir, rec.ManifestSHA256, false); !errors.Is(err, checkpoint.ErrNoManifest) {
-				break
-			}
+		dir, err := checkpoint.Find(env.checkpointRoots(), rec.AllocID, rec.Task)
+		if err != nil {
+			return "", nil, nil, err
 		}
+		m, err := checkpoint.Open(dir, rec.ManifestSHA256, false)
 		return dir, m, &obtained{kind: "local", how: "taken on this node"}, err
 	}
 	dir, err := checkpoint.Dir(env.layout.incoming(), rec.AllocID, rec.Task)

@@ -165,29 +165,12 @@ func (s *Server) authorize(r *http.Request, push bool) (*catalog.Record, string,
 }
 
 // dir is where a push of alloc's task is received, or where this node has
-// its checkpoint (the first of Checkpoints that holds one; the first when
-// none does).
+// its checkpoint.
 func (s *Server) dir(alloc, task string, push bool) (string, error) {
 	if push {
 		return checkpoint.Dir(s.Incoming, alloc, task)
 	}
-	var first string
-	for i, root := range s.Checkpoints {
-		dir, err := checkpoint.Dir(root, alloc, task)
-		if err != nil {
-			return "", err
-		}
-		if i == 0 {
-			first = dir
-		}
-		if _, err := os.Stat(filepath.Join(dir, checkpoint.ManifestName)); err == nil {
-			return dir, nil
-		}
-	}
-	if first == "" {
-		return "", errors.New("no checkpoint directory")
-	}
-	return first, nil
+	return checkpoint.Find(s.Checkpoints, alloc, task)
 }
 
 func remoteHost(r *http.Request) string {
