@@ -23,7 +23,7 @@ import (
 // it). The FERRY_CONSUL_BIN environment variable overrides it.
 const ConsulBinary = "/usr/local/bin/consul"
 
-// startTimeout bounds how long an agent may take to elect itself leader.
+// startTimeout bounds how long an agent may take to be ready.
 const startTimeout = 30 * time.Second
 
 // Agent is a Consul dev agent (a single in-memory server) listening on
@@ -123,58 +123,71 @@ func startAgent(bin, dir string, opts ConsulOptions) (*Agent, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	if err := waitLeader(ctx, a); err != nil {
+	if err := waitReady(ctx, a, opts.ACLManagementToken); err != nil {
 		a.Stop()
 		return nil, fmt.Errorf("consul on %s: %w\n%s", a.Addr, err, a.Log())
 	}
 	return a, nil
 }
 
-// waitLeader polls /v1/status/leader until it names a leader.
-func waitLeader(ctx context.Context, a *Agent) error {
+// waitReady polls the agent until it has elected itself leader and
+// registered its own node, which sessions need ("Missing node
+// registration" before).
+func waitReady(ctx context.Context, a *Agent, token string) error {
 	client := &http.Client{Timeout: 2 * time.Second}
-	url := "http://" + a.Addr + "/v1/status/leader"
 	var last error
 	for {
 		select {
 		case <-a.Exited():
 			return fmt.Errorf("agent exited early: %v", a.ExitErr())
 		case <-ctx.Done():
-			return fmt.Errorf("no leader within %s (last: %v)", startTimeout, last)
+			return fmt.Errorf("not ready within %s (last: %v)", startTimeout, last)
 		case <-time.After(25 * time.Millisecond):
 		}
-		leader, err := getLeader(ctx, client, url)
-		if err != nil {
+		var leader string
+		if err := getJSON(ctx, client, "http://"+a.Addr+"/v1/status/leader", token, &leader); err != nil {
 			last = err
 			continue
 		}
-		if leader != "" {
+		if leader == "" {
+			last = errors.New("no leader yet")
+			continue
+		}
+		var nodes []json.RawMessage
+		if err := getJSON(ctx, client, "http://"+a.Addr+"/v1/catalog/nodes", token, &nodes); err != nil {
+			last = err
+			continue
+		}
+		if len(nodes) > 0 {
 			return nil
 		}
-		last = errors.New("no leader yet")
+		last = errors.New("the agent's node is not registered yet")
 	}
 }
 
-func getLeader(ctx context.Context, client *http.Client, url string) (string, error) {
+// getJSON decodes what url answers into out.
+func getJSON(ctx context.Context, client *http.Client, url, token string, out any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return "", err
+		return err
+	}
+	if token != "" {
+		req.Header.Set("X-Consul-Token", token)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return "", err
+		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("status %s: %s", resp.Status, bytes.TrimSpace(body))
+		return fmt.Errorf("%s: status %s: %s", url, resp.Status, bytes.TrimSpace(body))
 	}
-	var leader string
-	if err := json.Unmarshal(body, &leader); err != nil {
-		return "", fmt.Errorf("decode leader %q: %w", body, err)
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("%s: decode %q: %w", url, body, err)
 	}
-	return leader, nil
+	return nil
 }
