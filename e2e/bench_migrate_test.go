@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/runc/runctest"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	nomad "github.com/hashicorp/nomad/api"
 )
 
@@ -330,10 +331,10 @@ func (c *cluster) ferryMove(b *testing.B, image string, mib int, how string) mov
 	if checkpointed == nil || restoring == nil || restored == nil {
 		b.Fatalf("the move was not a restore:\n%s\n%s", src, dst)
 	}
-	m.dump = ms(checkpointed.Details["ferry_dump_ms"])
-	m.transfer = ms(checkpointed.Details["ferry_transfer_ms"]) + ms(restored.Details["ferry_fetch_ms"])
+	m.dump = ms(checkpointed.Details[sdk.EventDumpMs])
+	m.transfer = ms(checkpointed.Details[sdk.EventTransferMs]) + ms(restored.Details[sdk.EventFetchMs])
 	m.handoff = time.Unix(0, restoring.Time).Sub(time.Unix(0, checkpointed.Time))
-	m.restore = ms(restored.Details["ferry_restore_ms"])
+	m.restore = ms(restored.Details[sdk.EventRestoreMs])
 	return m
 }
 

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/ferry-nomad/ferry/driver/testutil"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	nomad "github.com/hashicorp/nomad/api"
@@ -252,7 +253,7 @@ func (c *cluster) assertReceived(t testing.TB, allocID, kind string) {
 	t.Helper()
 	evs := c.events(t, allocID)
 	e := evs.find("Restored from checkpoint")
-	if e == nil || e.Details["ferry_received"] != kind {
+	if e == nil || e.Details[sdk.EventReceived] != kind {
 		t.Fatalf("the checkpoint was not %s:\n%s", kind, evs)
 	}
 }

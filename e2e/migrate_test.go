@@ -16,8 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/companion/migrate"
 	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/checkpoint"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/ferry-nomad/ferry/driver/testutil"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -144,6 +146,11 @@ func (c *cluster) catalog(t testing.TB) *catalog.Catalog {
 	return cat
 }
 
+// migrations are the companion's migration records on the cluster.
+func (c *cluster) migrations(t testing.TB) *migrate.Records {
+	return &migrate.Records{Consul: c.catalog(t).Client()}
+}
+
 func TestMigrateByAllocStop(t *testing.T) {
 	a := dev.statefulJob(t, "move-stop")
 	states := dev.watchRecord(t, a.ID, "counter")
@@ -209,11 +216,11 @@ func TestMigrateByCompanion(t *testing.T) {
 	if err != nil || src.SchedulingEligibility != nomad.NodeSchedulingEligible {
 		t.Fatalf("source node eligibility not restored: %v %v", src.SchedulingEligibility, err)
 	}
-	if v, ok := n.Meta["ferry_migrate_target"]; ok {
+	if v, ok := n.Meta[sdk.MetaMigrateTarget]; ok {
 		t.Fatalf("target still marked: %q", v)
 	}
 	dev.assertResumed(t, a.ID, next.ID)
-	migrations, err := dev.catalog(t).ListMigrations(context.Background())
+	migrations, err := dev.migrations(t).List(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,11 +547,11 @@ func TestMoveAcrossArchitectures(t *testing.T) {
 	// The checkpoint record is removed as soon as the cold start is
 	// recorded in it; the move's record keeps it.
 	dev.waitRecordGone(t, a.ID)
-	migrations, err := dev.catalog(t).ListMigrations(context.Background())
+	migrations, err := dev.migrations(t).List(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.ContainsFunc(migrations, func(m *catalog.Migration) bool {
+	if !slices.ContainsFunc(migrations, func(m *migrate.Record) bool {
 		return m.AllocID == a.ID && m.Result == "cold_start" && strings.Contains(m.Reason, "Moved across architectures")
 	}) {
 		t.Fatalf("the cold cross-architecture start was not recorded: %+v", migrations)

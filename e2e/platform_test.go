@@ -95,6 +95,33 @@ job %q {
   }
 }`
 
+// archprintImagesJob runs on node %q with an image per architecture and
+// no image: the README's multi-arch jobspec.
+const archprintImagesJob = `
+job %q {
+  datacenters = ["*"]
+  type        = "service"
+  constraint {
+    attribute = "${node.unique.name}"
+    value     = %q
+  }
+  group "g" {
+    task "t" {
+      driver = "ferry"
+      config {
+        images = {
+          amd64 = %q
+          arm64 = %q
+        }
+      }
+      resources {
+        cpu    = 100
+        memory = 64
+      }
+    }
+  }
+}`
+
 // TestImageForNodePlatform: one multi-platform image, built here from one
 // program for amd64 and arm64, pushed to the registry and written as an OCI
 // layout; each client runs the variant for its platform.
@@ -110,6 +137,27 @@ func TestImageForNodePlatform(t *testing.T) {
 	layout := "/var/lib/ferry-dev/layouts/archprint"
 	_ = os.RemoveAll(layout)
 	testutil.WriteLayoutIndex(t, layout, "1", idx)
+
+	// A job naming an image per architecture (images, no image) runs the
+	// amd64 one on the amd64 client and the arm64 one on the arm64 client.
+	amd64Ref, arm64Ref := dev.registry+"/ferry/archprint:amd64", dev.registry+"/ferry/archprint:arm64"
+	testutil.PushImage(t, archprintImage(t, "amd64"), dev.push+"/ferry/archprint:amd64")
+	testutil.PushImage(t, archprintImage(t, "arm64"), dev.push+"/ferry/archprint:arm64")
+	for _, c := range []struct{ job, node, ref, arch string }{
+		{"arch-images-c1", "ferry-c1", amd64Ref, "amd64"},
+		{"arch-images-c2", "ferry-c2", arm64Ref, "arm64"},
+	} {
+		dev.runJob(t, fmt.Sprintf(archprintImagesJob, c.job, c.node, amd64Ref, arm64Ref))
+		t.Cleanup(func() { dev.purge(t, c.job) })
+		if c.arch == "arm64" && !qemuAarch64() {
+			continue
+		}
+		a := dev.waitAlloc(t, c.job, 2*time.Minute, running)
+		dev.waitLogs(t, a.ID, "t", time.Minute, func(s string) bool { return strings.Contains(s, "arch "+c.arch+"\n") })
+		if events := strings.Join(dev.taskEvents(t, a.ID, "t"), "\n"); !strings.Contains(events, c.ref) {
+			t.Fatalf("%s: events do not name %s:\n%s", c.node, c.ref, events)
+		}
+	}
 
 	// The amd64 client runs the amd64 variant from the registry.
 	dev.runJob(t, fmt.Sprintf(archprintJob, "arch-c1", "ferry-c1", dev.registry+"/ferry/archprint:1"))

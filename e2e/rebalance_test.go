@@ -13,8 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/companion/migrate"
 	"github.com/ferry-nomad/ferry/companion/rebalance"
-	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	nomad "github.com/hashicorp/nomad/api"
 )
 
@@ -126,7 +127,7 @@ func TestRebalancer(t *testing.T) {
 		t.Fatalf("the batch job was replaced on the hot node %s", nodeA.Name)
 	}
 	dev.assertResumed(t, a.ID, next.ID)
-	var moved *catalog.Migration
+	var moved *migrate.Record
 	waitFor(t, time.Minute, "the move's record to finish", func() bool {
 		ms := dev.migrationsOf(t, a.ID)
 		if len(ms) == 1 && ms[0].Result != "in_progress" {
@@ -165,7 +166,7 @@ func TestRebalancer(t *testing.T) {
 		t.Fatalf("alloc stop: %v\n%s", err, out)
 	}
 	waitFor(t, time.Minute, "another agent to take the planner's lock", func() bool {
-		h, err := rebalance.ReadHolder(context.Background(), dev.catalog(t).Client(), "ferry/leader")
+		h, err := rebalance.ReadHolder(context.Background(), dev.catalog(t).Client(), sdk.KeyLeader)
 		return err == nil && h != nil && h.AllocID != holder.AllocID
 	})
 	// Killed outright, a planner cannot release its lock: its session
@@ -176,7 +177,7 @@ func TestRebalancer(t *testing.T) {
 		t.Fatalf("alloc signal: %v\n%s", err, out)
 	}
 	waitFor(t, 90*time.Second, "a planner after the kill", func() bool {
-		h, err := rebalance.ReadHolder(context.Background(), dev.catalog(t).Client(), "ferry/leader")
+		h, err := rebalance.ReadHolder(context.Background(), dev.catalog(t).Client(), sdk.KeyLeader)
 		return err == nil && h != nil && h.Since.After(killedAt)
 	})
 	time.Sleep(10 * time.Second) // rounds of the new planner
@@ -192,19 +193,19 @@ func TestRebalancer(t *testing.T) {
 	other := nodes[2]
 	dev.eligible(t, other.ID, false)
 	now := time.Now()
-	must(t, dev.catalog(t).PutMigration(context.Background(), &catalog.Migration{
+	must(t, dev.migrations(t).Put(context.Background(), &migrate.Record{
 		ID: "dead-mover", AllocID: "0000dead", JobID: "ghost",
 		SourceNode: other.Name, SourceNodeID: other.ID, SourceMadeIneligible: true,
 		Result: "in_progress", StartedAt: now.Add(-20 * time.Minute), Deadline: now.Add(-15 * time.Minute),
-	}))
+	}, nil))
 	waitFor(t, time.Minute, "the abandoned move to be closed", func() bool {
-		m, err := dev.catalog(t).GetMigration(context.Background(), "dead-mover")
+		m, err := dev.migrations(t).Get(context.Background(), "dead-mover")
 		return err == nil && m.Result == "abandoned"
 	})
 	if n, _, err := dev.api.Nodes().Info(other.ID, nil); err != nil || n.SchedulingEligibility != nomad.NodeSchedulingEligible {
 		t.Fatalf("%s left ineligible by the abandoned move: %v", other.Name, err)
 	}
-	must(t, dev.catalog(t).DeleteMigration(context.Background(), "dead-mover"))
+	must(t, dev.migrations(t).Delete(context.Background(), "dead-mover"))
 }
 
 func must(t testing.TB, err error) {
@@ -312,13 +313,13 @@ func (c *cluster) waitPlan(t testing.TB, cfgFile string, timeout time.Duration, 
 }
 
 // migrationsOf lists the migration records of the allocations given.
-func (c *cluster) migrationsOf(t testing.TB, allocs ...string) []*catalog.Migration {
+func (c *cluster) migrationsOf(t testing.TB, allocs ...string) []*migrate.Record {
 	t.Helper()
-	all, err := c.catalog(t).ListMigrations(context.Background())
+	all, err := c.migrations(t).List(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []*catalog.Migration
+	var out []*migrate.Record
 	for _, m := range all {
 		if slices.Contains(allocs, m.AllocID) {
 			out = append(out, m)
@@ -333,7 +334,7 @@ func (c *cluster) planner(t testing.TB) *rebalance.Holder {
 	var h *rebalance.Holder
 	waitFor(t, time.Minute, "a planner", func() bool {
 		var err error
-		h, err = rebalance.ReadHolder(context.Background(), c.catalog(t).Client(), "ferry/leader")
+		h, err = rebalance.ReadHolder(context.Background(), c.catalog(t).Client(), sdk.KeyLeader)
 		return err == nil && h != nil && h.AllocID != ""
 	})
 	b, _ := json.Marshal(h)

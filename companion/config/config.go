@@ -19,24 +19,27 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferry-nomad/ferry/companion/config/field"
 	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/planner"
-	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 )
 
-// Config is the companion's configuration. The comments give each field's
-// name in the file and, where there is one, its flag and environment
-// variable.
+// Config is the companion's configuration. Its hcl tags are the file's
+// schema: each field's name in the file, which Load decodes and Validate
+// names in its errors; overrides (load.go) says which fields a flag or the
+// environment sets too. Every attribute and block may be left out, keeping
+// its default.
 type Config struct {
-	Listen    string // listen; -listen: host:port to serve /metrics and /v1/status on
-	Advertise string // advertise; -advertise, NOMAD_ADDR_http: host:port other nodes reach this agent at
-	NodeID    string // node_id; -node-id: this Nomad node's ID
-	NodeName  string // node_name; -node-name: this Nomad node's name
+	Listen    string `hcl:"listen,optional"`    // host:port to serve /metrics and /v1/status on
+	Advertise string `hcl:"advertise,optional"` // host:port other nodes reach this agent at
+	NodeID    string `hcl:"node_id,optional"`   // this Nomad node's ID
+	NodeName  string `hcl:"node_name,optional"` // this Nomad node's name
 
-	Nomad     Nomad  // nomad { address }; -nomad, NOMAD_ADDR
-	Consul    Consul // consul { address }; -consul, CONSUL_HTTP_ADDR
-	Sample    Sample
-	Rebalance Rebalance
+	Nomad     Nomad     `hcl:"nomad,block"`
+	Consul    Consul    `hcl:"consul,block"`
+	Sample    Sample    `hcl:"sample,block"`
+	Rebalance Rebalance `hcl:"rebalance,block"`
 
 	// File is the configuration file that was read (-config), if any.
 	File string
@@ -44,45 +47,47 @@ type Config struct {
 
 // Nomad is how the companion reaches the local Nomad agent.
 type Nomad struct {
-	Address string // an http:// or https:// URL
+	Address string `hcl:"address,optional"` // an http:// or https:// URL
 }
 
 // Consul is how the companion reaches the local Consul agent.
 type Consul struct {
-	Address string // host:port, or an http:// or https:// URL
+	Address string `hcl:"address,optional"` // host:port, or an http:// or https:// URL
 }
 
 // Sample is how the companion measures its node's load.
 type Sample struct {
-	Interval time.Duration // sample.interval; -sample-interval: how often the node is sampled
-	Window   time.Duration // sample.window; -sample-window: samples are averaged over this window
-	Source   string        // sample.source; -sample-source: load.SourceAllocations or load.SourceHost
-	Prefix   string        // sample.prefix: Consul KV prefix of the node load records
+	Interval time.Duration `hcl:"interval,optional"` // how often the node is sampled
+	Window   time.Duration `hcl:"window,optional"`   // samples are averaged over this window
+	Source   string        `hcl:"source,optional"`   // load.SourceAllocations or load.SourceHost
+	Prefix   string        `hcl:"prefix,optional"`   // Consul KV prefix of the node load records
 }
 
 // Rebalance is the rebalancer: which node leads it, how often it plans, and
 // its policy.
 type Rebalance struct {
-	Enabled     bool          // rebalance.enabled; -rebalance
-	DryRun      bool          // rebalance.dry_run; -dry-run: decide and log, never move
-	Interval    time.Duration // rebalance.interval; -rebalance-interval: one planning round per interval
-	MoveTimeout time.Duration // rebalance.move_timeout: how long one move may take before it counts as failed
-	LockKey     string        // rebalance.lock_key: Consul KV key of the leader lock
-	StateKey    string        // rebalance.state_key: Consul KV key of the planner's state
+	Enabled     bool          `hcl:"enabled,optional"`
+	DryRun      bool          `hcl:"dry_run,optional"`      // decide and log, never move
+	Interval    time.Duration `hcl:"interval,optional"`     // one planning round per interval
+	MoveTimeout time.Duration `hcl:"move_timeout,optional"` // how long one move may take before it counts as failed
+	LockKey     string        `hcl:"lock_key,optional"`     // Consul KV key of the leader lock
+	StateKey    string        `hcl:"state_key,optional"`    // Consul KV key of the planner's state
 
-	// Policy is written flat in the rebalance block: online_priority,
-	// consecutive, cooldown, threshold "cpu" and "memory" { high, low } and
-	// limits { in_flight, per_node, per_job, per_hour, per_round }.
-	Policy planner.Config
+	// Policy is written flat in the rebalance block, named by its own tags:
+	// online_priority, consecutive, cooldown, threshold "cpu" and "memory"
+	// { high, low } and limits { in_flight, per_node, per_job, per_hour,
+	// per_round }.
+	Policy planner.Config `hcl:",remain"`
 }
 
-// Defaults that are not another package's.
+// Defaults of the fields no other package has one for; the keys are those
+// driver/sdk names.
 const (
 	DefaultListen        = ":4700"
 	DefaultNomadAddress  = "http://127.0.0.1:4646"
 	DefaultConsulAddress = "127.0.0.1:8500"
-	DefaultLockKey       = "ferry/leader"
-	DefaultStateKey      = "ferry/planner/state"
+	DefaultLockKey       = sdk.KeyLeader
+	DefaultStateKey      = sdk.KeyPlannerState
 )
 
 // Default is the configuration before any file, environment or flag. It
@@ -96,7 +101,7 @@ func Default() Config {
 			Interval: 5 * time.Second,
 			Window:   30 * time.Second,
 			Source:   load.SourceAllocations,
-			Prefix:   load.DefaultPrefix,
+			Prefix:   sdk.PrefixNodes,
 		},
 		Rebalance: Rebalance{
 			Enabled:     true,
@@ -117,122 +122,137 @@ func (c *Config) Validate() error {
 }
 
 // validate checks the fields; the agent's own (listen, advertise, node_id)
-// only when agent is set.
+// only when agent is set, as the operator commands (plan, status) only read
+// Consul and Nomad. Each error names what else sets its field: the flags
+// of the command, and the environment.
 func (c *Config) validate(agent bool) []error {
 	var errs []error
-	add := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf(format, args...))
-	}
-
-	// The agent's own fields; the operator commands (plan, status) only read
-	// Consul and Nomad.
 	if agent {
 		errs = append(errs, c.validateAgent()...)
 	}
-
-	// Nomad and Consul.
-	if c.Nomad.Address == "" {
-		add(`nomad.address (-nomad, NOMAD_ADDR): required, e.g. %q`, DefaultNomadAddress)
-	} else if err := checkURL(c.Nomad.Address); err != nil {
-		add(`nomad.address (-nomad, NOMAD_ADDR): %q %v, e.g. %q`, c.Nomad.Address, err, DefaultNomadAddress)
-	}
-	if c.Consul.Address == "" {
-		add(`consul.address (-consul, CONSUL_HTTP_ADDR): required, e.g. %q`, DefaultConsulAddress)
-	} else {
-		var err error
-		if strings.Contains(c.Consul.Address, "://") {
-			err = checkURL(c.Consul.Address)
-		} else if err = checkHostPort(c.Consul.Address, true); err != nil {
-			err = fmt.Errorf("%v, or an http:// or https:// URL", err)
-		}
-		if err != nil {
-			add(`consul.address (-consul, CONSUL_HTTP_ADDR): %q %v, e.g. %q`, c.Consul.Address, err, DefaultConsulAddress)
+	errs = append(errs, c.Nomad.validate("nomad")...)
+	errs = append(errs, c.Consul.validate("consul")...)
+	errs = append(errs, c.Sample.validate("sample")...)
+	errs = append(errs, c.Rebalance.validate("rebalance", c.Sample)...)
+	for _, err := range errs {
+		var fe *field.Error
+		if errors.As(err, &fe) {
+			fe.Also = overrideOf(fe.Path).also(agent)
 		}
 	}
+	return errs
+}
 
-	// Sampling.
-	s := c.Sample
+// validateAgent checks the fields only an agent needs.
+func (c *Config) validateAgent() []error {
+	var errs []error
+	if c.Listen == "" {
+		errs = append(errs, field.Errorf("listen", `required: the host:port to serve /metrics and /v1/status on, e.g. ":4700"`))
+	} else if err := checkHostPort(c.Listen, false); err != nil {
+		errs = append(errs, field.Errorf("listen", `%q %v, e.g. ":4700"`, c.Listen, err))
+	}
+	if c.Advertise == "" {
+		errs = append(errs, field.Errorf("advertise", "required: the host:port other nodes reach this agent at"))
+	} else if err := checkHostPort(c.Advertise, true); err != nil {
+		errs = append(errs, field.Errorf("advertise", `%q %v: the host:port other nodes reach this agent at, e.g. "10.0.0.5:4700"`, c.Advertise, err))
+	}
+	if c.NodeID == "" {
+		errs = append(errs, field.Errorf("node_id", "required: this Nomad node's ID (${node.unique.id} in the jobspec)"))
+	}
+	return errs
+}
+
+func (n Nomad) validate(path field.Path) []error {
+	address := path.Child("address")
+	if n.Address == "" {
+		return []error{field.Errorf(address, "required, e.g. %q", DefaultNomadAddress)}
+	}
+	if err := checkURL(n.Address); err != nil {
+		return []error{field.Errorf(address, "%q %v, e.g. %q", n.Address, err, DefaultNomadAddress)}
+	}
+	return nil
+}
+
+func (c Consul) validate(path field.Path) []error {
+	address := path.Child("address")
+	if c.Address == "" {
+		return []error{field.Errorf(address, "required, e.g. %q", DefaultConsulAddress)}
+	}
+	var err error
+	if strings.Contains(c.Address, "://") {
+		err = checkURL(c.Address)
+	} else if err = checkHostPort(c.Address, true); err != nil {
+		err = fmt.Errorf("%v, or an http:// or https:// URL", err)
+	}
+	if err != nil {
+		return []error{field.Errorf(address, "%q %v, e.g. %q", c.Address, err, DefaultConsulAddress)}
+	}
+	return nil
+}
+
+func (s Sample) validate(path field.Path) []error {
+	var errs []error
+	add := func(name, format string, args ...any) {
+		errs = append(errs, field.Errorf(path.Child(name), format, args...))
+	}
 	if s.Interval < minInterval {
-		add(`sample.interval (-sample-interval): %q must be at least %s, e.g. "5s"`, s.Interval, minInterval)
+		add("interval", `%q must be at least %s, e.g. "5s"`, s.Interval, minInterval)
 	} else if s.Window < s.Interval {
-		add(`sample.window (-sample-window): %q must be at least sample.interval (%q): samples are averaged over the window`, s.Window, s.Interval)
+		add("window", `%q must be at least %s (%q): samples are averaged over the window`, s.Window, path.Child("interval"), s.Interval)
 	}
 	if s.Source != load.SourceAllocations && s.Source != load.SourceHost {
-		add(`sample.source (-sample-source): %q must be %q (the allocations' own usage) or %q (whole-host usage)`, s.Source, load.SourceAllocations, load.SourceHost)
+		add("source", `%q must be %q (the allocations' own usage) or %q (whole-host usage)`, s.Source, load.SourceAllocations, load.SourceHost)
 	}
-	// The records are the keys under the prefix as a folder.
-	folder := ""
 	if err := checkKey(s.Prefix); err != nil {
-		add(`sample.prefix: %v, e.g. %q`, err, load.DefaultPrefix)
-	} else if err := checkOwnKey(strings.TrimSuffix(s.Prefix, "/") + "/"); err != nil {
-		add(`sample.prefix: %v`, err)
-	} else {
-		folder = strings.TrimSuffix(s.Prefix, "/") + "/"
+		add("prefix", "%v, e.g. %q", err, sdk.PrefixNodes)
+	} else if err := checkOwnKey(s.folder()); err != nil {
+		add("prefix", "%v", err)
 	}
+	return errs
+}
 
-	// Rebalancing.
-	r := c.Rebalance
+// folder is the prefix as the folder of the node records: every key under
+// it is one.
+func (s Sample) folder() string {
+	return strings.TrimSuffix(s.Prefix, "/") + "/"
+}
+
+// validate checks the rebalancer's fields, and its keys against the node
+// records of sample.
+func (r Rebalance) validate(path field.Path, sample Sample) []error {
+	var errs []error
+	add := func(name, format string, args ...any) {
+		errs = append(errs, field.Errorf(path.Child(name), format, args...))
+	}
 	if r.Interval < minInterval {
-		add(`rebalance.interval (-rebalance-interval): %q must be at least %s, e.g. "30s"`, r.Interval, minInterval)
+		add("interval", `%q must be at least %s, e.g. "30s"`, r.Interval, minInterval)
 	}
 	if r.MoveTimeout <= 0 {
-		add(`rebalance.move_timeout: %q must be positive, e.g. "10m"`, r.MoveTimeout)
+		add("move_timeout", `%q must be positive, e.g. "10m"`, r.MoveTimeout)
 	}
-	keys := []struct{ name, key, example string }{
-		{"rebalance.lock_key", r.LockKey, DefaultLockKey},
-		{"rebalance.state_key", r.StateKey, DefaultStateKey},
+	// No key may be among the node records; if sample.prefix is wrong, its
+	// own error says so.
+	folder := sample.folder()
+	if checkKey(sample.Prefix) != nil || checkOwnKey(folder) != nil {
+		folder = ""
 	}
-	for _, k := range keys {
+	for _, k := range []struct{ name, key, example string }{
+		{"lock_key", r.LockKey, DefaultLockKey},
+		{"state_key", r.StateKey, DefaultStateKey},
+	} {
 		if err := checkKey(k.key); err != nil {
-			add("%s: %v, e.g. %q", k.name, err, k.example)
+			add(k.name, "%v, e.g. %q", err, k.example)
 		} else if err := checkOwnKey(k.key); err != nil {
-			add("%s: %v", k.name, err)
+			add(k.name, "%v", err)
 		} else if folder != "" && strings.HasPrefix(k.key, folder) {
-			add("%s: %q must not be under sample.prefix (%q), where every key is a node's load record", k.name, k.key, s.Prefix)
+			add(k.name, "%q must not be under sample.prefix (%q), where every key is a node's load record", k.key, sample.Prefix)
 		}
 	}
 	if r.LockKey != "" && r.LockKey == r.StateKey {
-		add("rebalance.state_key: %q must differ from rebalance.lock_key", r.StateKey)
+		add("state_key", "%q must differ from %s", r.StateKey, path.Child("lock_key"))
 	}
-	errs = append(errs, policyErrors(r.Policy)...)
-	return errs
+	return append(errs, r.Policy.ValidateAt(path)...)
 }
-
-// policyErrors are the planner's own checks, named as in the file: the
-// policy is flat in the rebalance block, and its thresholds are labelled
-// blocks.
-func policyErrors(p planner.Config) []error {
-	err := p.Validate()
-	if err == nil {
-		return nil
-	}
-	list := []error{err}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		list = j.Unwrap()
-	}
-	rename := strings.NewReplacer(
-		"thresholds.cpu", `rebalance.threshold "cpu"`,
-		"thresholds.memory", `rebalance.threshold "memory"`,
-	)
-	errs := make([]error, len(list))
-	for i, e := range list {
-		msg := rename.Replace(e.Error())
-		if !strings.HasPrefix(msg, "rebalance.") {
-			msg = "rebalance." + msg
-		}
-		errs[i] = &policyError{msg: msg, err: e}
-	}
-	return errs
-}
-
-// policyError is one of the planner's errors, renamed.
-type policyError struct {
-	msg string
-	err error
-}
-
-func (e *policyError) Error() string { return e.msg }
-func (e *policyError) Unwrap() error { return e.err }
 
 // checkHostPort says what is wrong with a host:port, as the end of a
 // sentence about it. An empty host is allowed unless needHost.
@@ -295,32 +315,10 @@ const minInterval = time.Second
 // checkOwnKey refuses a key (or a prefix ending in "/") that would mix with
 // the records the drivers and the mover keep.
 func checkOwnKey(k string) error {
-	for _, p := range []string{catalog.DefaultPrefix, catalog.DefaultMigrationPrefix, catalog.DefaultEndpointPrefix} {
+	for _, p := range sdk.FixedPrefixes {
 		if strings.HasPrefix(k, p) || strings.HasPrefix(p, k) {
 			return fmt.Errorf("%q must not overlap %q, where ferry keeps other records", k, p)
 		}
 	}
 	return nil
-}
-
-// validateAgent checks the fields only an agent needs.
-func (c *Config) validateAgent() []error {
-	var errs []error
-	add := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf(format, args...))
-	}
-	if c.Listen == "" {
-		add(`listen (-listen): required: the host:port to serve /metrics and /v1/status on, e.g. ":4700"`)
-	} else if err := checkHostPort(c.Listen, false); err != nil {
-		add(`listen (-listen): %q %v, e.g. ":4700"`, c.Listen, err)
-	}
-	if c.Advertise == "" {
-		add("advertise (-advertise, NOMAD_ADDR_http): required: the host:port other nodes reach this agent at")
-	} else if err := checkHostPort(c.Advertise, true); err != nil {
-		add(`advertise (-advertise, NOMAD_ADDR_http): %q %v: the host:port other nodes reach this agent at, e.g. "10.0.0.5:4700"`, c.Advertise, err)
-	}
-	if c.NodeID == "" {
-		add("node_id (-node-id): required: this Nomad node's ID (${node.unique.id} in the jobspec)")
-	}
-	return errs
 }

@@ -3,19 +3,20 @@ package config
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/companion/config/field"
 	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/planner"
-	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/shoenig/test/must"
 )
 
@@ -48,7 +49,7 @@ func TestDefault(t *testing.T) {
 	must.Eq(t, "", c.Advertise)
 	must.Eq(t, "http://127.0.0.1:4646", c.Nomad.Address)
 	must.Eq(t, "127.0.0.1:8500", c.Consul.Address)
-	must.Eq(t, Sample{Interval: 5 * time.Second, Window: 30 * time.Second, Source: load.SourceAllocations, Prefix: load.DefaultPrefix}, c.Sample)
+	must.Eq(t, Sample{Interval: 5 * time.Second, Window: 30 * time.Second, Source: load.SourceAllocations, Prefix: sdk.PrefixNodes}, c.Sample)
 	must.Eq(t, Rebalance{
 		Enabled: true, Interval: 30 * time.Second, MoveTimeout: 10 * time.Minute,
 		LockKey: "ferry/leader", StateKey: "ferry/planner/state",
@@ -87,58 +88,51 @@ func TestExample(t *testing.T) {
 	must.Eq(t, want, *got)
 
 	// Every field is written, but advertise.
-	file, diags := hclparse.NewParser().ParseHCLFile("example.hcl")
-	must.False(t, diags.HasErrors(), must.Sprint(diags))
-	var f fileConfig
-	diags = gohcl.DecodeBody(file.Body, nil, &f)
-	must.False(t, diags.HasErrors(), must.Sprint(diags))
-	for _, missing := range unset(reflect.ValueOf(f), "") {
-		if missing != "advertise" {
-			t.Errorf("example.hcl lacks %s", missing)
+	var missing []field.Path
+	for p := range schemaPaths() {
+		if !writtenPaths(t, "example.hcl")[p] && p != "advertise" {
+			missing = append(missing, p)
 		}
 	}
-	var labels []string
-	for _, th := range f.Rebalance.Thresholds {
-		labels = append(labels, th.Resource)
-	}
-	must.Eq(t, []string{"cpu", "memory"}, labels)
+	must.SliceEmpty(t, missing, must.Sprint("example.hcl lacks these"))
 }
 
-// unset lists the fields of a decoded file that were left out, by their
-// names in the file.
-func unset(v reflect.Value, prefix string) []string {
-	var out []string
-	exprType := reflect.TypeFor[hcl.Expression]()
-	for i := range v.NumField() {
-		sf, fv := v.Type().Field(i), v.Field(i)
-		name, _, _ := strings.Cut(sf.Tag.Get("hcl"), ",")
-		if name == "" {
-			continue // the body
-		}
-		name = prefix + name
-		switch {
-		case sf.Type == exprType:
-			if val, _ := fv.Interface().(hcl.Expression).Value(nil); val.IsNull() {
-				out = append(out, name)
-			}
-		case fv.Kind() == reflect.Pointer:
-			if fv.IsNil() {
-				out = append(out, name)
-			} else if fv.Elem().Kind() == reflect.Struct {
-				out = append(out, unset(fv.Elem(), name+".")...)
-			}
-		case fv.Kind() == reflect.Slice:
-			for j := range fv.Len() {
-				out = append(out, unset(fv.Index(j), name+".")...)
-			}
-		}
+// schemaPaths are the names of every attribute in the file's schema.
+func schemaPaths() map[field.Path]bool {
+	var c Config
+	paths := map[field.Path]bool{}
+	for p := range c.fields() {
+		paths[p] = true
 	}
-	return out
+	return paths
 }
 
-func TestPrecedence(t *testing.T) {
-	// A file that changes every field from its default.
-	const everything = `
+// writtenPaths are the names of the attributes the file at path writes,
+// read from its syntax rather than decoded.
+func writtenPaths(t *testing.T, path string) map[field.Path]bool {
+	t.Helper()
+	file, diags := hclparse.NewParser().ParseHCLFile(path)
+	must.False(t, diags.HasErrors(), must.Sprint(diags))
+	paths := map[field.Path]bool{}
+	var walk func(b *hclsyntax.Body, at field.Path)
+	walk = func(b *hclsyntax.Body, at field.Path) {
+		for name := range b.Attributes {
+			paths[at.Child(name)] = true
+		}
+		for _, blk := range b.Blocks {
+			p := at.Child(blk.Type)
+			for _, l := range blk.Labels {
+				p = p.Label(l)
+			}
+			walk(blk.Body, p)
+		}
+	}
+	walk(file.Body.(*hclsyntax.Body), "")
+	return paths
+}
+
+// everything is a file that changes every field from its default.
+const everything = `
 listen    = "127.0.0.1:4800"
 advertise = "10.0.0.2:4800"
 node_id   = "file-node"
@@ -178,6 +172,51 @@ rebalance {
   }
 }
 `
+
+// TestEveryField checks that every field of the schema is reachable: from
+// the file, which here writes each one, and, for those that have them, from
+// their flag and environment variable.
+func TestEveryField(t *testing.T) {
+	schema := schemaPaths()
+	file := writeFile(t, everything)
+	must.Eq(t, schema, writtenPaths(t, file))
+
+	// Each field the file writes lands, each at a value not its default.
+	got := Default()
+	errs, fatal := loadFile(file, &got)
+	must.False(t, fatal)
+	must.SliceEmpty(t, errs)
+	def := Default()
+	defaults := def.fields()
+	for p, v := range got.fields() {
+		if v.Interface() == defaults[p].Interface() {
+			t.Errorf("%s: the file's %v did not land", p, v.Interface())
+		}
+	}
+
+	// Each flag and environment variable, given a value other than the
+	// file's, sets its field to it.
+	base := withRequired()
+	values := base.fields()
+	for _, o := range overrides {
+		must.True(t, schema[o.field], must.Sprintf("%+v sets no field of the file", o))
+		value := fmt.Sprint(values[o.field].Interface())
+		check := func(how string, args []string, kv map[string]string) {
+			t.Helper()
+			cfg, err := Load(append([]string{"-config", file}, args...), env(kv))
+			must.NoError(t, err, must.Sprint(how))
+			must.Eq(t, values[o.field].Interface(), cfg.fields()[o.field].Interface(), must.Sprint(how))
+		}
+		if o.flag != "" {
+			check("-"+o.flag, []string{"-" + o.flag + "=" + value}, nil)
+		}
+		if o.env != "" {
+			check(o.env, nil, map[string]string{o.env: value})
+		}
+	}
+}
+
+func TestPrecedence(t *testing.T) {
 	fromFile := Config{
 		Listen: "127.0.0.1:4800", Advertise: "10.0.0.2:4800",
 		NodeID: "file-node", NodeName: "file-name",
@@ -636,9 +675,9 @@ func TestPolicyErrorUnwraps(t *testing.T) {
 	c := withRequired()
 	c.Rebalance.Policy.Consecutive = 0
 	err := c.Validate()
-	var pe *policyError
-	must.True(t, errors.As(err, &pe))
-	must.Eq(t, "rebalance.consecutive: 0 must be at least 1 (rounds over the high threshold before a node is hot)", pe.Error())
+	var fe *field.Error
+	must.True(t, errors.As(err, &fe))
+	must.Eq(t, "rebalance.consecutive: 0 must be at least 1 (rounds over the high threshold before a node is hot)", fe.Error())
 }
 
 func TestLoadTool(t *testing.T) {

@@ -3,12 +3,9 @@ package load
 import (
 	"strconv"
 
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/hashicorp/nomad/api"
 )
-
-// ferryDriver is the name jobspecs give Ferry's task driver (driver/plugin's
-// Name), repeated here so that the companion need not link the driver.
-const ferryDriver = "ferry"
 
 // Classify describes a running allocation as the planner sees it, without
 // its measured usage: its job's type and priority, whether it is online
@@ -39,8 +36,8 @@ func Classify(a *api.Allocation, onlinePriority int) Alloc {
 	out.Online = out.JobType == api.JobTypeService ||
 		out.JobType == api.JobTypeSystem ||
 		out.Priority >= onlinePriority
-	out.RestartMove = job.Meta[MetaRestartMove] == "true"
-	out.CrossArch = job.Meta[MetaCrossArch] == "true"
+	out.RestartMove = job.Meta[sdk.MetaRestartMove] == "true"
+	out.CrossArch = job.Meta[sdk.MetaCrossArch] == "true"
 
 	group := findGroup(job, a.TaskGroup)
 	out.Reserved = reserved(a, group)
@@ -111,7 +108,7 @@ func checkpointed(g *api.TaskGroup) bool {
 		return false
 	}
 	for _, t := range g.Tasks {
-		if t == nil || t.Driver != ferryDriver || !checkpointEnabled(t.Config) {
+		if t == nil || t.Driver != sdk.DriverName || !checkpointEnabled(t.Config) {
 			return false
 		}
 	}

@@ -3,6 +3,7 @@ package load
 import (
 	"testing"
 
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/hashicorp/nomad/api"
 	"github.com/shoenig/test/must"
 )
@@ -162,7 +163,7 @@ func TestClassify(t *testing.T) {
 			name: "move opt-ins from job meta",
 			alloc: func() *api.Allocation {
 				a := testAlloc("batch", 50)
-				a.Job.Meta = map[string]string{MetaRestartMove: "true", MetaCrossArch: "true"}
+				a.Job.Meta = map[string]string{sdk.MetaRestartMove: "true", sdk.MetaCrossArch: "true"}
 				return a
 			},
 			want: func(a *Alloc) { a.JobType, a.Priority, a.RestartMove, a.CrossArch = "batch", 50, true, true },
@@ -171,7 +172,7 @@ func TestClassify(t *testing.T) {
 			name: "move opt-ins other than true",
 			alloc: func() *api.Allocation {
 				a := testAlloc("batch", 50)
-				a.Job.Meta = map[string]string{MetaRestartMove: "yes", MetaCrossArch: "false"}
+				a.Job.Meta = map[string]string{sdk.MetaRestartMove: "yes", sdk.MetaCrossArch: "false"}
 				return a
 			},
 			want: func(a *Alloc) { a.JobType, a.Priority = "batch", 50 },

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 )
@@ -28,7 +29,7 @@ type Publisher struct {
 	session string // empty until the first Publish, and after Close
 }
 
-// NewPublisher returns a publisher under prefix (DefaultPrefix when empty)
+// NewPublisher returns a publisher under prefix (sdk.PrefixNodes when empty)
 // whose session expires ttl after its last publish (see SessionTTL; held
 // within Consul's bounds of 10s to 24h).
 func NewPublisher(consul *consulapi.Client, prefix string, ttl time.Duration, logger hclog.Logger) *Publisher {
@@ -109,7 +110,7 @@ func (p *Publisher) Close(ctx context.Context) error {
 	return nil
 }
 
-// List returns every node's record under prefix (DefaultPrefix when empty)
+// List returns every node's record under prefix (sdk.PrefixNodes when empty)
 // in one KV read, ordered by node name then ID, and the KV index of the
 // read, for a blocking query to wait on. Values that are not records of the
 // node their key names (undecodable, or naming another node) are skipped.
@@ -143,12 +144,12 @@ func List(ctx context.Context, consul *consulapi.Client, prefix string) ([]Recor
 // recordKey is the KV key of nodeID's record under prefix.
 func recordKey(prefix, nodeID string) string { return prefix + nodeID }
 
-// normalizePrefix makes prefix a KV folder: DefaultPrefix when empty, no
+// normalizePrefix makes prefix a KV folder: sdk.PrefixNodes when empty, no
 // leading slash, one trailing slash.
 func normalizePrefix(prefix string) string {
 	prefix = strings.TrimLeft(prefix, "/")
 	if prefix == "" {
-		return DefaultPrefix
+		return sdk.PrefixNodes
 	}
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog/catalogtest"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/ferry-nomad/ferry/driver/testutil"
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
@@ -60,7 +61,7 @@ func TestPublisher(t *testing.T) {
 	must.Eq(t, "ferry/nodes/node-2-id", p2.Key("node-2-id"))
 	must.Eq(t, 10*time.Second, p2.ttl)
 
-	recs, _, err := List(ctx, consul, DefaultPrefix)
+	recs, _, err := List(ctx, consul, sdk.PrefixNodes)
 	must.NoError(t, err)
 	must.SliceEmpty(t, recs)
 
@@ -81,7 +82,7 @@ func TestPublisher(t *testing.T) {
 	must.Eq(t, "15s", info.TTL)
 	must.Eq(t, time.Duration(0), info.LockDelay)
 
-	recs, index, err := List(ctx, consul, DefaultPrefix)
+	recs, index, err := List(ctx, consul, sdk.PrefixNodes)
 	must.NoError(t, err)
 	must.Positive(t, index)
 	must.Eq(t, []Record{r2, r1}, recs) // by node name

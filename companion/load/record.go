@@ -8,9 +8,6 @@ package load
 
 import "time"
 
-// DefaultPrefix is the Consul KV prefix of node load records.
-const DefaultPrefix = "ferry/nodes/"
-
 // Source says what a record's usage was measured from.
 const (
 	// SourceAllocations sums the allocations' own measured usage: the
@@ -75,10 +72,3 @@ type Alloc struct {
 	GroupCount int `json:"group_count"`
 	MinHealthy int `json:"min_healthy"`
 }
-
-// Job meta keys by which a job opts into moves the planner would otherwise
-// not make.
-const (
-	MetaRestartMove = "ferry_restart_move"
-	MetaCrossArch   = "ferry_cross_arch"
-)

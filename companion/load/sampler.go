@@ -151,7 +151,7 @@ func (s *Sampler) measure(q *api.QueryOptions, allocs []*api.Allocation) ([]Reso
 			st, err := s.nomad.Allocations().Stats(a, q)
 			if err != nil {
 				s.logger.Debug("allocation stats unavailable, no sample this time",
-					"node_id", s.cfg.NodeID, "alloc_id", a.ID, "alloc", a.Name, "error", err)
+					"node_id", s.cfg.NodeID, "alloc_id", a.ID, "alloc_name", a.Name, "error", err)
 				return
 			}
 			if st.Timestamp == 0 && len(st.Tasks) == 0 {

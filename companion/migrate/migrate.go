@@ -9,20 +9,11 @@ import (
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-uuid"
 	nomad "github.com/hashicorp/nomad/api"
 )
-
-// TargetMeta is the dynamic node metadata set on the chosen destination
-// while a move is under way. Ferry jobspecs carry an affinity for it:
-//
-//	affinity {
-//	  attribute = "${meta.ferry_migrate_target}"
-//	  value     = "true"
-//	  weight    = 100
-//	}
-const TargetMeta = "ferry_migrate_target"
 
 // Request is one move.
 type Request struct {
@@ -38,7 +29,7 @@ type Request struct {
 	// Fence, when set, makes the move start only while the planner still
 	// holds its lock: the first record is written under it, and nothing
 	// is touched if that write fails.
-	Fence *catalog.Fence
+	Fence *Fence
 }
 
 // Result is how a move went.
@@ -74,7 +65,8 @@ const (
 // catalogue.
 type Mover struct {
 	Nomad   *nomad.Client
-	Catalog *catalog.Catalog
+	Catalog *catalog.Catalog // the drivers' checkpoint records, read
+	Records *Records         // its own records
 	Logger  hclog.Logger
 	Poll    time.Duration // how often to look at the replacement; default 500ms
 }
@@ -96,7 +88,7 @@ func (m *Mover) Move(ctx context.Context, req Request) (*Result, error) {
 	}
 	id, _ := uuid.GenerateUUID()
 	res := &Result{MigrationID: id, OldAlloc: alloc.ID, Source: alloc.NodeName}
-	rec := &catalog.Migration{
+	rec := &Record{
 		ID: id, AllocID: alloc.ID, JobID: alloc.JobID,
 		SourceNode: alloc.NodeName, SourceNodeID: alloc.NodeID,
 		Reason: req.Reason, Kind: req.Kind, CPU: req.CPU, MemoryMB: req.MemoryMB,
@@ -115,7 +107,7 @@ func (m *Mover) Move(ctx context.Context, req Request) (*Result, error) {
 	}
 	if req.Fence != nil {
 		rec.Result = ResultInProgress
-		if err := m.Catalog.PutMigrationFenced(ctx, rec, req.Fence); err != nil {
+		if err := m.Records.Put(ctx, rec, req.Fence); err != nil {
 			return nil, fmt.Errorf("move %s: %w", shortID(alloc.ID), err)
 		}
 	} else {
@@ -136,7 +128,7 @@ func (m *Mover) Move(ctx context.Context, req Request) (*Result, error) {
 		m.finish(ctx, rec, res, err)
 		return nil, err
 	}
-	m.Logger.Info("allocation stopped for migration", "alloc", alloc.ID, "source", alloc.NodeName, "target", rec.TargetNode)
+	m.Logger.Info("allocation stopped for migration", "alloc_id", alloc.ID, "source", alloc.NodeName, "target", rec.TargetNode)
 
 	next, err := m.follow(ctx, alloc, rec.Deadline, res)
 	if err != nil {
@@ -207,10 +199,10 @@ func (m *Mover) findNode(ctx context.Context, ref string) (*nomad.Node, error) {
 	return n, nil
 }
 
-// steer marks the target with TargetMeta and makes the source ineligible, so
+// steer marks the target with sdk.MetaMigrateTarget and makes the source ineligible, so
 // the replacement neither returns to the source nor misses the target. It
 // notes in rec what it changed, for unsteer to undo.
-func (m *Mover) steer(ctx context.Context, rec *catalog.Migration) error {
+func (m *Mover) steer(ctx context.Context, rec *Record) error {
 	ctx, cancel := context.WithTimeout(ctx, nodeCallTimeout)
 	defer cancel()
 	q, w := (&nomad.QueryOptions{}).WithContext(ctx), (&nomad.WriteOptions{}).WithContext(ctx)
@@ -220,7 +212,7 @@ func (m *Mover) steer(ctx context.Context, rec *catalog.Migration) error {
 	}
 	if rec.TargetNodeID != "" {
 		yes := "true"
-		if _, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: rec.TargetNodeID, Meta: map[string]*string{TargetMeta: &yes}}, q); err != nil {
+		if _, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: rec.TargetNodeID, Meta: map[string]*string{sdk.MetaMigrateTarget: &yes}}, q); err != nil {
 			return fmt.Errorf("mark target %s: %w", rec.TargetNode, err)
 		}
 		rec.TargetMarked = true
@@ -239,17 +231,17 @@ func (m *Mover) steer(ctx context.Context, rec *catalog.Migration) error {
 	return nil
 }
 
-// awaitMeta waits until the servers see node's TargetMeta set to value
+// awaitMeta waits until the servers see node's sdk.MetaMigrateTarget set to value
 // ("" for unset).
 func (m *Mover) awaitMeta(ctx context.Context, node, value string) error {
 	for {
 		n, _, err := m.Nomad.Nodes().Info(node, (&nomad.QueryOptions{}).WithContext(ctx))
-		if err == nil && n.Meta[TargetMeta] == value {
+		if err == nil && n.Meta[sdk.MetaMigrateTarget] == value {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the servers do not show meta.%s yet: %w", TargetMeta, ctx.Err())
+			return fmt.Errorf("the servers do not show meta.%s yet: %w", sdk.MetaMigrateTarget, ctx.Err())
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
@@ -257,7 +249,7 @@ func (m *Mover) awaitMeta(ctx context.Context, node, value string) error {
 
 // unsteer undoes what steer noted in rec, whatever became of the move's
 // context.
-func (m *Mover) unsteer(rec *catalog.Migration) {
+func (m *Mover) unsteer(rec *Record) {
 	ctx, cancel := context.WithTimeout(context.Background(), nodeCallTimeout)
 	defer cancel()
 	q, w := (&nomad.QueryOptions{}).WithContext(ctx), (&nomad.WriteOptions{}).WithContext(ctx)
@@ -269,7 +261,7 @@ func (m *Mover) unsteer(rec *catalog.Migration) {
 		}
 	}
 	if rec.TargetMarked {
-		_, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: rec.TargetNodeID, Meta: map[string]*string{TargetMeta: nil}}, q)
+		_, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: rec.TargetNodeID, Meta: map[string]*string{sdk.MetaMigrateTarget: nil}}, q)
 		if err == nil {
 			// Until the servers see it gone, it would steer other moves.
 			err = m.awaitMeta(ctx, rec.TargetNodeID, "")
@@ -284,7 +276,7 @@ func (m *Mover) unsteer(rec *catalog.Migration) {
 
 // Abandoned reports whether rec is a move still recorded in progress well
 // after its deadline: its mover died on the way.
-func Abandoned(rec *catalog.Migration, now time.Time) bool {
+func Abandoned(rec *Record, now time.Time) bool {
 	if rec.Result != ResultInProgress {
 		return false
 	}
@@ -301,11 +293,11 @@ const abandonGrace = time.Minute
 
 // Abandon closes the record of a move whose mover died: it undoes the
 // steering the mover left behind and records the move as abandoned.
-func (m *Mover) Abandon(ctx context.Context, rec *catalog.Migration) {
+func (m *Mover) Abandon(ctx context.Context, rec *Record) {
 	m.unsteer(rec)
 	rec.FinishedAt = time.Now()
 	rec.Reason = "abandoned: its mover stopped before the move finished; the steering of the nodes was undone"
-	m.Logger.Warn("abandoned move closed", "id", rec.ID, "alloc", rec.AllocID, "source", rec.SourceNode, "target", rec.TargetNode)
+	m.Logger.Warn("abandoned move closed", "migration_id", rec.ID, "alloc_id", rec.AllocID, "source", rec.SourceNode, "target", rec.TargetNode)
 	m.recordFinal(ctx, rec, ResultAbandoned)
 }
 
@@ -370,7 +362,7 @@ func (m *Mover) outcome(a *nomad.Allocation, res *Result) {
 	res.Reason = "no restore event"
 	for _, ts := range a.TaskStates {
 		for _, e := range ts.Events {
-			switch catalog.State(e.Details[catalog.EventRestore]) {
+			switch catalog.State(e.Details[sdk.EventRestore]) {
 			case catalog.StateRestored:
 				res.Restored, res.Reason = true, ""
 				return
@@ -381,17 +373,17 @@ func (m *Mover) outcome(a *nomad.Allocation, res *Result) {
 	}
 }
 
-func (m *Mover) record(ctx context.Context, rec *catalog.Migration, result string) {
-	if m.Catalog == nil {
+func (m *Mover) record(ctx context.Context, rec *Record, result string) {
+	if m.Records == nil {
 		return
 	}
 	rec.Result = result
-	if err := m.Catalog.PutMigration(ctx, rec); err != nil {
-		m.Logger.Warn("record migration", "id", rec.ID, "error", err)
+	if err := m.Records.Put(ctx, rec, nil); err != nil {
+		m.Logger.Warn("record migration", "migration_id", rec.ID, "error", err)
 	}
 }
 
-func (m *Mover) finish(ctx context.Context, rec *catalog.Migration, res *Result, err error) {
+func (m *Mover) finish(ctx context.Context, rec *Record, res *Result, err error) {
 	m.unsteer(rec)
 	rec.FinishedAt = time.Now()
 	rec.NewAllocID, rec.Downtime, rec.Bytes = res.NewAlloc, res.Downtime, res.Bytes
@@ -416,8 +408,8 @@ func (m *Mover) finish(ctx context.Context, rec *catalog.Migration, res *Result,
 // recordFinal writes a move's last record, trying a few times: a move
 // whose final record is lost looks in progress until it is taken for
 // abandoned.
-func (m *Mover) recordFinal(ctx context.Context, rec *catalog.Migration, result string) {
-	if m.Catalog == nil {
+func (m *Mover) recordFinal(ctx context.Context, rec *Record, result string) {
+	if m.Records == nil {
 		return
 	}
 	rec.Result = result
@@ -425,13 +417,13 @@ func (m *Mover) recordFinal(ctx context.Context, rec *catalog.Migration, result 
 	defer cancel()
 	wait := 500 * time.Millisecond
 	for {
-		err := m.Catalog.PutMigration(ctx, rec)
+		err := m.Records.Put(ctx, rec, nil)
 		if err == nil {
 			return
 		}
 		select {
 		case <-ctx.Done():
-			m.Logger.Error("the outcome of a move could not be recorded", "id", rec.ID, "alloc", rec.AllocID, "result", result, "error", err)
+			m.Logger.Error("the outcome of a move could not be recorded", "migration_id", rec.ID, "alloc_id", rec.AllocID, "result", result, "error", err)
 			return
 		case <-time.After(wait):
 			wait = min(2*wait, 5*time.Second)

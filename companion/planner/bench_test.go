@@ -29,7 +29,7 @@ func benchSnapshot(n int) Snapshot {
 			a.JobID = fmt.Sprintf("job-%d", rng.IntN(n))
 			switch j % 3 {
 			case 0:
-				a.JobType = JobTypeService
+				a.JobType, a.Online = JobTypeService, true
 			case 1:
 				a.Priority = rng.IntN(60) + 10
 				a.CrossArch = rng.IntN(4) == 0

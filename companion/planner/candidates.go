@@ -6,11 +6,6 @@ import (
 	"slices"
 )
 
-// online reports whether a is work the rebalancer protects.
-func (c Config) online(a *Alloc) bool {
-	return a.JobType == JobTypeService || a.Priority >= c.OnlinePriority
-}
-
 // candidates returns the allocations of hot node ni that may move, in the
 // order to try them: batch before other offline job types, then lowest
 // priority, then smallest reserved memory, then ID. Online allocations are
@@ -20,7 +15,7 @@ func (r *round) candidates(ni int) []int {
 	var out []int
 	for _, ai := range r.onHot[ni] {
 		a := &r.snap.Allocs[ai]
-		if r.cfg.online(a) {
+		if a.Online {
 			continue
 		}
 		if why := r.unmovable(a); why != "" {

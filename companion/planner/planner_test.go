@@ -1,12 +1,14 @@
 package planner
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/companion/config/field"
 	"github.com/shoenig/test/must"
 )
 
@@ -129,11 +131,10 @@ func TestOnlineOffline(t *testing.T) {
 		why   string
 	}{
 		{"batch moves off online-hot node", node("c1", hot), alloc("a", "c1"), []string{"a:c1->c2"}, ""},
-		{"service never moves", node("c1", hot), alloc("a", "c1", func(a *Alloc) { a.JobType = JobTypeService; a.Priority = 10 }), nil, ""},
-		{"priority at threshold is online", node("c1", hot), alloc("a", "c1", func(a *Alloc) { a.Priority = 70 }), nil, ""},
-		{"priority below threshold is offline", node("c1", hot), alloc("a", "c1", func(a *Alloc) { a.JobType = "custom"; a.Priority = 69 }), []string{"a:c1->c2"}, ""},
+		{"online work never moves", node("c1", hot), alloc("a", "c1", func(a *Alloc) { a.JobType = JobTypeService; a.Online = true }), nil, ""},
+		{"the record's verdict, not the priority, decides", node("c1", hot), alloc("a", "c1", func(a *Alloc) { a.Priority = 99 }), []string{"a:c1->c2"}, ""},
 		{"offline usage does not make a node hot", node("c1", online(0.1, 0.1), offline(0.95, 0.95)), alloc("a", "c1"), nil, ""},
-		{"system jobs stay", node("c1", hot), alloc("a", "c1", func(a *Alloc) { a.JobType = JobTypeSystem }), nil, "system jobs run on every node"},
+		{"system jobs stay even when published offline", node("c1", hot), alloc("a", "c1", func(a *Alloc) { a.JobType = JobTypeSystem }), nil, "system jobs run on every node"},
 		{"not movable", node("c1", hot), alloc("a", "c1", func(a *Alloc) { a.Checkpoint = false }), nil, "cannot move: not a checkpointing ferry task"},
 		{"restart move", node("c1", hot), alloc("a", "c1", func(a *Alloc) { a.Checkpoint = false; a.RestartMove = true }), []string{"a:c1->c2"}, ""},
 	}
@@ -432,9 +433,9 @@ func TestValidate(t *testing.T) {
 		want []string
 	}{
 		{"high below low", func(c *Config) { c.Thresholds.CPU = Threshold{High: 0.9, Low: 0.95} },
-			[]string{"thresholds.cpu.high: 0.9 must be above thresholds.cpu.low (0.95)"}},
+			[]string{`threshold "cpu".high: 0.9 must be above threshold "cpu".low (0.95)`}},
 		{"out of range", func(c *Config) { c.Thresholds.Memory = Threshold{High: 1.5, Low: 0} },
-			[]string{"thresholds.memory.high: 1.5 must be a fraction", "thresholds.memory.low: 0 must be a fraction"}},
+			[]string{`threshold "memory".high: 1.5 must be a fraction`, `threshold "memory".low: 0 must be a fraction`}},
 		{"consecutive", func(c *Config) { c.Consecutive = 0 }, []string{"consecutive: 0 must be at least 1"}},
 		{"online priority", func(c *Config) { c.OnlinePriority = 101 }, []string{"online_priority: 101 must be a Nomad job priority between 1 and 100"}},
 		{"cooldown", func(c *Config) { c.Cooldown = -time.Second }, []string{"cooldown: -1s must not be negative"}},
@@ -453,4 +454,15 @@ func TestValidate(t *testing.T) {
 			must.Eq(t, len(tc.want), len(strings.Split(err.Error(), "\n")))
 		})
 	}
+
+	// Written at a path, as the companion's file writes the policy flat in
+	// its rebalance block, each error names the field from there.
+	c := DefaultConfig()
+	c.Thresholds.CPU.High, c.Limits.PerJob = 2, 0
+	errs := c.ValidateAt("rebalance")
+	must.Len(t, 2, errs)
+	var fe *field.Error
+	must.True(t, errors.As(errs[0], &fe))
+	must.Eq(t, `rebalance.threshold "cpu".high`, fe.Path)
+	must.EqError(t, errs[1], "rebalance.limits.per_job: 0 must be at least 1")
 }

@@ -4,9 +4,11 @@
 // where they go. It makes no Nomad or Consul calls and keeps no global
 // state; hysteresis is carried between rounds in State.
 //
-// Online work is what the rebalancer protects: service jobs, and jobs at or
-// above Config.OnlinePriority. Offline work is everything else (typically
-// batch). A node is hot when its online usage stays at or above the high
+// Online work is what the rebalancer protects; each node's agent decides
+// what is online when it publishes its record (load.Classify: service and
+// system jobs, and jobs at or above online_priority), and the planner takes
+// that verdict as it is (Alloc.Online). Offline work is everything else
+// (typically batch). A node is hot when its online usage stays at or above the high
 // threshold for Config.Consecutive rounds; offline allocations are then
 // moved, one policy at a time, to the least-loaded node that can take them:
 //
@@ -53,6 +55,7 @@ type Alloc struct {
 	ID, JobID, Group, NodeID string
 	Priority                 int
 	JobType                  string // "service" | "batch" | "system" | "sysbatch"
+	Online                   bool   // protected work, as its node's agent classified it
 
 	Checkpoint  bool // ferry task with checkpointing: can move live
 	RestartMove bool // job opted into a restart move (no checkpoint)

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/companion/migrate"
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 )
@@ -39,7 +39,7 @@ type Leader struct {
 // lead runs with a context that ends as soon as the lock is lost, and a
 // fence for the writes that start moves: a planner that lost its lock can
 // never start a move again, even before it notices.
-func (l *Leader) Run(ctx context.Context, lead func(ctx context.Context, fence *catalog.Fence)) error {
+func (l *Leader) Run(ctx context.Context, lead func(ctx context.Context, fence *migrate.Fence)) error {
 	ttl := l.TTL
 	if ttl < 10*time.Second {
 		ttl = 10 * time.Second // Consul's minimum
@@ -62,7 +62,7 @@ func (l *Leader) Run(ctx context.Context, lead func(ctx context.Context, fence *
 }
 
 // term is one session: campaign, lead while the lock holds, step down.
-func (l *Leader) term(ctx context.Context, ttl time.Duration, lead func(context.Context, *catalog.Fence)) error {
+func (l *Leader) term(ctx context.Context, ttl time.Duration, lead func(context.Context, *migrate.Fence)) error {
 	sessions := l.Consul.Session()
 	sid, _, err := sessions.Create(&api.SessionEntry{
 		Name:      "ferry-planner " + l.Holder.NodeName,
@@ -132,7 +132,7 @@ func (l *Leader) term(ctx context.Context, ttl time.Duration, lead func(context.
 		}
 		cancel()
 	}()
-	lead(lctx, &catalog.Fence{Key: l.Key, Session: sid})
+	lead(lctx, &migrate.Fence{Key: l.Key, Session: sid})
 	cancel()
 	if err := lock.Unlock(); err != nil && err != api.ErrLockNotHeld {
 		l.Logger.Warn("release planner lock", "key", l.Key, "error", err)

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/companion/migrate"
 	"github.com/ferry-nomad/ferry/companion/planner"
-	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/catalog/catalogtest"
 	"github.com/ferry-nomad/ferry/driver/testutil"
 	"github.com/hashicorp/consul/api"
@@ -25,7 +25,7 @@ func consulClient(t *testing.T) *api.Client {
 // term is one leadership term as the test sees it.
 type term struct {
 	name  string
-	fence *catalog.Fence
+	fence *migrate.Fence
 	ended chan struct{}
 }
 
@@ -34,7 +34,7 @@ func campaign(t *testing.T, ctx context.Context, c *api.Client, name string, ter
 	l := &Leader{Consul: c, Key: "ferry/leader", Holder: Holder{NodeID: name, NodeName: name}, LockDelay: time.Millisecond,
 		Logger: testutil.Logger(t, hclog.Off)}
 	go func() {
-		_ = l.Run(ctx, func(lctx context.Context, f *catalog.Fence) {
+		_ = l.Run(ctx, func(lctx context.Context, f *migrate.Fence) {
 			tm := term{name: name, fence: f, ended: make(chan struct{})}
 			terms <- tm
 			<-lctx.Done()
@@ -88,7 +88,7 @@ func TestLeaderHandover(t *testing.T) {
 
 	// The old leader is fenced off; the new one carries the state on.
 	err = SaveState(ctx, c, "ferry/planner/state", Saved{}, first.fence)
-	must.True(t, errors.Is(err, catalog.ErrFenced), must.Sprintf("old leader's write: %v", err))
+	must.True(t, errors.Is(err, migrate.ErrFenced), must.Sprintf("old leader's write: %v", err))
 	st, err := LoadState(ctx, c, "ferry/planner/state")
 	must.NoError(t, err)
 	must.Eq(t, 2, st.State.HotStreak["n1"])
@@ -115,7 +115,7 @@ func TestLeaderLosesSession(t *testing.T) {
 		t.Fatal("the term did not end when the session was destroyed")
 	}
 	err = SaveState(ctx, c, "ferry/planner/state", Saved{}, first.fence)
-	must.True(t, errors.Is(err, catalog.ErrFenced), must.Sprintf("write after losing the lock: %v", err))
+	must.True(t, errors.Is(err, migrate.ErrFenced), must.Sprintf("write after losing the lock: %v", err))
 
 	again := nextTerm(t, terms)
 	must.Eq(t, "a", again.name)

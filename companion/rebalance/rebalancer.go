@@ -16,7 +16,7 @@ import (
 
 	"github.com/ferry-nomad/ferry/companion/migrate"
 	"github.com/ferry-nomad/ferry/companion/planner"
-	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	consul "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 )
@@ -65,7 +65,7 @@ func (r *Rebalancer) Last() *RoundReport {
 // the agent stops), then waits for the moves it started. Those run under
 // agentCtx: a move that started under the lock is followed to its end even
 // after the lock is lost, and is only cut short when the agent stops.
-func (r *Rebalancer) Lead(agentCtx, ctx context.Context, fence *catalog.Fence) {
+func (r *Rebalancer) Lead(agentCtx, ctx context.Context, fence *migrate.Fence) {
 	r.Metrics.setLeader(true)
 	defer r.Metrics.setLeader(false)
 	saved, err := LoadState(ctx, r.Sources.Consul, r.Config.StateKey)
@@ -88,7 +88,7 @@ func (r *Rebalancer) Lead(agentCtx, ctx context.Context, fence *catalog.Fence) {
 }
 
 // round plans once and starts the planned moves.
-func (r *Rebalancer) round(agentCtx, ctx context.Context, fence *catalog.Fence, state planner.State, moves *sync.WaitGroup) planner.State {
+func (r *Rebalancer) round(agentCtx, ctx context.Context, fence *migrate.Fence, state planner.State, moves *sync.WaitGroup) planner.State {
 	report := &RoundReport{At: time.Now().UTC(), DryRun: r.Config.DryRun}
 	defer func() {
 		r.mu.Lock()
@@ -126,7 +126,7 @@ func (r *Rebalancer) round(agentCtx, ctx context.Context, fence *catalog.Fence, 
 	}
 	for _, d := range plan.Moves {
 		if r.Config.DryRun {
-			r.Logger.Info("dry run: would move", "alloc", d.Move.AllocID, "job", d.Move.JobID, "from", report.Nodes[d.Move.From], "to", report.Nodes[d.Move.To], "kind", d.Move.Kind, "reason", d.Reason)
+			r.Logger.Info("dry run: would move", "alloc_id", d.Move.AllocID, "job", d.Move.JobID, "from", report.Nodes[d.Move.From], "to", report.Nodes[d.Move.To], "kind", d.Move.Kind, "reason", d.Reason)
 			continue
 		}
 		r.start(agentCtx, fence, d, report.Nodes, moves)
@@ -136,14 +136,14 @@ func (r *Rebalancer) round(agentCtx, ctx context.Context, fence *catalog.Fence, 
 }
 
 // start moves one allocation in the background, followed to the end.
-func (r *Rebalancer) start(ctx context.Context, fence *catalog.Fence, d planner.Decision, names map[string]string, moves *sync.WaitGroup) {
+func (r *Rebalancer) start(ctx context.Context, fence *migrate.Fence, d planner.Decision, names map[string]string, moves *sync.WaitGroup) {
 	r.mu.Lock()
 	if r.acting == nil {
 		r.acting = map[string]planner.Move{}
 	}
 	r.acting[d.Move.AllocID] = d.Move
 	r.mu.Unlock()
-	log := r.Logger.With("alloc", d.Move.AllocID, "job", d.Move.JobID, "from", names[d.Move.From], "to", names[d.Move.To], "kind", d.Move.Kind)
+	log := r.Logger.With("alloc_id", d.Move.AllocID, "job", d.Move.JobID, "from", names[d.Move.From], "to", names[d.Move.To], "kind", d.Move.Kind)
 	log.Info("moving allocation", "reason", d.Reason)
 	moves.Add(1)
 	go func() {
@@ -164,7 +164,7 @@ func (r *Rebalancer) start(ctx context.Context, fence *catalog.Fence, d planner.
 			Fence:      fence,
 		})
 		switch {
-		case errors.Is(err, catalog.ErrFenced):
+		case errors.Is(err, migrate.ErrFenced):
 			r.Metrics.moved("fenced", 0)
 			log.Warn("move not started: the planner lock is no longer held", "error", err)
 		case errors.Is(err, context.Canceled):
@@ -179,9 +179,9 @@ func (r *Rebalancer) start(ctx context.Context, fence *catalog.Fence, d planner.
 				result = migrate.ResultColdStart
 			}
 			r.Metrics.moved(result, res.Downtime.Seconds())
-			log.Info("allocation moved", "result", result, "new_alloc", res.NewAlloc, "destination", res.Destination, "downtime", res.Downtime, "bytes", res.Bytes, "why_not_restored", res.Reason)
+			log.Info("allocation moved", "result", result, "new_alloc_id", res.NewAlloc, "destination", res.Destination, "downtime", res.Downtime, "bytes", res.Bytes, "why_not_restored", res.Reason)
 			if res.TargetMissed {
-				log.Warn("Nomad placed the replacement elsewhere than planned: give the job the affinity on meta."+migrate.TargetMeta, "planned", names[d.Move.To], "destination", res.Destination)
+				log.Warn("Nomad placed the replacement elsewhere than planned: give the job the affinity on meta."+sdk.MetaMigrateTarget, "planned", names[d.Move.To], "destination", res.Destination)
 			}
 		}
 	}()
@@ -221,7 +221,7 @@ func (r *Rebalancer) prune(ctx context.Context, in *Inputs) {
 		if in.Now.Sub(at) < history {
 			continue
 		}
-		if err := r.Sources.Catalog.DeleteMigration(ctx, m.ID); err != nil {
+		if err := r.Sources.Records.Delete(ctx, m.ID); err != nil {
 			r.Logger.Debug("prune migration record", "id", m.ID, "error", err)
 		}
 	}
@@ -260,12 +260,12 @@ func LoadState(ctx context.Context, c *consul.Client, key string) (Saved, error)
 }
 
 // SaveState writes s under the fence: only the lock holder saves.
-func SaveState(ctx context.Context, c *consul.Client, key string, s Saved, fence *catalog.Fence) error {
+func SaveState(ctx context.Context, c *consul.Client, key string, s Saved, fence *migrate.Fence) error {
 	value, err := json.Marshal(s)
 	if err != nil {
 		return fmt.Errorf("encode planner state: %w", err)
 	}
-	if err := catalog.WriteFenced(ctx, c, fence, key, value); err != nil {
+	if err := migrate.WriteFenced(ctx, c, fence, key, value); err != nil {
 		return fmt.Errorf("save planner state %s: %w", key, err)
 	}
 	return nil

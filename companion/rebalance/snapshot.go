@@ -8,7 +8,7 @@ import (
 	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/migrate"
 	"github.com/ferry-nomad/ferry/companion/planner"
-	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	consul "github.com/hashicorp/consul/api"
 	nomad "github.com/hashicorp/nomad/api"
 )
@@ -18,8 +18,8 @@ import (
 type Sources struct {
 	Nomad       *nomad.Client
 	Consul      *consul.Client
-	Catalog     *catalog.Catalog
-	NodesPrefix string // load.DefaultPrefix
+	Records     *migrate.Records
+	NodesPrefix string // sdk.PrefixNodes
 }
 
 // history is how long finished migration records are kept.
@@ -30,7 +30,7 @@ type Inputs struct {
 	Now        time.Time
 	Records    []load.Record
 	Nodes      []*nomad.NodeListStub
-	Migrations []*catalog.Migration
+	Migrations []*migrate.Record
 }
 
 // Read reads everything one round looks at: one KV list of node records,
@@ -44,7 +44,7 @@ func (s *Sources) Read(ctx context.Context) (*Inputs, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list Nomad nodes: %w", err)
 	}
-	migrations, err := s.Catalog.ListMigrations(ctx)
+	migrations, err := s.Records.List(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read migrations: %w", err)
 	}
@@ -99,7 +99,7 @@ func (in *Inputs) Snapshot() planner.Snapshot {
 		for _, a := range r.Allocs {
 			snap.Allocs = append(snap.Allocs, planner.Alloc{
 				ID: a.ID, JobID: a.JobID, Group: a.Group, NodeID: r.NodeID,
-				Priority: a.Priority, JobType: a.JobType,
+				Priority: a.Priority, JobType: a.JobType, Online: a.Online,
 				Checkpoint: a.Checkpoint, RestartMove: a.RestartMove, CrossArch: a.CrossArch,
 				Reserved:        resources(a.Reserved),
 				Usage:           resources(a.Usage),
@@ -122,14 +122,14 @@ func nodeOf(stub *nomad.NodeListStub, r *load.Record) planner.Node {
 		Online:   resources(r.Online),
 		Offline:  resources(r.Offline),
 	}
-	if d := stub.Drivers["ferry"]; d != nil && d.Detected && d.Healthy {
-		n.Platform = d.Attributes["driver.ferry.platform"]
-		n.CanCheckpoint = d.Attributes["driver.ferry.checkpoint"] == "true"
+	if d := stub.Drivers[sdk.DriverName]; d != nil && d.Detected && d.Healthy {
+		n.Platform = d.Attributes[sdk.AttrPlatform]
+		n.CanCheckpoint = d.Attributes[sdk.AttrCheckpoint] == "true"
 	}
 	return n
 }
 
-func moveOf(m *catalog.Migration) planner.Move {
+func moveOf(m *migrate.Record) planner.Move {
 	return planner.Move{
 		AllocID: m.AllocID, JobID: m.JobID,
 		From: m.SourceNodeID, To: m.TargetNodeID,

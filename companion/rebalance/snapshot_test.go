@@ -5,8 +5,9 @@ import (
 	"time"
 
 	"github.com/ferry-nomad/ferry/companion/load"
+	"github.com/ferry-nomad/ferry/companion/migrate"
 	"github.com/ferry-nomad/ferry/companion/planner"
-	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	nomad "github.com/hashicorp/nomad/api"
 	"github.com/shoenig/test/must"
 )
@@ -14,8 +15,8 @@ import (
 func TestSnapshot(t *testing.T) {
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	ferry := func(platform string) map[string]*nomad.DriverInfo {
-		return map[string]*nomad.DriverInfo{"ferry": {Detected: true, Healthy: true,
-			Attributes: map[string]string{"driver.ferry.platform": platform, "driver.ferry.checkpoint": "true"}}}
+		return map[string]*nomad.DriverInfo{sdk.DriverName: {Detected: true, Healthy: true,
+			Attributes: map[string]string{sdk.AttrPlatform: platform, sdk.AttrCheckpoint: "true"}}}
 	}
 	in := &Inputs{
 		Now: now,
@@ -30,12 +31,12 @@ func TestSnapshot(t *testing.T) {
 				Allocs: []load.Alloc{
 					{ID: "x1", JobID: "sim", Group: "g", JobType: "batch", Priority: 40, Checkpoint: true, MinHealthy: 0,
 						Reserved: load.Resources{CPU: 100, MemoryMB: 64}, Usage: load.Resources{CPU: 500}},
-					{ID: "w1", JobID: "web", Group: "g", JobType: "service", Priority: 50, MinHealthy: 1},
+					{ID: "w1", JobID: "web", Group: "g", JobType: "service", Priority: 50, Online: true, MinHealthy: 1},
 				}},
 			{NodeID: "n2", Allocs: []load.Alloc{{ID: "w2", JobID: "web", Group: "g", JobType: "service", MinHealthy: 1}}},
 			{NodeID: "gone"}, // a node Nomad no longer knows
 		},
-		Migrations: []*catalog.Migration{
+		Migrations: []*migrate.Record{
 			// In flight, and abandoned long ago.
 			{ID: "m1", AllocID: "y1", JobID: "sim", SourceNodeID: "n1", TargetNodeID: "n2", Kind: "live", CPU: 100, MemoryMB: 64,
 				Result: "in_progress", StartedAt: now.Add(-time.Minute)},
@@ -66,6 +67,9 @@ func TestSnapshot(t *testing.T) {
 	must.Eq(t, now.Add(-10*time.Minute), x1.LastMoved)
 	must.Eq(t, planner.Resources{CPU: 100, MemoryMB: 64}, x1.Reserved)
 	must.Eq(t, 1, x1.GroupRunning)
+	// The agent's verdict on online work is the planner's.
+	must.False(t, x1.Online)
+	must.True(t, snap.Allocs[1].Online)
 	// web/g runs on two nodes.
 	must.Eq(t, 2, snap.Allocs[1].GroupRunning)
 	must.Eq(t, 1, snap.Allocs[1].GroupMinHealthy)

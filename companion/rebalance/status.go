@@ -7,7 +7,6 @@ import (
 
 	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/migrate"
-	"github.com/ferry-nomad/ferry/driver/catalog"
 	consul "github.com/hashicorp/consul/api"
 )
 
@@ -15,10 +14,10 @@ import (
 // smoothed load, the moves in flight and the last moves. `ferry-companion
 // status` prints it; the agents serve it at /v1/status.
 type Status struct {
-	Leader   *Holder              `json:"leader"`
-	Nodes    []load.Record        `json:"nodes"`
-	InFlight []*catalog.Migration `json:"in_flight"`
-	Last     []*catalog.Migration `json:"last_moves"` // newest first
+	Leader   *Holder           `json:"leader"`
+	Nodes    []load.Record     `json:"nodes"`
+	InFlight []*migrate.Record `json:"in_flight"`
+	Last     []*migrate.Record `json:"last_moves"` // newest first
 	// Set by an agent serving /v1/status: itself, and its last round
 	// when it is the planner.
 	Self      *load.Record `json:"self,omitempty"`
@@ -29,7 +28,7 @@ type Status struct {
 const lastMoves = 10
 
 // ReadStatus reads the status from Consul.
-func ReadStatus(ctx context.Context, c *consul.Client, cat *catalog.Catalog, lockKey, nodesPrefix string) (*Status, error) {
+func ReadStatus(ctx context.Context, c *consul.Client, lockKey, nodesPrefix string) (*Status, error) {
 	holder, err := ReadHolder(ctx, c, lockKey)
 	if err != nil {
 		return nil, err
@@ -38,11 +37,11 @@ func ReadStatus(ctx context.Context, c *consul.Client, cat *catalog.Catalog, loc
 	if err != nil {
 		return nil, err
 	}
-	migrations, err := cat.ListMigrations(ctx)
+	migrations, err := (&migrate.Records{Consul: c}).List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Leader: holder, Nodes: records, InFlight: []*catalog.Migration{}, Last: []*catalog.Migration{}}
+	st := &Status{Leader: holder, Nodes: records, InFlight: []*migrate.Record{}, Last: []*migrate.Record{}}
 	for _, m := range slices.Backward(migrations) {
 		if m.Result == migrate.ResultInProgress {
 			st.InFlight = append(st.InFlight, m)

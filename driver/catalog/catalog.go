@@ -10,15 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
-)
-
-const (
-	// DefaultPrefix is the Consul KV prefix of checkpoint records.
-	DefaultPrefix = "ferry/checkpoints/"
-	// DefaultMigrationPrefix is the Consul KV prefix of migration records.
-	DefaultMigrationPrefix = "ferry/migrations/"
 )
 
 var (
@@ -56,31 +50,29 @@ const (
 )
 
 // Catalog keeps one Record per task of an allocation under prefix in Consul
-// KV, at <prefix><alloc ID>/<task>, and migration records under
-// DefaultMigrationPrefix (<prefix><ID>). Records are JSON. A Catalog is safe
-// for concurrent use.
+// KV, at <prefix><alloc ID>/<task>. Records are JSON. A Catalog is safe for
+// concurrent use.
 type Catalog struct {
-	client          *api.Client
-	prefix          string
-	migrationPrefix string
-	logger          hclog.Logger
+	client *api.Client
+	prefix string
+	logger hclog.Logger
 }
 
-// New returns a Catalog storing records under prefix (DefaultPrefix when
-// empty) through client. A nil logger discards logs.
+// New returns a Catalog storing records under prefix (sdk.PrefixCheckpoints
+// when empty) through client. It logs to logger as given (the caller names
+// it); a nil logger discards logs.
 func New(client *api.Client, prefix string, logger hclog.Logger) *Catalog {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
 	return &Catalog{
-		client:          client,
-		prefix:          normalizePrefix(prefix, DefaultPrefix),
-		migrationPrefix: DefaultMigrationPrefix,
-		logger:          logger.Named("catalog"),
+		client: client,
+		prefix: normalizePrefix(prefix, sdk.PrefixCheckpoints),
+		logger: logger,
 	}
 }
 
-// NewFromConfig returns a Catalog under DefaultPrefix talking to the Consul
+// NewFromConfig returns a Catalog under sdk.PrefixCheckpoints talking to the Consul
 // agent at address ("host:port" or a URL such as "https://host:8501") with
 // the ACL token token. Empty values fall back to consul/api's defaults, which
 // read CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT and the like.
@@ -96,7 +88,7 @@ func NewFromConfig(address, token string, logger hclog.Logger) (*Catalog, error)
 	if err != nil {
 		return nil, fmt.Errorf("catalog: consul client for %s: %w", cfg.Address, err)
 	}
-	return New(client, DefaultPrefix, logger), nil
+	return New(client, "", logger), nil
 }
 
 // Prefix returns the KV prefix of checkpoint records, ending in "/".
@@ -119,10 +111,10 @@ func (c *Catalog) Key(allocID, task string) string {
 }
 
 func (c *Catalog) checkedKey(allocID, task string) (string, error) {
-	if err := checkName("allocation ID", allocID); err != nil {
+	if err := CheckName("allocation ID", allocID); err != nil {
 		return "", fmt.Errorf("catalog: %w", err)
 	}
-	if err := checkName("task name", task); err != nil {
+	if err := CheckName("task name", task); err != nil {
 		return "", fmt.Errorf("catalog: %w", err)
 	}
 	return c.Key(allocID, task), nil
@@ -172,7 +164,7 @@ func (c *Catalog) write(ctx context.Context, op *api.KVTxnOp) (ok bool, index ui
 		if op.Verb == api.KVCAS {
 			return false, 0, nil
 		}
-		return false, 0, fmt.Errorf("transaction rolled back: %s", txnErrors(resp))
+		return false, 0, fmt.Errorf("transaction rolled back: %s", TxnReasons(resp))
 	}
 	if resp == nil || len(resp.Results) != 1 || resp.Results[0].KV == nil {
 		return false, 0, errors.New("transaction returned no result")
@@ -180,7 +172,8 @@ func (c *Catalog) write(ctx context.Context, op *api.KVTxnOp) (ok bool, index ui
 	return true, resp.Results[0].KV.ModifyIndex, nil
 }
 
-func txnErrors(resp *api.TxnResponse) string {
+// TxnReasons says why Consul rolled a transaction back.
+func TxnReasons(resp *api.TxnResponse) string {
 	if resp == nil || len(resp.Errors) == 0 {
 		return "no reason given"
 	}
@@ -430,7 +423,7 @@ func (c *Catalog) ListWait(ctx context.Context, index uint64) ([]*Record, uint64
 	records := make([]*Record, 0, len(pairs))
 	for _, pair := range pairs {
 		allocID, task, ok := strings.Cut(strings.TrimPrefix(pair.Key, c.prefix), "/")
-		if !ok || checkName("allocation ID", allocID) != nil || checkName("task name", task) != nil {
+		if !ok || CheckName("allocation ID", allocID) != nil || CheckName("task name", task) != nil {
 			c.logger.Warn("skipping entry that is not a checkpoint record", "key", pair.Key)
 			continue
 		}
@@ -452,131 +445,6 @@ func (c *Catalog) ListWait(ctx context.Context, index uint64) ([]*Record, uint64
 		next = 0 // Consul's index went backwards: start over
 	}
 	return records, max(next, 1), nil
-}
-
-// MigrationKey returns the KV key of the migration record id.
-func (c *Catalog) MigrationKey(id string) string { return c.migrationPrefix + id }
-
-// Fence makes a write conditional on a Consul lock still being held: the
-// write happens only while Session holds Key. A process that lost its lock
-// can then no longer record (and so start) anything.
-type Fence struct {
-	Key, Session string
-}
-
-// ErrFenced: a fenced write found the lock no longer held by its session.
-var ErrFenced = errors.New("lock no longer held")
-
-// PutMigration creates or overwrites m's record (m.ID must be set). It sets
-// m.StartedAt to now when zero.
-func (c *Catalog) PutMigration(ctx context.Context, m *Migration) error {
-	return c.PutMigrationFenced(ctx, m, nil)
-}
-
-// PutMigrationFenced is PutMigration that writes only while fence's session
-// holds its lock (any time when fence is nil); otherwise it returns an error
-// matching ErrFenced and writes nothing.
-func (c *Catalog) PutMigrationFenced(ctx context.Context, m *Migration, fence *Fence) error {
-	if m == nil {
-		return errors.New("catalog: put migration: nil record")
-	}
-	if err := checkName("migration ID", m.ID); err != nil {
-		return fmt.Errorf("catalog: put migration: %w", err)
-	}
-	key := c.MigrationKey(m.ID)
-	if m.StartedAt.IsZero() {
-		m.StartedAt = time.Now().UTC()
-	}
-	value, err := json.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("catalog: put migration %s: encode: %w", key, err)
-	}
-	if err := WriteFenced(ctx, c.client, fence, key, value); err != nil {
-		return fmt.Errorf("catalog: put migration %s: %w", key, err)
-	}
-	c.logger.Debug("migration written", "id", m.ID, "alloc_id", m.AllocID, "result", m.Result)
-	return nil
-}
-
-// WriteFenced sets key to value in one transaction that first checks that
-// fence's session holds its lock (no check when fence is nil). When it does
-// not, nothing is written and the error matches ErrFenced; any other
-// rolled-back transaction (e.g. an ACL denial) says why.
-func WriteFenced(ctx context.Context, client *api.Client, fence *Fence, key string, value []byte) error {
-	var ops api.TxnOps
-	if fence != nil {
-		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: fence.Key, Session: fence.Session}})
-	}
-	ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: value}})
-	ok, resp, _, err := client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
-	switch {
-	case err != nil:
-		return err
-	case ok:
-		return nil
-	case fence != nil && resp != nil && slices.ContainsFunc(resp.Errors, func(e *api.TxnError) bool { return e.OpIndex == 0 }):
-		return fmt.Errorf("%s not held by session %s: %w", fence.Key, fence.Session, ErrFenced)
-	}
-	return fmt.Errorf("transaction rolled back: %s", txnErrors(resp))
-}
-
-// DeleteMigration removes the migration record id; a missing one is not an
-// error.
-func (c *Catalog) DeleteMigration(ctx context.Context, id string) error {
-	if err := checkName("migration ID", id); err != nil {
-		return fmt.Errorf("catalog: delete migration: %w", err)
-	}
-	key := c.MigrationKey(id)
-	if _, err := c.client.KV().Delete(key, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
-		return fmt.Errorf("catalog: delete migration %s: %w", key, err)
-	}
-	return nil
-}
-
-// GetMigration returns the migration record id, or an error matching
-// ErrNotFound.
-func (c *Catalog) GetMigration(ctx context.Context, id string) (*Migration, error) {
-	if err := checkName("migration ID", id); err != nil {
-		return nil, fmt.Errorf("catalog: get migration: %w", err)
-	}
-	key := c.MigrationKey(id)
-	pair, _, err := c.client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("catalog: get migration %s: %w", key, err)
-	}
-	if pair == nil {
-		return nil, fmt.Errorf("catalog: get migration %s: %w", key, ErrNotFound)
-	}
-	var m Migration
-	if err := json.Unmarshal(pair.Value, &m); err != nil {
-		return nil, fmt.Errorf("catalog: get migration %s: decode: %w", key, err)
-	}
-	return &m, nil
-}
-
-// ListMigrations returns every migration record, oldest first (by StartedAt,
-// then ID). Undecodable entries are skipped with a warning.
-func (c *Catalog) ListMigrations(ctx context.Context) ([]*Migration, error) {
-	pairs, _, err := c.client.KV().List(c.migrationPrefix, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("catalog: list migrations %s: %w", c.migrationPrefix, err)
-	}
-	migrations := make([]*Migration, 0, len(pairs))
-	for _, pair := range pairs {
-		var m Migration
-		if err := json.Unmarshal(pair.Value, &m); err != nil {
-			c.logger.Warn("skipping undecodable migration record", "key", pair.Key, "error", err)
-			continue
-		}
-		migrations = append(migrations, &m)
-	}
-	slices.SortFunc(migrations, func(a, b *Migration) int {
-		if n := a.StartedAt.Compare(b.StartedAt); n != 0 {
-			return n
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
-	return migrations, nil
 }
 
 // sleep waits for d or until ctx ends.

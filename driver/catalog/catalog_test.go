@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/catalog/catalogtest"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/ferry-nomad/ferry/driver/testutil"
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
@@ -539,71 +540,13 @@ func TestList(t *testing.T) {
 	must.SliceLen(t, 1, otherRecords)
 }
 
-func TestMigrations(t *testing.T) {
-	cat, client := newCatalog(t)
-	ctx := testContext(t)
-
-	migrations, err := cat.ListMigrations(ctx)
-	must.NoError(t, err)
-	must.SliceEmpty(t, migrations)
-
-	base := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
-	for i, id := range []string{"m-3", "m-1", "m-2"} {
-		must.NoError(t, cat.PutMigration(ctx, &catalog.Migration{
-			ID:         id,
-			AllocID:    "alloc-" + id,
-			JobID:      "web",
-			SourceNode: "node-1",
-			TargetNode: "node-2",
-			StartedAt:  base.Add(time.Duration(i) * time.Minute),
-		}))
-	}
-	// Finishing one overwrites it.
-	m, err := cat.GetMigration(ctx, "m-1")
-	must.NoError(t, err)
-	m.Result, m.NewAllocID, m.Downtime, m.Bytes = "migrated", "alloc-new", 850*time.Millisecond, 1<<20
-	m.FinishedAt = base.Add(5 * time.Minute)
-	must.NoError(t, cat.PutMigration(ctx, m))
-
-	got, err := cat.GetMigration(ctx, "m-1")
-	must.NoError(t, err)
-	must.Eq(t, m, got)
-
-	migrations, err = cat.ListMigrations(ctx)
-	must.NoError(t, err)
-	var ids []string
-	for _, m := range migrations {
-		ids = append(ids, m.ID)
-	}
-	must.Eq(t, []string{"m-3", "m-1", "m-2"}, ids)
-	must.Eq(t, "migrated", migrations[1].Result)
-
-	pair, _, err := client.KV().Get("ferry/migrations/m-1", nil)
-	must.NoError(t, err)
-	must.NotNil(t, pair)
-	must.StrContains(t, string(pair.Value), `"result":"migrated"`)
-
-	// A migration without a start time gets one.
-	fresh := &catalog.Migration{ID: "m-4", AllocID: "alloc-4"}
-	must.NoError(t, cat.PutMigration(ctx, fresh))
-	must.False(t, fresh.StartedAt.IsZero())
-
-	_, err = cat.GetMigration(ctx, "m-9")
-	must.ErrorIs(t, err, catalog.ErrNotFound)
-	must.Error(t, cat.PutMigration(ctx, &catalog.Migration{AllocID: "x"}))
-	// Checkpoint records and migrations do not mix.
-	records, err := cat.List(ctx)
-	must.NoError(t, err)
-	must.SliceEmpty(t, records)
-}
-
 func TestNewFromConfig(t *testing.T) {
 	addr := catalogtest.StartConsul(t)
 	ctx := testContext(t)
 
 	cat, err := catalog.NewFromConfig(addr, "", testutil.Logger(t, hclog.Off))
 	must.NoError(t, err)
-	must.Eq(t, catalog.DefaultPrefix, cat.Prefix())
+	must.Eq(t, sdk.PrefixCheckpoints, cat.Prefix())
 	must.NoError(t, cat.Put(ctx, sampleRecord("alloc-1", "app", catalog.StateReady)))
 
 	// An empty address falls back to CONSUL_HTTP_ADDR.
@@ -613,37 +556,4 @@ func TestNewFromConfig(t *testing.T) {
 	got, err := fromEnv.Get(ctx, "alloc-1", "app")
 	must.NoError(t, err)
 	must.Eq(t, catalog.StateReady, got.State)
-}
-
-func TestPutMigrationFenced(t *testing.T) {
-	cat, client := newCatalog(t)
-	ctx := testContext(t)
-
-	session, _, err := client.Session().Create(&api.SessionEntry{TTL: "30s", Behavior: api.SessionBehaviorRelease}, nil)
-	must.NoError(t, err)
-	t.Cleanup(func() { _, _ = client.Session().Destroy(session, nil) })
-	fence := &catalog.Fence{Key: "ferry/leader", Session: session}
-
-	// Nobody holds the lock yet: nothing is written.
-	err = cat.PutMigrationFenced(ctx, &catalog.Migration{ID: "m-1", AllocID: "a"}, fence)
-	must.ErrorIs(t, err, catalog.ErrFenced)
-	_, err = cat.GetMigration(ctx, "m-1")
-	must.ErrorIs(t, err, catalog.ErrNotFound)
-
-	ok, _, err := client.KV().Acquire(&api.KVPair{Key: fence.Key, Session: session}, nil)
-	must.NoError(t, err)
-	must.True(t, ok)
-	must.NoError(t, cat.PutMigrationFenced(ctx, &catalog.Migration{ID: "m-1", AllocID: "a"}, fence))
-
-	// Once the lock is released, the holder is fenced off again.
-	_, _, err = client.KV().Release(&api.KVPair{Key: fence.Key, Session: session}, nil)
-	must.NoError(t, err)
-	err = cat.PutMigrationFenced(ctx, &catalog.Migration{ID: "m-2", AllocID: "b"}, fence)
-	must.ErrorIs(t, err, catalog.ErrFenced)
-
-	must.NoError(t, cat.DeleteMigration(ctx, "m-1"))
-	must.NoError(t, cat.DeleteMigration(ctx, "m-1"))
-	migrations, err := cat.ListMigrations(ctx)
-	must.NoError(t, err)
-	must.SliceEmpty(t, migrations)
 }

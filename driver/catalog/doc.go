@@ -3,7 +3,7 @@
 // and the node that restores it coordinate.
 //
 // The source node writes the record of each task under the source
-// allocation's ID (<prefix><alloc ID>/<task>, DefaultPrefix by default); the
+// allocation's ID (<prefix><alloc ID>/<task>, sdk.PrefixCheckpoints by default); the
 // replacement allocation finds it through Nomad's PreviousAllocation. The
 // state moves
 //
@@ -14,6 +14,7 @@
 // to claim a ready checkpoint exactly one wins; WaitState follows a record
 // with blocking queries.
 //
-// Migration records (requests and outcomes of live migrations) live under
-// DefaultMigrationPrefix, one per migration ID.
+// Each driver also records where its transfer server listens (Endpoint,
+// under sdk.PrefixDrivers), held by a Consul session; the session helpers
+// serve the companion's own session-bound records too.
 package catalog

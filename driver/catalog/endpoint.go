@@ -7,12 +7,9 @@ import (
 	"net"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/hashicorp/consul/api"
 )
-
-// DefaultEndpointPrefix is the Consul KV prefix of the drivers' transfer
-// endpoints, one per Nomad node ID.
-const DefaultEndpointPrefix = "ferry/drivers/"
 
 // endpointTTL is the TTL of the session holding an endpoint: a node that
 // died is forgotten this long after.
@@ -38,13 +35,13 @@ func (e *Endpoint) Host() string {
 }
 
 // EndpointKey returns the KV key of the endpoint of nodeID.
-func (c *Catalog) EndpointKey(nodeID string) string { return DefaultEndpointPrefix + nodeID }
+func (c *Catalog) EndpointKey(nodeID string) string { return sdk.PrefixDrivers + nodeID }
 
 // HoldEndpoint records e under its node's key, held by a session, until ctx
 // ends (see Hold): the endpoint of a node whose driver stopped or died
 // disappears.
 func (c *Catalog) HoldEndpoint(ctx context.Context, e Endpoint) error {
-	if err := checkName("node ID", e.NodeID); err != nil {
+	if err := CheckName("node ID", e.NodeID); err != nil {
 		return fmt.Errorf("catalog: endpoint: %w", err)
 	}
 	if _, _, err := net.SplitHostPort(e.Address); err != nil {
@@ -64,7 +61,7 @@ func (c *Catalog) HoldEndpoint(ctx context.Context, e Endpoint) error {
 // ErrNotFound when that node's driver serves none (not running, or no
 // transfer configured).
 func (c *Catalog) GetEndpoint(ctx context.Context, nodeID string) (*Endpoint, error) {
-	if err := checkName("node ID", nodeID); err != nil {
+	if err := CheckName("node ID", nodeID); err != nil {
 		return nil, fmt.Errorf("catalog: get endpoint: %w", err)
 	}
 	key := c.EndpointKey(nodeID)

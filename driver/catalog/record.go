@@ -10,12 +10,6 @@ import (
 // State is where a task's checkpoint is in its life.
 type State string
 
-// EventRestore is the detail of the task event by which the driver says how
-// a task that had a checkpoint to restore started: its value is
-// StateRestored, StateColdStart (moved across architectures) or StateFailed
-// (the restore failed; the task started fresh or failed).
-const EventRestore = "ferry_restore"
-
 const (
 	// StateCheckpointing: the source is dumping the task.
 	StateCheckpointing State = "checkpointing"
@@ -169,42 +163,9 @@ func (r *Record) Clone() *Record {
 	return &c
 }
 
-// Migration records one requested or finished live migration of an
-// allocation (written by `ferry-companion migrate` and the rebalancer).
-type Migration struct {
-	ID         string `json:"id"`
-	AllocID    string `json:"alloc_id"`
-	JobID      string `json:"job_id,omitempty"`
-	SourceNode string `json:"source_node,omitempty"`
-	TargetNode string `json:"target_node,omitempty"`
-	// Node IDs, set as soon as they are known (the target once chosen).
-	SourceNodeID string `json:"source_node_id,omitempty"`
-	TargetNodeID string `json:"target_node_id,omitempty"`
-	// Kind is "live" (checkpoint and restore) or "restart"; empty for
-	// moves requested without a plan.
-	Kind string `json:"kind,omitempty"`
-	// What the allocation reserves: a move in flight holds it on its target.
-	CPU      float64 `json:"cpu_mhz,omitempty"`
-	MemoryMB float64 `json:"memory_mb,omitempty"`
-	// Deadline is when the mover gives up; a record still in progress
-	// well after it was abandoned by a mover that died.
-	Deadline time.Time `json:"deadline,omitempty"`
-	// What the mover changed to steer the replacement, and must undo:
-	// the source made ineligible, the target given the steering metadata.
-	SourceMadeIneligible bool   `json:"source_made_ineligible,omitempty"`
-	TargetMarked         bool   `json:"target_marked,omitempty"`
-	NewAllocID           string `json:"new_alloc_id,omitempty"`
-	// Result is "in_progress" while the migration runs.
-	Result     string        `json:"result,omitempty"`
-	Reason     string        `json:"reason,omitempty"`
-	Downtime   time.Duration `json:"downtime,omitempty"`
-	Bytes      int64         `json:"bytes,omitempty"`
-	StartedAt  time.Time     `json:"started_at"`
-	FinishedAt time.Time     `json:"finished_at"`
-}
-
-// checkName rejects names that cannot be one segment of a Consul key.
-func checkName(what, name string) error {
+// CheckName rejects names that cannot be one segment of a Consul key;
+// what says what the name is, for the error.
+func CheckName(what, name string) error {
 	switch {
 	case name == "":
 		return fmt.Errorf("empty %s", what)

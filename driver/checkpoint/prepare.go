@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"os"
 	"path/filepath"
 
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"github.com/ferry-nomad/ferry/driver/runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )

@@ -3,11 +3,11 @@ package image
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 

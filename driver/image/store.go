@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/hashicorp/go-hclog"
@@ -154,7 +154,7 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 		blobDir:          filepath.Join(dir, "blobs", "sha256"),
 		layerDir:         filepath.Join(dir, "layers", "sha256"),
 		rootDir:          filepath.Join(dir, "rootfs", "sha256"),
-		logger:           logger.Named("image"),
+		logger:           logger,
 		gcEnabled:        cfg.GCEnabled,
 		gcDelay:          cfg.GCDelay,
 		progressInterval: defaultProgressInterval,

@@ -219,7 +219,7 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		if err := os.Mkdir(host, 0o700); err != nil {
 			return err
 		}
-	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+	case tar.TypeReg, tar.TypeGNUSparse: // the reader turns the old TypeRegA into TypeReg
 		if err := u.writeFile(host, r); err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/checkpoint"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/ferry-nomad/ferry/driver/task"
 	"github.com/ferry-nomad/ferry/driver/transfer"
 	"github.com/hashicorp/go-hclog"
@@ -27,16 +28,6 @@ const (
 	pushFinishTimeout = 2 * time.Minute
 )
 
-// Task event details of a move, read by ferry-companion and the benchmark.
-const (
-	eventBytes      = "checkpoint_bytes"
-	eventDumpMs     = "ferry_dump_ms"
-	eventTransferMs = "ferry_transfer_ms"
-	eventRestoreMs  = "ferry_restore_ms"
-	eventFetchMs    = "ferry_fetch_ms"
-	eventReceived   = "ferry_received"
-)
-
 // checkpointForMigration checkpoints a task whose allocation migrates and
 // records the checkpoint in the catalogue. It returns true when the task was
 // checkpointed, and has therefore exited; false when the task should be
@@ -51,7 +42,7 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 		return false
 	}
 	cfg := h.Config
-	logger := d.logger.With("task", cfg.Name, "alloc", cfg.AllocID)
+	logger := d.logger.With("task", cfg.Name, "alloc_id", cfg.AllocID)
 	ctx, cancel := context.WithTimeout(d.ctx, checkpointTimeout)
 	defer cancel()
 
@@ -157,14 +148,14 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 		return d.awaitExit(h, logger)
 	}
 	details := map[string]string{
-		eventBytes:  strconv.FormatInt(created.Bytes, 10),
-		eventDumpMs: strconv.FormatInt(created.DumpDuration.Milliseconds(), 10),
+		sdk.EventBytes:  strconv.FormatInt(created.Bytes, 10),
+		sdk.EventDumpMs: strconv.FormatInt(created.DumpDuration.Milliseconds(), 10),
 	}
 	how := "for the destination to fetch"
 	if push != nil {
 		how = d.finishPush(ctx, push, created, dest, logger)
 	}
-	details[eventTransferMs] = strconv.FormatInt(time.Since(dumped).Milliseconds()+created.PackDuration.Milliseconds(), 10)
+	details[sdk.EventTransferMs] = strconv.FormatInt(time.Since(dumped).Milliseconds()+created.PackDuration.Milliseconds(), 10)
 	d.emit(cfg, fmt.Sprintf("Checkpointed for migration: %s; dump %s, %s", humanBytes(created.Bytes),
 		created.DumpDuration.Round(time.Millisecond), how), details)
 	d.keepLater(env, cfg, dir, logger)
@@ -184,7 +175,7 @@ func (d *Driver) pushTarget(ctx context.Context, env *environment, self string, 
 	defer cancel()
 	next, _, err := env.nomad.Allocations().Info(alloc.NextAllocation, (&nomadapi.QueryOptions{Namespace: alloc.Namespace}).WithContext(qctx))
 	if err != nil {
-		logger.Warn("cannot read the replacement allocation; the destination will fetch the checkpoint", "next_alloc", alloc.NextAllocation, "error", err)
+		logger.Warn("cannot read the replacement allocation; the destination will fetch the checkpoint", "next_alloc_id", alloc.NextAllocation, "error", err)
 		return nil, ""
 	}
 	if next.NodeID == self {

@@ -9,10 +9,44 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ferry-nomad/ferry/driver/image"
-	"github.com/ferry-nomad/ferry/driver/spec"
-	"github.com/hashicorp/nomad/plugins/drivers"
+	"github.com/hashicorp/nomad/plugins/shared/hclspec"
 )
+
+// configSpec is the schema of the client's `plugin "nomad-driver-ferry"` block.
+var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
+	"runc_path":           hclspec.NewDefault(hclspec.NewAttr("runc_path", "string", false), hclspec.NewLiteral(`"runc"`)),
+	"criu_path":           hclspec.NewDefault(hclspec.NewAttr("criu_path", "string", false), hclspec.NewLiteral(`"criu"`)),
+	"data_dir":            hclspec.NewDefault(hclspec.NewAttr("data_dir", "string", false), hclspec.NewLiteral(`"/var/lib/ferry"`)),
+	"state_dir":           hclspec.NewDefault(hclspec.NewAttr("state_dir", "string", false), hclspec.NewLiteral(`"/run/ferry"`)),
+	"platform":            hclspec.NewAttr("platform", "string", false),
+	"insecure_registries": hclspec.NewAttr("insecure_registries", "list(string)", false),
+	"auth": hclspec.NewBlock("auth", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"config": hclspec.NewAttr("config", "string", false),
+	})),
+	"gc": hclspec.NewDefault(hclspec.NewBlock("gc", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"image":       hclspec.NewDefault(hclspec.NewAttr("image", "bool", false), hclspec.NewLiteral("true")),
+		"image_delay": hclspec.NewDefault(hclspec.NewAttr("image_delay", "string", false), hclspec.NewLiteral(`"3m"`)),
+		"dangling_containers": hclspec.NewDefault(hclspec.NewBlock("dangling_containers", false, danglingContainersSpec),
+			hclspec.NewLiteral(danglingContainersDefault)),
+	})), hclspec.NewLiteral(`{ image = true, image_delay = "3m", dangling_containers = `+danglingContainersDefault+` }`)),
+	"nomad": hclspec.NewBlock("nomad", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"address": hclspec.NewAttr("address", "string", false),
+		"token":   hclspec.NewAttr("token", "string", false),
+	})),
+	"consul": hclspec.NewBlock("consul", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"address": hclspec.NewAttr("address", "string", false),
+		"token":   hclspec.NewAttr("token", "string", false),
+	})),
+	"checkpoint_dir": hclspec.NewAttr("checkpoint_dir", "string", false),
+	"transfer": hclspec.NewDefault(hclspec.NewBlock("transfer", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"listen":      hclspec.NewDefault(hclspec.NewAttr("listen", "string", false), hclspec.NewLiteral(`"`+defaultTransferListen+`"`)),
+		"advertise":   hclspec.NewAttr("advertise", "string", false),
+		"ca_file":     hclspec.NewAttr("ca_file", "string", false),
+		"cert_file":   hclspec.NewAttr("cert_file", "string", false),
+		"key_file":    hclspec.NewAttr("key_file", "string", false),
+		"server_name": hclspec.NewAttr("server_name", "string", false),
+	})), hclspec.NewLiteral(`{ listen = "`+defaultTransferListen+`" }`)),
+})
 
 // Config is the decoded `plugin "nomad-driver-ferry" { config { ... } }` block.
 type Config struct {
@@ -92,6 +126,16 @@ type GCConfig struct {
 
 	imageDelay time.Duration
 }
+
+// danglingContainersSpec is the `gc { dangling_containers { ... } }` block.
+var danglingContainersSpec = hclspec.NewObject(map[string]*hclspec.Spec{
+	"enabled":        hclspec.NewDefault(hclspec.NewAttr("enabled", "bool", false), hclspec.NewLiteral("true")),
+	"period":         hclspec.NewDefault(hclspec.NewAttr("period", "string", false), hclspec.NewLiteral(`"5m"`)),
+	"creation_grace": hclspec.NewDefault(hclspec.NewAttr("creation_grace", "string", false), hclspec.NewLiteral(`"5m"`)),
+	"dry_run":        hclspec.NewDefault(hclspec.NewAttr("dry_run", "bool", false), hclspec.NewLiteral("false")),
+})
+
+const danglingContainersDefault = `{ enabled = true, period = "5m", creation_grace = "5m", dry_run = false }`
 
 // DanglingConfig is the `gc { dangling_containers { ... } }` block: how
 // containers under the driver's directories that no task tracks are found
@@ -193,186 +237,4 @@ func (dc *DanglingConfig) validate() []error {
 		}
 	}
 	return errs
-}
-
-// TaskConfig is the decoded `config { ... }` block of a ferry task.
-type TaskConfig struct {
-	Image     string            `codec:"image"`
-	Images    map[string]string `codec:"images"`
-	ForcePull bool              `codec:"force_pull"`
-	// PlatformFallback lets an index without the node's variant serve the
-	// best older variant the node runs.
-	PlatformFallback bool          `codec:"platform_fallback"`
-	PullTimeout      string        `codec:"pull_timeout"`
-	Auth             TaskAuth      `codec:"auth"`
-	Entrypoint       []string      `codec:"entrypoint"`
-	Command          string        `codec:"command"`
-	Args             []string      `codec:"args"`
-	WorkDir          string        `codec:"work_dir"`
-	User             string        `codec:"user"`
-	Hostname         string        `codec:"hostname"`
-	ReadonlyRootfs   bool          `codec:"readonly_rootfs"`
-	CapAdd           []string      `codec:"cap_add"`
-	CapDrop          []string      `codec:"cap_drop"`
-	Mount            []MountConfig `codec:"mount"`
-	Mounts           []MountConfig `codec:"mounts"`
-	Volumes          []string      `codec:"volumes"`
-	Ports            []string      `codec:"ports"`
-	Checkpoint       Checkpoint    `codec:"checkpoint"`
-}
-
-// Checkpoint is a task's `checkpoint { ... }` block: whether the task is
-// checkpointed when its allocation migrates, and restored where it lands.
-type Checkpoint struct {
-	Enabled          bool   `codec:"enabled"`
-	TCPEstablished   bool   `codec:"tcp_established"`
-	FileLocks        bool   `codec:"file_locks"`
-	OnRestoreFailure string `codec:"on_restore_failure"`
-	RestoreWait      string `codec:"restore_wait"`
-}
-
-// Values of checkpoint.on_restore_failure.
-const (
-	restoreFailureColdStart = "cold_start"
-	restoreFailureFail      = "fail"
-)
-
-// TaskAuth is a task's own registry credentials.
-type TaskAuth struct {
-	Username string `codec:"username"`
-	Password string `codec:"password"`
-}
-
-// MountConfig is one `mount { ... }` block.
-type MountConfig struct {
-	Type     string   `codec:"type"`
-	Source   string   `codec:"source"`
-	Target   string   `codec:"target"`
-	Readonly bool     `codec:"readonly"`
-	Options  []string `codec:"options"`
-}
-
-// taskRequest is a validated task config with its derived values.
-type taskRequest struct {
-	TaskConfig
-	ref         image.Ref
-	pullTimeout time.Duration
-	mounts      []spec.Mount
-	restoreWait time.Duration
-}
-
-// validateTask checks a task config against the node and Nomad's task,
-// returning every problem at once with the field it concerns.
-func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig, platform string) (*taskRequest, error) {
-	req := &taskRequest{TaskConfig: tc}
-	var errs []error
-
-	name := imageFor(tc, platform)
-	ref, err := image.ParseRef(name, c.InsecureRegistries)
-	switch {
-	case name == "":
-		errs = append(errs, fmt.Errorf("image: required, unless images has an entry for this node's platform %s", platform))
-	case err != nil:
-		errs = append(errs, err)
-	}
-	req.ref = ref
-
-	if d, err := time.ParseDuration(tc.PullTimeout); err != nil || d <= 0 {
-		errs = append(errs, fmt.Errorf("pull_timeout: %q is not a positive duration; use a value such as \"5m\"", tc.PullTimeout))
-	} else {
-		req.pullTimeout = d
-	}
-	if (tc.Auth.Username == "") != (tc.Auth.Password == "") {
-		errs = append(errs, errors.New("auth: set both username and password, or neither"))
-	}
-	if tc.WorkDir != "" && !filepath.IsAbs(tc.WorkDir) {
-		errs = append(errs, fmt.Errorf("work_dir: %q must be an absolute path inside the container", tc.WorkDir))
-	}
-	if err := spec.ValidateCaps(tc.CapAdd, tc.CapDrop); err != nil {
-		errs = append(errs, err)
-	}
-	for i, m := range append(append([]MountConfig{}, tc.Mount...), tc.Mounts...) {
-		sm, err := m.toSpec()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("mount[%d]: %w", i, err))
-			continue
-		}
-		req.mounts = append(req.mounts, sm)
-	}
-	for _, v := range tc.Volumes {
-		m, err := spec.ParseVolume(v)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		req.mounts = append(req.mounts, m)
-	}
-	errs = append(errs, validatePorts(tc.Ports, task))
-	if tc.Checkpoint.Enabled {
-		switch tc.Checkpoint.OnRestoreFailure {
-		case "", restoreFailureColdStart, restoreFailureFail:
-		default:
-			errs = append(errs, fmt.Errorf("checkpoint.on_restore_failure: %q is not supported; use \"cold_start\" or \"fail\"", tc.Checkpoint.OnRestoreFailure))
-		}
-		wait := tc.Checkpoint.RestoreWait
-		if wait == "" {
-			wait = "2m"
-		}
-		if d, err := time.ParseDuration(wait); err != nil || d <= 0 {
-			errs = append(errs, fmt.Errorf("checkpoint.restore_wait: %q is not a positive duration; use a value such as \"2m\"", wait))
-		} else {
-			req.restoreWait = d
-		}
-	}
-	return req, errors.Join(errs...)
-}
-
-// imageFor is the image a task runs on a node of platform: its `images`
-// entry for the node's architecture (keyed like Nomad's cpu.arch), else
-// `image`.
-func imageFor(tc TaskConfig, platform string) string {
-	if p, err := parsePlatform(platform); err == nil {
-		if ref, ok := tc.Images[p.Architecture]; ok {
-			return ref
-		}
-	}
-	return tc.Image
-}
-
-func (m MountConfig) toSpec() (spec.Mount, error) {
-	switch m.Type {
-	case "bind":
-		if !filepath.IsAbs(m.Source) {
-			return spec.Mount{}, fmt.Errorf("source: %q must be an absolute path on the client", m.Source)
-		}
-	case "tmpfs":
-	default:
-		return spec.Mount{}, fmt.Errorf("type: %q is not supported; use \"bind\" or \"tmpfs\"", m.Type)
-	}
-	if !filepath.IsAbs(m.Target) {
-		return spec.Mount{}, fmt.Errorf("target: %q must be an absolute path inside the container", m.Target)
-	}
-	return spec.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Readonly: m.Readonly, Options: m.Options}, nil
-}
-
-// validatePorts checks that every label in `ports` names a port of the
-// group's network block: the container shares that network, so the port is
-// reachable once the task listens on it.
-func validatePorts(labels []string, task *drivers.TaskConfig) error {
-	if len(labels) == 0 {
-		return nil
-	}
-	known := map[string]bool{}
-	if task.Resources != nil && task.Resources.Ports != nil {
-		for _, p := range *task.Resources.Ports {
-			known[p.Label] = true
-		}
-	}
-	var errs []error
-	for _, l := range labels {
-		if !known[l] {
-			errs = append(errs, fmt.Errorf("ports: %q is not a port label of the group's network block; add `port %q {}` to it", l, l))
-		}
-	}
-	return errors.Join(errs...)
 }

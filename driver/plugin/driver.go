@@ -14,6 +14,7 @@ import (
 	"github.com/ferry-nomad/ferry/driver/checkpoint"
 	"github.com/ferry-nomad/ferry/driver/image"
 	"github.com/ferry-nomad/ferry/driver/runc"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/ferry-nomad/ferry/driver/shim"
 	"github.com/ferry-nomad/ferry/driver/spec"
 	"github.com/ferry-nomad/ferry/driver/task"
@@ -76,7 +77,7 @@ type environment struct {
 // New returns the driver; Nomad configures it with SetConfig.
 func New(logger hclog.Logger) *Driver {
 	ctx, cancel := context.WithCancel(context.Background())
-	logger = logger.Named(Name)
+	logger = logger.Named(sdk.DriverName)
 	return &Driver{
 		ctx:     ctx,
 		cancel:  cancel,
@@ -262,7 +263,7 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 	if err != nil {
 		return nil, nil, fmt.Errorf("task config: %w", err)
 	}
-	logger := d.logger.With("task", cfg.Name, "alloc", cfg.AllocID)
+	logger := d.logger.With("task", cfg.Name, "alloc_id", cfg.AllocID)
 	// Nomad stops collecting a task's logs once every writer of its log
 	// FIFOs has closed them: a restore that fails after its shim opened them
 	// must not end the logs of the fresh start that follows.
@@ -509,7 +510,7 @@ func (d *Driver) DestroyTask(taskID string, force bool) error {
 	d.tasks.Delete(taskID)
 	d.cleanups.Go(func() {
 		defer done()
-		d.cleanup(env, h.State, d.logger.With("task", h.Config.Name, "alloc", h.Config.AllocID))
+		d.cleanup(env, h.State, d.logger.With("task", h.Config.Name, "alloc_id", h.Config.AllocID))
 	})
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/ferry-nomad/ferry/driver/task"
 	"github.com/ferry-nomad/ferry/driver/testutil"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -155,12 +156,12 @@ func TestDriver_Fingerprint(t *testing.T) {
 	must.NoError(t, err)
 	fp := <-ch
 	must.Eq(t, drivers.HealthStateHealthy, fp.Health, must.Sprint(fp.HealthDescription))
-	v, ok := fp.Attributes["driver.ferry.runc.version"].GetString()
+	v, ok := fp.Attributes[sdk.AttrRuncVersion].GetString()
 	must.True(t, ok)
 	must.StrHasPrefix(t, "1.", v)
-	p, _ := fp.Attributes["driver.ferry.platform"].GetString()
+	p, _ := fp.Attributes[sdk.AttrPlatform].GetString()
 	must.Eq(t, "linux/amd64", p)
-	_, ok = fp.Attributes["driver.ferry.checkpoint"].GetBool()
+	_, ok = fp.Attributes[sdk.AttrCheckpoint].GetBool()
 	must.True(t, ok)
 }
 

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/checkpoint"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/hashicorp/nomad/plugins/drivers"
 	pstructs "github.com/hashicorp/nomad/plugins/shared/structs"
 )
@@ -33,17 +35,13 @@ func (p *criuProbe) get(ctx context.Context, path string) (version string, ok bo
 	}
 	p.path, p.at = path, time.Now()
 	p.version, p.ok, p.reason = "", false, ""
-	out, err := exec.CommandContext(ctx, path, "--version").CombinedOutput()
+	version, err := checkpoint.CriuVersion(ctx, path)
 	if err != nil {
-		p.reason = fmt.Sprintf("criu (%s) not usable: %v; install CRIU >= 4.2 or set criu_path", path, err)
+		p.reason = fmt.Sprintf("criu not usable: %v; install CRIU >= 4.2 or set criu_path", err)
 		return p.version, p.ok, p.reason
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if v, found := strings.CutPrefix(line, "Version:"); found {
-			p.version = strings.TrimSpace(v)
-		}
-	}
-	out, err = exec.CommandContext(ctx, path, "check").CombinedOutput()
+	p.version = version
+	out, err := exec.CommandContext(ctx, path, "check").CombinedOutput()
 	if err != nil {
 		p.reason = "criu check failed: " + lastLine(string(out))
 		return p.version, p.ok, p.reason
@@ -95,10 +93,10 @@ func (d *Driver) fingerprint(ctx context.Context) *drivers.Fingerprint {
 	platform := env.platform
 
 	attrs := map[string]*pstructs.Attribute{
-		"driver.ferry":                pstructs.NewBoolAttribute(true),
-		"driver.ferry.version":        pstructs.NewStringAttribute(Version),
-		"driver.ferry.platform":       pstructs.NewStringAttribute(platform),
-		"driver.ferry.checkpoint_dir": pstructs.NewStringAttribute(env.checkpoints),
+		sdk.AttrDriver:        pstructs.NewBoolAttribute(true),
+		sdk.AttrVersion:       pstructs.NewStringAttribute(Version),
+		sdk.AttrPlatform:      pstructs.NewStringAttribute(platform),
+		sdk.AttrCheckpointDir: pstructs.NewStringAttribute(env.checkpoints),
 	}
 	fp := &drivers.Fingerprint{Attributes: attrs, Health: drivers.HealthStateHealthy, HealthDescription: drivers.DriverHealthy}
 
@@ -106,9 +104,9 @@ func (d *Driver) fingerprint(ctx context.Context) *drivers.Fingerprint {
 	defer cancel()
 	criuVersion, criuOK, criuReason := env.criu.get(cctx, conf.CriuPath)
 	if criuVersion != "" {
-		attrs["driver.ferry.criu.version"] = pstructs.NewStringAttribute(criuVersion)
+		attrs[sdk.AttrCriuVersion] = pstructs.NewStringAttribute(criuVersion)
 	}
-	attrs["driver.ferry.checkpoint"] = pstructs.NewBoolAttribute(criuOK)
+	attrs[sdk.AttrCheckpoint] = pstructs.NewBoolAttribute(criuOK)
 	if !criuOK {
 		d.logger.Debug("checkpointing unavailable", "reason", criuReason)
 	}
@@ -123,6 +121,6 @@ func (d *Driver) fingerprint(ctx context.Context) *drivers.Fingerprint {
 		fp.HealthDescription = fmt.Sprintf("runc (%s) not usable: %v; install runc >= 1.2 or set runc_path", conf.RuncPath, err)
 		return fp
 	}
-	attrs["driver.ferry.runc.version"] = pstructs.NewStringAttribute(runcVersion)
+	attrs[sdk.AttrRuncVersion] = pstructs.NewStringAttribute(runcVersion)
 	return fp
 }

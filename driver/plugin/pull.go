@@ -80,7 +80,7 @@ func (k fileKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
 // only (the task's own come with its start); failing is no error: the
 // restore pulls the image again itself.
 func (d *Driver) prefetch(conf *Config, env *environment, rec *catalog.Record) {
-	logger := d.logger.With("alloc", rec.AllocID, "task", rec.Task, "image", rec.ImageRef, "digest", rec.ImageDigest)
+	logger := d.logger.With("alloc_id", rec.AllocID, "task", rec.Task, "image", rec.ImageRef, "digest", rec.ImageDigest)
 	if !sameArch(rec.Platform, env.platform) || rec.ImageDigest == "" {
 		return
 	}

@@ -18,7 +18,6 @@ package plugin
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -220,8 +219,8 @@ func (d *Driver) findDangling(ctx context.Context, env *environment, cutoff time
 		// A shim directory is named after a hash of its container's ID,
 		// which its config holds.
 		dir := filepath.Join(l.shims(), e.Name())
-		if cid := shimContainerID(dir); validContainerID(cid) && l.shimDir(cid) == dir {
-			add(cid)
+		if sc, err := shim.ReadConfig(dir); err == nil && validContainerID(sc.ID) && l.shimDir(sc.ID) == dir {
+			add(sc.ID)
 		}
 	}
 
@@ -238,7 +237,7 @@ func (d *Driver) findDangling(ctx context.Context, env *environment, cutoff time
 		}
 		// The task directory gets its files when the container is
 		// created, the shim's config when its shim starts.
-		for _, p := range []string{l.taskDir(cid), filepath.Join(l.shimDir(cid), shimConfigFile)} {
+		for _, p := range []string{l.taskDir(cid), shim.ConfigPath(l.shimDir(cid))} {
 			if fi, err := os.Lstat(p); err == nil && fi.ModTime().After(c.created) {
 				c.created = fi.ModTime()
 			}
@@ -249,22 +248,6 @@ func (d *Driver) findDangling(ctx context.Context, env *environment, cutoff time
 	}
 	slices.SortFunc(out, func(a, b danglingContainer) int { return strings.Compare(a.id, b.id) })
 	return out, nil
-}
-
-// shimConfigFile is the shim's config in its directory (shim.Start writes it).
-const shimConfigFile = "shim.json"
-
-// shimContainerID is the container ID in the shim config of dir, or "".
-func shimContainerID(dir string) string {
-	data, err := os.ReadFile(filepath.Join(dir, shimConfigFile))
-	if err != nil {
-		return ""
-	}
-	var sc shim.Config
-	if json.Unmarshal(data, &sc) != nil {
-		return ""
-	}
-	return sc.ID
 }
 
 // validContainerID reports whether cid is a container ID the driver makes:

@@ -30,7 +30,7 @@ func (d *Driver) RecoverTask(handle *drivers.TaskHandle) error {
 	// Tracked until it is in the task store: the reconciler must not take
 	// it for dangling meanwhile.
 	defer d.tracked.begin(st.ContainerID)()
-	logger := d.logger.With("task", handle.Config.Name, "alloc", handle.Config.AllocID)
+	logger := d.logger.With("task", handle.Config.Name, "alloc_id", handle.Config.AllocID)
 	proc, err := shim.Attach(st.ShimDir)
 	if err != nil {
 		// Without its shim nobody reports the container's exit or feeds its

@@ -12,6 +12,7 @@ import (
 	"github.com/ferry-nomad/ferry/driver/checkpoint"
 	"github.com/ferry-nomad/ferry/driver/image"
 	"github.com/ferry-nomad/ferry/driver/runc"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/ferry-nomad/ferry/driver/transfer"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-version"
@@ -53,9 +54,9 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 			d.emit(cfg, fmt.Sprintf("Restored from checkpoint of %s on %s: %s %s, restored in %s",
 				shortID(rec.AllocID), rec.SourceNodeName, humanBytes(rec.Bytes), got.how, got.restore.Round(10*time.Millisecond)),
 				map[string]string{
-					"restored_from": rec.AllocID, "source_node": rec.SourceNodeName, catalog.EventRestore: string(catalog.StateRestored),
-					eventReceived: got.kind, eventRestoreMs: strconv.FormatInt(got.restore.Milliseconds(), 10),
-					eventFetchMs: strconv.FormatInt(got.fetch.Milliseconds(), 10),
+					sdk.EventRestoredFrom: rec.AllocID, sdk.EventSourceNode: rec.SourceNodeName, sdk.EventRestore: string(catalog.StateRestored),
+					sdk.EventReceived: got.kind, sdk.EventRestoreMs: strconv.FormatInt(got.restore.Milliseconds(), 10),
+					sdk.EventFetchMs: strconv.FormatInt(got.fetch.Milliseconds(), 10),
 				})
 			return handle, true, nil
 		}
@@ -66,13 +67,13 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 			// binaries of the other architecture).
 			d.finishRestore(ctx, env, cfg, rec, catalog.StateColdStart, cross.Error(), logger)
 			d.emit(cfg, fmt.Sprintf("Moved across architectures (%s to %s): memory cannot cross, starting fresh from the image for %s", cross.from, cross.to, cross.to),
-				map[string]string{"restored_from": rec.AllocID, "cold_start": "cross_arch", catalog.EventRestore: string(catalog.StateColdStart)})
+				map[string]string{sdk.EventRestoredFrom: rec.AllocID, sdk.EventColdStart: "cross_arch", sdk.EventRestore: string(catalog.StateColdStart)})
 			return nil, false, nil
 		}
 		d.finishRestore(ctx, env, cfg, rec, catalog.StateFailed, err.Error(), logger)
 	}
 	logger.Warn("restore failed", "error", err)
-	failed := map[string]string{catalog.EventRestore: string(catalog.StateFailed)}
+	failed := map[string]string{sdk.EventRestore: string(catalog.StateFailed)}
 	if req.Checkpoint.OnRestoreFailure == restoreFailureFail {
 		d.emit(cfg, "Restore failed: "+err.Error(), failed)
 		return nil, false, fmt.Errorf("restore from checkpoint: %w (checkpoint.on_restore_failure = \"fail\")", err)
@@ -123,8 +124,7 @@ func (d *Driver) readyCheckpoint(ctx context.Context, env *environment, cfg *dri
 	if prevID == "" {
 		return nil, fmt.Errorf("%w: allocation replaces none", errNoCheckpoint)
 	}
-	rec, err := env.catalog.Get(ctx, prevID, cfg.Name)
-	if errors.Is(err, catalog.ErrNotFound) {
+	if _, err := env.catalog.Get(ctx, prevID, cfg.Name); errors.Is(err, catalog.ErrNotFound) {
 		// No record yet: one comes only if the previous allocation migrates.
 		prev, _, perr := env.nomad.Allocations().Info(prevID, q)
 		if perr != nil {
@@ -143,7 +143,7 @@ func (d *Driver) readyCheckpoint(ctx context.Context, env *environment, cfg *dri
 	d.emit(cfg, fmt.Sprintf("Waiting for the checkpoint of %s", shortID(prevID)), nil)
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	rec, err = env.catalog.WaitState(wctx, prevID, cfg.Name, catalog.StateReady, catalog.StateFailed)
+	rec, err := env.catalog.WaitState(wctx, prevID, cfg.Name, catalog.StateReady, catalog.StateFailed)
 	switch {
 	case err != nil && rec == nil:
 		return nil, fmt.Errorf("%w: none recorded for %s within checkpoint.restore_wait (%s)", errNoCheckpoint, shortID(prevID), wait)

@@ -49,4 +49,15 @@ func TestImagesMap(t *testing.T) {
 	req, err := conf.validateTask(TaskConfig{Images: map[string]string{"amd64": "reg/app:x86"}, PullTimeout: "1m"}, &drivers.TaskConfig{}, "linux/amd64")
 	must.NoError(t, err)
 	must.StrContains(t, req.ref.String(), "reg/app:x86")
+
+	for key, want := range map[string]string{
+		"x86_64":      `images: key "x86_64" must be written "amd64"`,
+		"aarch64":     `images: key "aarch64" must be written "arm64"`,
+		"linux/arm64": `images: key "linux/arm64" is not a CPU architecture`,
+	} {
+		_, err := conf.validateTask(TaskConfig{Image: "reg/app:any", Images: map[string]string{key: "reg/app:x"}, PullTimeout: "1m"}, &drivers.TaskConfig{}, "linux/amd64")
+		must.ErrorContains(t, err, want)
+	}
+	_, err = conf.validateTask(TaskConfig{Images: map[string]string{"amd64": ""}, PullTimeout: "1m"}, &drivers.TaskConfig{}, "linux/amd64")
+	must.ErrorContains(t, err, "images: amd64: the image reference is empty")
 }

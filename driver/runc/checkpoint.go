@@ -164,12 +164,8 @@ func CriuConfig(opts RestoreOptions) []byte {
 	return nil
 }
 
-// CheckCgroupsMode returns an error unless mode is a --manage-cgroups-mode
+// checkCgroupsMode returns an error unless mode is a --manage-cgroups-mode
 // runc accepts, or empty.
-func CheckCgroupsMode(mode string) error {
-	return checkCgroupsMode(mode)
-}
-
 func checkCgroupsMode(mode string) error {
 	switch mode {
 	case "", "soft", "full", "strict", "ignore":

@@ -3,11 +3,12 @@ package shim
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 )
 
 // writeJSON atomically writes v as JSON to path.

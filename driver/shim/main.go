@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )

@@ -69,6 +69,19 @@ type ExitStatus struct {
 	Err string `json:"err,omitempty"`
 }
 
+// ConfigPath is where Start writes the shim's Config in its state
+// directory.
+func ConfigPath(stateDir string) string { return statePath(stateDir, configFile) }
+
+// ReadConfig reads the Config of the shim whose state directory is stateDir.
+func ReadConfig(stateDir string) (*Config, error) {
+	var c Config
+	if err := readJSON(ConfigPath(stateDir), &c); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
 func statePath(stateDir, name string) string {
 	return filepath.Join(stateDir, name)
 }

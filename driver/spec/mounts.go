@@ -3,13 +3,13 @@ package spec
 import (
 	"errors"
 	"fmt"
-	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
 
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"github.com/hashicorp/nomad/drivers/shared/hostnames"
 	"github.com/hashicorp/nomad/plugins/drivers"
 	specs "github.com/opencontainers/runtime-spec/specs-go"

@@ -14,9 +14,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	"path/filepath"
 
+	"github.com/ferry-nomad/ferry/driver/atomicfile"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/hashicorp/nomad/plugins/drivers"
 	specs "github.com/opencontainers/runtime-spec/specs-go"

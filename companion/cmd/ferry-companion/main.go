@@ -28,6 +28,7 @@ import (
 	"github.com/ferry-nomad/ferry/companion/planner"
 	"github.com/ferry-nomad/ferry/companion/rebalance"
 	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/hashicorp/go-hclog"
 	nomad "github.com/hashicorp/nomad/api"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -115,12 +116,13 @@ func runAgent(ctx context.Context, args []string, logger hclog.Logger) error {
 	metrics := rebalance.NewMetrics()
 	var self atomic.Pointer[load.Record]
 
+	loadLogger := logger.Named("load")
 	sampler := load.NewSampler(nomadClient, load.SamplerConfig{
 		NodeID: cfg.NodeID, NodeName: cfg.NodeName,
 		Window: cfg.Sample.Window, Source: cfg.Sample.Source,
 		OnlinePriority: cfg.Rebalance.Policy.OnlinePriority,
-	}, logger.Named("load"))
-	publisher := load.NewPublisher(cat.Client(), cfg.Sample.Prefix, load.SessionTTL(cfg.Sample.Interval), logger.Named("load"))
+	}, loadLogger)
+	publisher := load.NewPublisher(cat.Client(), cfg.Sample.Prefix, load.SessionTTL(cfg.Sample.Interval), loadLogger)
 	rebalancer := &rebalance.Rebalancer{
 		Config: rebalance.Config{
 			Policy: cfg.Rebalance.Policy, Interval: cfg.Rebalance.Interval,
@@ -128,12 +130,12 @@ func runAgent(ctx context.Context, args []string, logger hclog.Logger) error {
 			StateKey: cfg.Rebalance.StateKey, Node: cfg.NodeName,
 		},
 		Sources: sources(cfg, nomadClient, cat),
-		Mover:   &migrate.Mover{Nomad: nomadClient, Catalog: cat, Logger: logger.Named("migrate")},
+		Mover:   newMover(nomadClient, cat, logger),
 		Metrics: metrics,
 		Logger:  logger.Named("planner"),
 	}
 	status := func(w http.ResponseWriter, r *http.Request) {
-		st, err := rebalance.ReadStatus(r.Context(), cat.Client(), cat, cfg.Rebalance.LockKey, cfg.Sample.Prefix)
+		st, err := rebalance.ReadStatus(r.Context(), cat.Client(), cfg.Rebalance.LockKey, cfg.Sample.Prefix)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
@@ -169,7 +171,7 @@ func runAgent(ctx context.Context, args []string, logger hclog.Logger) error {
 			Logger:    logger.Named("leader"),
 		}
 		g.Go(func() error {
-			return leader.Run(ctx, func(lockCtx context.Context, fence *catalog.Fence) { rebalancer.Lead(ctx, lockCtx, fence) })
+			return leader.Run(ctx, func(lockCtx context.Context, fence *migrate.Fence) { rebalancer.Lead(ctx, lockCtx, fence) })
 		})
 	}
 	return g.Wait()
@@ -223,7 +225,7 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	st, err := rebalance.ReadStatus(ctx, cat.Client(), cat, cfg.Rebalance.LockKey, cfg.Sample.Prefix)
+	st, err := rebalance.ReadStatus(ctx, cat.Client(), cfg.Rebalance.LockKey, cfg.Sample.Prefix)
 	if err != nil {
 		return err
 	}
@@ -243,8 +245,18 @@ func newNomad(cfg *config.Config) (*nomad.Client, error) {
 
 func sources(cfg *config.Config, nomadClient *nomad.Client, cat *catalog.Catalog) *rebalance.Sources {
 	return &rebalance.Sources{
-		Nomad: nomadClient, Consul: cat.Client(), Catalog: cat,
+		Nomad: nomadClient, Consul: cat.Client(), Records: &migrate.Records{Consul: cat.Client()},
 		NodesPrefix: cfg.Sample.Prefix,
+	}
+}
+
+// newMover moves allocations through nomadClient, reading the drivers'
+// checkpoint records from cat and keeping its own beside them.
+func newMover(nomadClient *nomad.Client, cat *catalog.Catalog, logger hclog.Logger) *migrate.Mover {
+	logger = logger.Named("migrate")
+	return &migrate.Mover{
+		Nomad: nomadClient, Catalog: cat, Logger: logger,
+		Records: &migrate.Records{Consul: cat.Client(), Logger: logger},
 	}
 }
 
@@ -277,7 +289,7 @@ func runMigrate(ctx context.Context, args []string, stdout io.Writer, logger hcl
 	if err != nil {
 		return err
 	}
-	m := &migrate.Mover{Nomad: client, Catalog: cat, Logger: logger.Named("migrate")}
+	m := newMover(client, cat, logger)
 	res, err := m.Move(ctx, migrate.Request{AllocID: alloc, TargetNode: *node, Timeout: *timeout, Reason: "operator"})
 	if err != nil {
 		return err
@@ -290,7 +302,7 @@ func runMigrate(ctx context.Context, args []string, stdout io.Writer, logger hcl
 		res.OldAlloc[:8], res.Source, res.Destination, res.NewAlloc[:8], how,
 		res.Downtime.Round(10*time.Millisecond), humanBytes(res.Bytes))
 	if res.TargetMissed {
-		fmt.Fprintf(stdout, "note: Nomad did not place it on --node %s; give the job the affinity on meta.%s\n", *node, migrate.TargetMeta)
+		fmt.Fprintf(stdout, "note: Nomad did not place it on --node %s; give the job the affinity on meta.%s\n", *node, sdk.MetaMigrateTarget)
 	}
 	return nil
 }

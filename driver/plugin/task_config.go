@@ -1,0 +1,265 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containerd/platforms"
+	"github.com/ferry-nomad/ferry/driver/image"
+	"github.com/ferry-nomad/ferry/driver/spec"
+	"github.com/hashicorp/nomad/helper/pluginutils/hclutils"
+	"github.com/hashicorp/nomad/plugins/drivers"
+	"github.com/hashicorp/nomad/plugins/shared/hclspec"
+)
+
+// taskConfigSpec is the schema of a task's `config { ... }` block.
+var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
+	// image or images: validateTask requires one for the node's platform.
+	"image":             hclspec.NewAttr("image", "string", false),
+	"images":            hclspec.NewAttr("images", "list(map(string))", false),
+	"platform_fallback": hclspec.NewAttr("platform_fallback", "bool", false),
+	"force_pull":        hclspec.NewAttr("force_pull", "bool", false),
+	"pull_timeout":      hclspec.NewDefault(hclspec.NewAttr("pull_timeout", "string", false), hclspec.NewLiteral(`"5m"`)),
+	"auth": hclspec.NewBlock("auth", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"username": hclspec.NewAttr("username", "string", false),
+		"password": hclspec.NewAttr("password", "string", false),
+	})),
+	"entrypoint":      hclspec.NewAttr("entrypoint", "list(string)", false),
+	"command":         hclspec.NewAttr("command", "string", false),
+	"args":            hclspec.NewAttr("args", "list(string)", false),
+	"work_dir":        hclspec.NewAttr("work_dir", "string", false),
+	"user":            hclspec.NewAttr("user", "string", false),
+	"hostname":        hclspec.NewAttr("hostname", "string", false),
+	"readonly_rootfs": hclspec.NewAttr("readonly_rootfs", "bool", false),
+	"cap_add":         hclspec.NewAttr("cap_add", "list(string)", false),
+	"cap_drop":        hclspec.NewAttr("cap_drop", "list(string)", false),
+	"mount":           hclspec.NewBlockList("mount", mountSpec),
+	"mounts":          hclspec.NewBlockList("mounts", mountSpec),
+	"volumes":         hclspec.NewAttr("volumes", "list(string)", false),
+	"ports":           hclspec.NewAttr("ports", "list(string)", false),
+	"checkpoint": hclspec.NewBlock("checkpoint", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"enabled":            hclspec.NewAttr("enabled", "bool", false),
+		"tcp_established":    hclspec.NewAttr("tcp_established", "bool", false),
+		"file_locks":         hclspec.NewAttr("file_locks", "bool", false),
+		"on_restore_failure": hclspec.NewDefault(hclspec.NewAttr("on_restore_failure", "string", false), hclspec.NewLiteral(`"cold_start"`)),
+		"restore_wait":       hclspec.NewDefault(hclspec.NewAttr("restore_wait", "string", false), hclspec.NewLiteral(`"2m"`)),
+	})),
+})
+
+// TaskConfig is the decoded `config { ... }` block of a ferry task.
+type TaskConfig struct {
+	Image string `codec:"image"`
+	// Images is written `images = { amd64 = "…" }`; Nomad's jobspec parser
+	// hands it on as a list holding one map, as it does docker's labels.
+	Images    hclutils.MapStrStr `codec:"images"`
+	ForcePull bool               `codec:"force_pull"`
+	// PlatformFallback lets an index without the node's variant serve the
+	// best older variant the node runs.
+	PlatformFallback bool          `codec:"platform_fallback"`
+	PullTimeout      string        `codec:"pull_timeout"`
+	Auth             TaskAuth      `codec:"auth"`
+	Entrypoint       []string      `codec:"entrypoint"`
+	Command          string        `codec:"command"`
+	Args             []string      `codec:"args"`
+	WorkDir          string        `codec:"work_dir"`
+	User             string        `codec:"user"`
+	Hostname         string        `codec:"hostname"`
+	ReadonlyRootfs   bool          `codec:"readonly_rootfs"`
+	CapAdd           []string      `codec:"cap_add"`
+	CapDrop          []string      `codec:"cap_drop"`
+	Mount            []MountConfig `codec:"mount"`
+	Mounts           []MountConfig `codec:"mounts"`
+	Volumes          []string      `codec:"volumes"`
+	Ports            []string      `codec:"ports"`
+	Checkpoint       Checkpoint    `codec:"checkpoint"`
+}
+
+// Checkpoint is a task's `checkpoint { ... }` block: whether the task is
+// checkpointed when its allocation migrates, and restored where it lands.
+type Checkpoint struct {
+	Enabled          bool   `codec:"enabled"`
+	TCPEstablished   bool   `codec:"tcp_established"`
+	FileLocks        bool   `codec:"file_locks"`
+	OnRestoreFailure string `codec:"on_restore_failure"`
+	RestoreWait      string `codec:"restore_wait"`
+}
+
+// Values of checkpoint.on_restore_failure.
+const (
+	restoreFailureColdStart = "cold_start"
+	restoreFailureFail      = "fail"
+)
+
+// TaskAuth is a task's own registry credentials.
+type TaskAuth struct {
+	Username string `codec:"username"`
+	Password string `codec:"password"`
+}
+
+// mountSpec is one `mount { ... }` block of a task.
+var mountSpec = hclspec.NewObject(map[string]*hclspec.Spec{
+	"type":     hclspec.NewDefault(hclspec.NewAttr("type", "string", false), hclspec.NewLiteral(`"bind"`)),
+	"source":   hclspec.NewAttr("source", "string", false),
+	"target":   hclspec.NewAttr("target", "string", true),
+	"readonly": hclspec.NewAttr("readonly", "bool", false),
+	"options":  hclspec.NewAttr("options", "list(string)", false),
+})
+
+// MountConfig is one `mount { ... }` block.
+type MountConfig struct {
+	Type     string   `codec:"type"`
+	Source   string   `codec:"source"`
+	Target   string   `codec:"target"`
+	Readonly bool     `codec:"readonly"`
+	Options  []string `codec:"options"`
+}
+
+// taskRequest is a validated task config with its derived values.
+type taskRequest struct {
+	TaskConfig
+	ref         image.Ref
+	pullTimeout time.Duration
+	mounts      []spec.Mount
+	restoreWait time.Duration
+}
+
+// validateTask checks a task config against the node and Nomad's task,
+// returning every problem at once with the field it concerns.
+func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig, platform string) (*taskRequest, error) {
+	req := &taskRequest{TaskConfig: tc}
+	var errs []error
+
+	name := imageFor(tc, platform)
+	ref, err := image.ParseRef(name, c.InsecureRegistries)
+	switch {
+	case name == "":
+		errs = append(errs, fmt.Errorf("image: required, unless images has an entry for this node's platform %s", platform))
+	case err != nil:
+		errs = append(errs, err)
+	}
+	req.ref = ref
+	errs = append(errs, validateImages(tc.Images)...)
+
+	if d, err := time.ParseDuration(tc.PullTimeout); err != nil || d <= 0 {
+		errs = append(errs, fmt.Errorf("pull_timeout: %q is not a positive duration; use a value such as \"5m\"", tc.PullTimeout))
+	} else {
+		req.pullTimeout = d
+	}
+	if (tc.Auth.Username == "") != (tc.Auth.Password == "") {
+		errs = append(errs, errors.New("auth: set both username and password, or neither"))
+	}
+	if tc.WorkDir != "" && !filepath.IsAbs(tc.WorkDir) {
+		errs = append(errs, fmt.Errorf("work_dir: %q must be an absolute path inside the container", tc.WorkDir))
+	}
+	if err := spec.ValidateCaps(tc.CapAdd, tc.CapDrop); err != nil {
+		errs = append(errs, err)
+	}
+	for i, m := range append(append([]MountConfig{}, tc.Mount...), tc.Mounts...) {
+		sm, err := m.toSpec()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("mount[%d]: %w", i, err))
+			continue
+		}
+		req.mounts = append(req.mounts, sm)
+	}
+	for _, v := range tc.Volumes {
+		m, err := spec.ParseVolume(v)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		req.mounts = append(req.mounts, m)
+	}
+	errs = append(errs, validatePorts(tc.Ports, task))
+	if tc.Checkpoint.Enabled {
+		switch tc.Checkpoint.OnRestoreFailure {
+		case "", restoreFailureColdStart, restoreFailureFail:
+		default:
+			errs = append(errs, fmt.Errorf("checkpoint.on_restore_failure: %q is not supported; use \"cold_start\" or \"fail\"", tc.Checkpoint.OnRestoreFailure))
+		}
+		wait := tc.Checkpoint.RestoreWait
+		if wait == "" {
+			wait = "2m"
+		}
+		if d, err := time.ParseDuration(wait); err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("checkpoint.restore_wait: %q is not a positive duration; use a value such as \"2m\"", wait))
+		} else {
+			req.restoreWait = d
+		}
+	}
+	return req, errors.Join(errs...)
+}
+
+// validateImages checks that every key of `images` is an architecture as
+// Nomad's cpu.arch and the image index spell it: "x86_64" would otherwise
+// never match and the task would silently run `image`.
+func validateImages(images map[string]string) []error {
+	var errs []error
+	for _, arch := range slices.Sorted(maps.Keys(images)) {
+		p, err := platforms.Parse("linux/" + arch)
+		switch norm := platforms.Normalize(p).Architecture; {
+		case err != nil || strings.Contains(arch, "/"):
+			errs = append(errs, fmt.Errorf("images: key %q is not a CPU architecture; use one such as \"amd64\" or \"arm64\"", arch))
+		case norm != arch:
+			errs = append(errs, fmt.Errorf("images: key %q must be written %q, as Nomad's cpu.arch spells it", arch, norm))
+		case images[arch] == "":
+			errs = append(errs, fmt.Errorf("images: %s: the image reference is empty", arch))
+		}
+	}
+	return errs
+}
+
+// imageFor is the image a task runs on a node of platform: its `images`
+// entry for the node's architecture (keyed like Nomad's cpu.arch), else
+// `image`.
+func imageFor(tc TaskConfig, platform string) string {
+	if p, err := parsePlatform(platform); err == nil {
+		if ref, ok := tc.Images[p.Architecture]; ok {
+			return ref
+		}
+	}
+	return tc.Image
+}
+
+func (m MountConfig) toSpec() (spec.Mount, error) {
+	switch m.Type {
+	case "bind":
+		if !filepath.IsAbs(m.Source) {
+			return spec.Mount{}, fmt.Errorf("source: %q must be an absolute path on the client", m.Source)
+		}
+	case "tmpfs":
+	default:
+		return spec.Mount{}, fmt.Errorf("type: %q is not supported; use \"bind\" or \"tmpfs\"", m.Type)
+	}
+	if !filepath.IsAbs(m.Target) {
+		return spec.Mount{}, fmt.Errorf("target: %q must be an absolute path inside the container", m.Target)
+	}
+	return spec.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Readonly: m.Readonly, Options: m.Options}, nil
+}
+
+// validatePorts checks that every label in `ports` names a port of the
+// group's network block: the container shares that network, so the port is
+// reachable once the task listens on it.
+func validatePorts(labels []string, task *drivers.TaskConfig) error {
+	if len(labels) == 0 {
+		return nil
+	}
+	known := map[string]bool{}
+	if task.Resources != nil && task.Resources.Ports != nil {
+		for _, p := range *task.Resources.Ports {
+			known[p.Label] = true
+		}
+	}
+	var errs []error
+	for _, l := range labels {
+		if !known[l] {
+			errs = append(errs, fmt.Errorf("ports: %q is not a port label of the group's network block; add `port %q {}` to it", l, l))
+		}
+	}
+	return errors.Join(errs...)
+}
