@@ -1,0 +1,273 @@
+# shellcheck shell=bash
+# Ferry dev cluster, sourced by scripts/cluster.sh: the commands up, env,
+# status, restart-client, companion and down.
+
+# up_clients_arg ARGS...: the N of `up [--clients N]`, checked.
+up_clients_arg() {
+  local n=$DEFAULT_CLIENTS
+  while (($#)); do
+    case $1 in
+      --clients)
+        (($# >= 2)) || die "--clients needs a number"
+        n=$2
+        shift 2
+        ;;
+      --clients=*) n=${1#*=}; shift ;;
+      *) die "up: unknown argument $1" ;;
+    esac
+  done
+  [[ $n =~ ^[0-9]+$ ]] || die "--clients must be a number"
+  n=$((10#$n))
+  ((n >= 1 && n <= MAX_CLIENTS)) || die "--clients must be 1..$MAX_CLIENTS"
+  echo "$n"
+}
+
+# up_hub: the hub namespace, its configs, forwarders and services, ready.
+up_hub() {
+  log "hub namespace $HUB_NS"
+  setup_hub_net
+  write_server_config
+  if config_changed && running nomad-server >/dev/null; then
+    warn "the Nomad server config changed; it applies after '$0 down' and 'up'"
+  fi
+  write_registry_config
+  if config_changed && running registry >/dev/null; then
+    warn "the registry config changed; it applies after '$0 down' and 'up'"
+  fi
+  start_hub_forwarders
+  start_consul
+  wait_until "Consul at $CONSUL_API" consul consul_ready
+  start_server
+  start_registry
+  wait_until "the Nomad server to elect itself leader ($NOMAD_API)" nomad-server nomad_ready
+  wait_until "the registry at http://$REGISTRY_PUSH/v2/" registry registry_ready
+}
+
+# up_client K: client K's namespace, certificate, config and forwarder, and
+# the client itself unless it is running (then a changed config is only
+# pointed out).
+up_client() {
+  local k=$1 name
+  name=$(client_name "$k")
+  setup_client_net "$k"
+  ensure_tls "$k"
+  write_client_config "$k"
+  start_client_forwarder "$k"
+  if ! running "$name" >/dev/null; then
+    record_driver_seen "$k"
+    start_client "$k"
+  elif config_changed; then
+    warn "the config of running client $name changed; '$0 restart-client $k' applies it"
+  fi
+}
+
+cmd_up() {
+  local n k
+  local -a clients=() started=()
+  n=$(up_clients_arg "$@")
+  require_root
+  check_tools
+  mkdir -p "$DATA" "$DATA/bin" "$ETC" "$PLUGINS" "$RUN" "$PIDS" "$LOGS"
+  install_driver
+  up_hub
+
+  # Clients 1..N, plus any already running beyond N (left alone).
+  mapfile -t clients < <({ seq 1 "$n"; running_clients; } | sort -nu)
+  for k in "${clients[@]}"; do
+    if ((k > n)); then
+      log "client $(client_name "$k") is running beyond the $n requested; leaving it"
+      start_client_forwarder "$k"
+      continue
+    fi
+    running "$(client_name "$k")" >/dev/null || started+=("$k")
+    up_client "$k"
+  done
+  for k in "${clients[@]}"; do wait_client "$k"; done
+  for k in "${started[@]}"; do make_schedulable "$k"; done
+  purge_stale_nodes
+  if plugin_enabled; then
+    run_companion
+  fi
+
+  log "cluster is up with ${#clients[@]} client(s): NOMAD_ADDR=$NOMAD_API, registry $REGISTRY (push to $REGISTRY_PUSH)"
+  log "eval \"\$($0 env)\" to use it"
+}
+
+cmd_env() {
+  cat <<EOT
+export NOMAD_ADDR=$NOMAD_API
+export CONSUL_HTTP_ADDR=${CONSUL_API#http://}
+export FERRY_REGISTRY=$REGISTRY
+export FERRY_REGISTRY_PUSH=$REGISTRY_PUSH
+export FERRY_TLS=$TLS
+export FERRY_RUN=$RUN
+EOT
+}
+
+cmd_restart_client() {
+  local k=${1:-} name
+  local -a procs=()
+  [[ $k =~ ^[0-9]+$ ]] || die "usage: $0 restart-client K"
+  require_root
+  name=$(client_name "$k")
+  [[ -f $ETC/c$k.hcl ]] || die "client $name was never started (no $ETC/c$k.hcl)"
+  running nomad-server >/dev/null || die "the Nomad server is not running; use '$0 up'"
+  ns_exists "$(client_ns "$k")" || die "namespace $(client_ns "$k") is missing; use '$0 up'"
+  # Same config; a rebuilt driver binary is picked up (all clients load it on
+  # their next start).
+  if grep -q '^plugin "nomad-driver-ferry"' "$ETC/c$k.hcl" && [[ -x $DRIVER_BIN ]] &&
+    { [[ $SKIP_DRIVER_CHECK != 1 ]] || is_nomad_plugin "$DRIVER_BIN"; }; then
+    copy_driver "other running clients load it on their restart"
+  fi
+  start_client_forwarder "$k"
+  record_driver_seen "$k"
+  # SIGTERM to the agent only, no drain: the client leaves its tasks (and
+  # their shims and log collectors) running, for task recovery to find them.
+  stop_daemon "$name" 60 leader
+  # A driver plugin whose agent had to be killed is left behind; shims are not
+  # touched (their command line goes on with "shim ...").
+  mapfile -t procs < <(comm -12 <(pids_with_cmdline "$PLUGINS/nomad-driver-ferry " | sort) \
+    <(pids_in_netns "$(client_ns "$k")" | sort))
+  stop_pids "orphaned driver plugin process(es) of $name" 5 "${procs[@]}"
+  start_client "$k"
+  wait_client "$k"
+  log "client $name restarted"
+}
+
+# status_client K: one line about client K.
+status_client() {
+  local k=$1 name pid info st det hl was
+  name=$(client_name "$k")
+  if ! pid=$(running "$name"); then
+    printf '%-13s stopped\n' "$name"
+    return 0
+  fi
+  info=$(node_info "$k" 2>/dev/null || true)
+  IFS=$'\t' read -r st det hl _ _ <<<"${info:-?}"
+  was=$(unschedulable "$k") || was=""
+  printf '%-13s running (pid %s, %s, http 127.0.0.1:%s%s): node %s%s, ferry detected=%s healthy=%s\n' \
+    "$name" "$pid" "$(client_ip "$k")" "$(client_http_port "$k")" \
+    "$(running "fwd-c$k" >/dev/null || echo ' NOT FORWARDED')" "${st:-?}" "${was:+ ($was)}" \
+    "${det:-?}" "${hl:-?}"
+}
+
+cmd_status() {
+  local name pid k ns
+  for name in consul nomad-server registry "${FORWARD_PORTS[@]/#/fwd-}"; do
+    if pid=$(running "$name"); then
+      printf '%-13s running (pid %s)\n' "$name" "$pid"
+    else
+      printf '%-13s stopped\n' "$name"
+    fi
+  done
+  while read -r k; do
+    [[ -n $k ]] || continue
+    status_client "$k"
+  done < <(configured_clients)
+  ns=$(ip netns list 2>/dev/null | awk '$1 ~ /^ferry-/ {print $1}' | sort | tr '\n' ' ')
+  printf '%-13s %s\n' namespaces "${ns:-none}"
+  if registry_ready; then
+    printf '%-13s %s\n' registry "http://$REGISTRY_PUSH/v2/ answers (jobs use $REGISTRY)"
+  fi
+}
+
+cmd_companion() {
+  require_root
+  run_companion
+}
+
+# down_clients: the clients first, so nothing restarts the tasks removed
+# next: containers, shims, and anything else still living in a client
+# namespace (task log collectors, executors, plugins of a killed agent).
+down_clients() {
+  local f name ns
+  local -a procs=()
+  for f in "$PIDS"/ferry-c*.pid; do
+    [[ -e $f ]] || continue
+    name=${f##*/}
+    stop_daemon "${name%.pid}" 30 group
+  done
+  delete_containers
+  mapfile -t procs < <(shim_pids)
+  stop_pids "leftover shim process(es)" 10 "${procs[@]}"
+  while read -r ns; do
+    mapfile -t procs < <(pids_in_netns "$ns")
+    stop_pids "leftover process(es) in $ns" 10 "${procs[@]}"
+  done < <(client_namespaces)
+}
+
+# down_hub: the registry, the server, Consul, the forwarders and whatever
+# else lives in the hub namespace.
+down_hub() {
+  local f name
+  local -a procs=()
+  stop_daemon registry 20
+  stop_daemon nomad-server 30
+  stop_daemon consul 20
+  for f in "$PIDS"/fwd-*.pid; do
+    [[ -e $f ]] || continue
+    name=${f##*/}
+    stop_daemon "${name%.pid}" 5
+  done
+  mapfile -t procs < <(forwarder_pids)
+  stop_pids "leftover forwarder(s)" 5 "${procs[@]}"
+  if ns_exists "$HUB_NS"; then
+    mapfile -t procs < <(pids_in_netns "$HUB_NS")
+    stop_pids "leftover process(es) in $HUB_NS" 10 "${procs[@]}"
+  fi
+}
+
+# remove_namespaces: the allocations' network namespaces attached to the
+# clients', the clients' and the hub's. Removing a namespace removes its
+# interfaces (veths, bridges) and its iptables rules.
+remove_namespaces() {
+  local ns d
+  local -a client_nss=() allocs=()
+  mapfile -t client_nss < <(client_namespaces)
+  for ns in "${client_nss[@]}"; do
+    while read -r d; do
+      [[ -n $d ]] || continue
+      log "removing allocation network namespace $d (attached to $ns)"
+      ip netns del "$d" 2>/dev/null || warn "could not remove namespace $d"
+      allocs+=("$d")
+    done < <(alloc_netns "$ns")
+    log "removing namespace $ns"
+    ip netns del "$ns" || warn "could not remove namespace $ns"
+  done
+  release_cni_addresses "${allocs[@]}"
+  if ns_exists "$HUB_NS"; then
+    log "removing namespace $HUB_NS (bridge $BRIDGE)"
+    ip netns del "$HUB_NS" || warn "could not remove namespace $HUB_NS"
+  fi
+}
+
+# purge_state: remove $DATA and $RUN, unmounting what is mounted below.
+purge_state() {
+  local d
+  for d in "$DATA" "$RUN"; do
+    [[ -d $d ]] || continue
+    umount_under "$d"
+    log "removing $d"
+    # --one-file-system: never descend into anything still mounted below.
+    rm -rf --one-file-system "$d" || warn "could not remove all of $d"
+  done
+}
+
+cmd_down() {
+  local purge=0
+  while (($#)); do
+    case $1 in
+      --purge) purge=1; shift ;;
+      *) die "down: unknown argument $1" ;;
+    esac
+  done
+  require_root
+  down_clients
+  down_hub
+  remove_namespaces
+  rm -f "$PIDS"/*.pid
+  if ((purge)); then
+    purge_state
+  fi
+  log "cluster is down"
+}

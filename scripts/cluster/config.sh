@@ -1,0 +1,105 @@
+# shellcheck shell=bash
+# Ferry dev cluster, sourced by scripts/cluster.sh: the configs of the Nomad
+# server, the clients and the registry, in $ETC, rendered from the templates
+# in scripts/cluster/templates/.
+#
+# A template's @name@ is replaced by the value its caller gives for name.
+# The placeholder of an optional line (@platform_line@) stands alone on its
+# line, and is replaced by the whole line or by nothing.
+
+# render_template TEMPLATE name=VALUE...: TEMPLATE (a file name under
+# $TEMPLATES) with each @name@ replaced by its VALUE, in one pass (a value is
+# never itself searched for placeholders). A placeholder without a value is
+# an error.
+render_template() {
+  local file=$TEMPLATES/$1 text out="" key pair
+  local -A values=()
+  shift
+  for pair in "$@"; do values[${pair%%=*}]=${pair#*=}; done
+  [[ -r $file ]] || die "template $file is missing"
+  IFS= read -r -d '' text <"$file" || true
+  while [[ $text =~ @([a-z_][a-z0-9_]*)@ ]]; do
+    key=${BASH_REMATCH[1]}
+    [[ -v values[$key] ]] || die "$file: no value for @$key@"
+    out+=${text%%"@$key@"*}${values[$key]}
+    text=${text#*"@$key@"}
+  done
+  printf '%s' "$out$text"
+}
+
+# write_if_changed FILE: write stdin to FILE unless FILE already has it;
+# config_changed tells which (an agent already running needs a restart to
+# see it).
+CHANGED=0
+write_if_changed() {
+  local tmp
+  tmp=$(mktemp "$1.XXXXXX")
+  cat >"$tmp"
+  if cmp -s "$tmp" "$1" 2>/dev/null; then
+    rm -f "$tmp"
+    CHANGED=0
+  else
+    mv -f "$tmp" "$1"
+    CHANGED=1
+  fi
+}
+
+# config_changed: whether the last write_if_changed changed its file.
+config_changed() { ((CHANGED)); }
+
+# write_config FILE TEMPLATE name=VALUE...: render TEMPLATE into FILE
+# (write_if_changed). Rendered first, so that a template error leaves FILE
+# as it was.
+write_config() {
+  local file=$1 text
+  shift
+  text=$(render_template "$@")
+  write_if_changed "$file" <<<"$text"
+}
+
+write_server_config() {
+  write_config "$ETC/server.hcl" server.hcl data="$DATA" hub_ip="$HUB_IP" log_level="$LOG_LEVEL"
+}
+
+write_registry_config() {
+  write_config "$ETC/registry.yml" registry.yml data="$DATA" hub_ip="$HUB_IP"
+}
+
+# client_config K: the agent config of client K, with the ferry driver's
+# and raw_exec's plugin blocks when the clients load the driver.
+client_config() {
+  local k=$1
+  local -a shared=(k="$k" name="$(client_name "$k")" ip="$(client_ip "$k")"
+    data="$DATA" run="$RUN" hub_ip="$HUB_IP" log_level="$LOG_LEVEL")
+  render_template client.hcl "${shared[@]}" plugins="$PLUGINS" \
+    http_port="$(client_http_port "$k")" fingerprint_denylist="$FINGERPRINT_DENYLIST"
+  if plugin_enabled; then
+    echo
+    render_template client-plugins.hcl "${shared[@]}" registry="$REGISTRY" tls="$TLS" \
+      transfer_port="$TRANSFER_PORT" checkpoint_dir_line="$(checkpoint_dir_line)" \
+      platform_line="$(platform_line "$k")"
+  fi
+}
+
+write_client_config() {
+  local text
+  text=$(client_config "$1")
+  write_if_changed "$ETC/c$1.hcl" <<<"$text"
+}
+
+# checkpoint_dir_line: with FERRY_CHECKPOINT_DIR set, every client writes
+# its checkpoints there (storage all clients share) instead of serving them.
+checkpoint_dir_line() {
+  if [[ -n ${FERRY_CHECKPOINT_DIR:-} ]]; then
+    printf '    checkpoint_dir      = "%s"\n' "$FERRY_CHECKPOINT_DIR"
+  fi
+}
+
+# platform_line K: with FERRY_PLATFORM_C<K> set (e.g. linux/arm64), client K
+# chooses images for that platform, as a node of that architecture would.
+platform_line() {
+  local var="FERRY_PLATFORM_C$1"
+  if [[ -n ${!var:-} ]]; then
+    printf '    platform            = "%s"\n' "${!var}"
+  fi
+}

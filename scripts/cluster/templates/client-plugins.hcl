@@ -1,0 +1,37 @@
+plugin "nomad-driver-ferry" {
+  config {
+    data_dir            = "@data@/c@k@/ferry"
+    state_dir           = "@run@/c@k@"
+@checkpoint_dir_line@
+@platform_line@
+    insecure_registries = ["@registry@"]
+    gc {
+      image       = true
+      image_delay = "2m"
+    }
+    # 127.0.0.1 in this namespace reaches neither this client's agent (it
+    # binds @ip@) nor Consul, so the API clients' defaults would not do. The
+    # driver asks its own agent which node it is.
+    nomad {
+      address = "http://@ip@:4646"
+    }
+    consul {
+      address = "@hub_ip@:8500"
+    }
+    # Checkpoints move between the clients' drivers over mutual TLS, with
+    # certificates from the cluster's CA (made by `nomad tls`).
+    transfer {
+      listen    = "@ip@:@transfer_port@"
+      ca_file   = "@tls@/nomad-agent-ca.pem"
+      cert_file = "@tls@/c@k@/global-client-nomad.pem"
+      key_file  = "@tls@/c@k@/global-client-nomad-key.pem"
+    }
+  }
+}
+
+# ferry-companion runs as a raw_exec system job (jobspecs/companion.nomad.hcl).
+plugin "raw_exec" {
+  config {
+    enabled = true
+  }
+}
