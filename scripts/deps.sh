@@ -24,7 +24,7 @@ apt_packages=(
   libnet1-dev libcap-dev libgnutls28-dev libnftables-dev libbsd-dev uuid-dev
   containernetworking-plugins docker-registry skopeo umoci busybox-static
   qemu-user-static binfmt-support
-  shellcheck
+  shellcheck zip unzip
 )
 
 install_apt() {

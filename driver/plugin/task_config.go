@@ -12,7 +12,7 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/ferry-nomad/ferry/driver/image"
 	"github.com/ferry-nomad/ferry/driver/spec"
-	"github.com/hashicorp/nomad/helper/pluginutils/hclutils"
+	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/nomad/plugins/drivers"
 	"github.com/hashicorp/nomad/plugins/shared/hclspec"
 )
@@ -56,8 +56,8 @@ type TaskConfig struct {
 	Image string `codec:"image"`
 	// Images is written `images = { amd64 = "…" }`; Nomad's jobspec parser
 	// hands it on as a list holding one map, as it does docker's labels.
-	Images    hclutils.MapStrStr `codec:"images"`
-	ForcePull bool               `codec:"force_pull"`
+	Images    imagesMap `codec:"images"`
+	ForcePull bool      `codec:"force_pull"`
 	// PlatformFallback lets an index without the node's variant serve the
 	// best older variant the node runs.
 	PlatformFallback bool          `codec:"platform_fallback"`
@@ -77,6 +77,27 @@ type TaskConfig struct {
 	Volumes          []string      `codec:"volumes"`
 	Ports            []string      `codec:"ports"`
 	Checkpoint       Checkpoint    `codec:"checkpoint"`
+}
+
+// imagesMap is `images = { amd64 = "…" }`, which Nomad's jobspec parser
+// hands on as a list holding one map (the spec's list(map(string))), as it
+// does the docker driver's labels. Nomad's hclutils.MapStrStr does the same,
+// but its package links a test library into the driver.
+type imagesMap map[string]string
+
+// CodecEncodeSelf writes the list form.
+func (m *imagesMap) CodecEncodeSelf(enc *codec.Encoder) {
+	enc.MustEncode([]map[string]string{*m})
+}
+
+// CodecDecodeSelf reads the list form, merging its maps.
+func (m *imagesMap) CodecDecodeSelf(dec *codec.Decoder) {
+	var list []map[string]string
+	dec.MustDecode(&list)
+	*m = imagesMap{}
+	for _, one := range list {
+		maps.Copy(*m, one)
+	}
 }
 
 // Checkpoint is a task's `checkpoint { ... }` block: whether the task is
