@@ -65,6 +65,8 @@ func qemuAarch64() bool {
 	return err == nil && strings.HasPrefix(string(b), "enabled")
 }
 
+// archprintJob runs on one node (job, node name, then the task's config
+// body, e.g. image = "…").
 const archprintJob = `
 job %q {
   datacenters = ["*"]
@@ -85,7 +87,7 @@ job %q {
     task "t" {
       driver = "ferry"
       config {
-        image = %q
+        %s
       }
       resources {
         cpu    = 100
@@ -95,32 +97,8 @@ job %q {
   }
 }`
 
-// archprintImagesJob runs on node %q with an image per architecture and
-// no image: the README's multi-arch jobspec.
-const archprintImagesJob = `
-job %q {
-  datacenters = ["*"]
-  type        = "service"
-  constraint {
-    attribute = "${node.unique.name}"
-    value     = %q
-  }
-  group "g" {
-    task "t" {
-      driver = "ferry"
-      config {
-        images = {
-          amd64 = %q
-          arm64 = %q
-        }
-      }
-      resources {
-        cpu    = 100
-        memory = 64
-      }
-    }
-  }
-}`
+// imageConfig is a config body naming one image.
+func imageConfig(ref string) string { return fmt.Sprintf("image = %q", ref) }
 
 // TestImageForNodePlatform: one multi-platform image, built here from one
 // program for amd64 and arm64, pushed to the registry and written as an OCI
@@ -147,7 +125,7 @@ func TestImageForNodePlatform(t *testing.T) {
 		{"arch-images-c1", "ferry-c1", amd64Ref, "amd64"},
 		{"arch-images-c2", "ferry-c2", arm64Ref, "arm64"},
 	} {
-		dev.runJob(t, fmt.Sprintf(archprintImagesJob, c.job, c.node, amd64Ref, arm64Ref))
+		dev.runJob(t, fmt.Sprintf(archprintJob, c.job, c.node, fmt.Sprintf("images = {\n amd64 = %q\n arm64 = %q\n }", amd64Ref, arm64Ref)))
 		t.Cleanup(func() { dev.purge(t, c.job) })
 		if c.arch == "arm64" && !qemuAarch64() {
 			continue
@@ -160,7 +138,7 @@ func TestImageForNodePlatform(t *testing.T) {
 	}
 
 	// The amd64 client runs the amd64 variant from the registry.
-	dev.runJob(t, fmt.Sprintf(archprintJob, "arch-c1", "ferry-c1", dev.registry+"/ferry/archprint:1"))
+	dev.runJob(t, fmt.Sprintf(archprintJob, "arch-c1", "ferry-c1", imageConfig(dev.registry+"/ferry/archprint:1")))
 	t.Cleanup(func() { dev.purge(t, "arch-c1") })
 	a := dev.waitAlloc(t, "arch-c1", 2*time.Minute, running)
 	dev.waitLogs(t, a.ID, "t", time.Minute, func(s string) bool { return strings.Contains(s, "arch amd64\n") })
@@ -169,7 +147,7 @@ func TestImageForNodePlatform(t *testing.T) {
 	}
 
 	// The client choosing linux/arm64 runs the arm64 variant from the layout.
-	dev.runJob(t, fmt.Sprintf(archprintJob, "arch-c2", "ferry-c2", "oci:"+layout+":1"))
+	dev.runJob(t, fmt.Sprintf(archprintJob, "arch-c2", "ferry-c2", imageConfig("oci:"+layout+":1")))
 	t.Cleanup(func() { dev.purge(t, "arch-c2") })
 	if qemuAarch64() {
 		b := dev.waitAlloc(t, "arch-c2", 2*time.Minute, running)
@@ -231,7 +209,7 @@ func TestImageWithoutEmulator(t *testing.T) {
 		"linux/" + arch: archprintImage(t, arch),
 	})
 	testutil.PushIndex(t, idx, dev.push+"/ferry/archprint-"+arch+":1")
-	dev.runJob(t, fmt.Sprintf(archprintJob, "arch-noemu", "ferry-c2", dev.registry+"/ferry/archprint-"+arch+":1"))
+	dev.runJob(t, fmt.Sprintf(archprintJob, "arch-noemu", "ferry-c2", imageConfig(dev.registry+"/ferry/archprint-"+arch+":1")))
 	t.Cleanup(func() { dev.purge(t, "arch-noemu") })
 	b := dev.waitAlloc(t, "arch-noemu", 2*time.Minute, func(a *nomad.AllocationListStub) bool {
 		return a.ClientStatus == nomad.AllocClientStatusFailed
