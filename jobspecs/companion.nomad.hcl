@@ -60,6 +60,14 @@ job "ferry-companion" {
       }
     }
 
+    # Nomad's own service discovery finds every agent for Prometheus
+    # (nomad_sd_configs); see the README's Dashboard section.
+    service {
+      name     = "ferry-companion"
+      provider = "nomad"
+      port     = "http"
+    }
+
     task "agent" {
       driver = "raw_exec"
 

@@ -13,12 +13,16 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/ferry-nomad/ferry/companion/capacity"
 	"github.com/ferry-nomad/ferry/companion/config/field"
 	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/planner"
@@ -40,6 +44,12 @@ type Config struct {
 	Consul    Consul    `hcl:"consul,block"`
 	Sample    Sample    `hcl:"sample,block"`
 	Rebalance Rebalance `hcl:"rebalance,block"`
+
+	// Capacity sizes node pools, each by its Nomad node pool name:
+	// capacity "gpu" { ... } is Capacity["gpu"], which starts from
+	// capacity.DefaultPolicy(). A pool is sized only if it has a block;
+	// there is none by default.
+	Capacity map[string]capacity.Policy `hcl:"capacity,block" label:"pool"`
 
 	// File is the configuration file that was read (-config), if any.
 	File string
@@ -114,6 +124,15 @@ func Default() Config {
 	}
 }
 
+// blockDefaults are what a block of these types starts from where the file
+// writes one the configuration lacks: each capacity "<pool>" block from
+// capacity.DefaultPolicy(), a target "command" block from the default
+// start_timeout. A block of any other type starts from its zero value.
+var blockDefaults = map[reflect.Type]func() any{
+	reflect.TypeFor[capacity.Policy]():  func() any { return capacity.DefaultPolicy() },
+	reflect.TypeFor[capacity.Command](): func() any { return capacity.Command{StartTimeout: capacity.DefaultStartTimeout} },
+}
+
 // Validate checks every field and returns all problems at once, each naming
 // the field as it is written in the file, with its flag and environment
 // variable where it has them.
@@ -134,6 +153,7 @@ func (c *Config) validate(agent bool) []error {
 	errs = append(errs, c.Consul.validate("consul")...)
 	errs = append(errs, c.Sample.validate("sample")...)
 	errs = append(errs, c.Rebalance.validate("rebalance", c.Sample)...)
+	errs = append(errs, validateCapacity("capacity", c.Capacity)...)
 	for _, err := range errs {
 		var fe *field.Error
 		if errors.As(err, &fe) {
@@ -252,6 +272,54 @@ func (r Rebalance) validate(path field.Path, sample Sample) []error {
 		add("state_key", "%q must differ from %s", r.StateKey, path.Child("lock_key"))
 	}
 	return append(errs, r.Policy.ValidateAt(path)...)
+}
+
+// validateCapacity checks each pool's name and policy, in the order of the
+// names.
+func validateCapacity(path field.Path, pools map[string]capacity.Policy) []error {
+	var errs []error
+	for _, pool := range slices.Sorted(maps.Keys(pools)) {
+		at := path.Label(pool)
+		if err := checkPoolName(pool); err != nil {
+			errs = append(errs, field.Errorf(at, "the label is not a Nomad node pool name, which is 1 to %d letters, digits, \"-\" and \"_\": %v", maxPoolName, err))
+		}
+		errs = append(errs, unjoin(pools[pool].Validate(at))...)
+	}
+	return errs
+}
+
+// maxPoolName is the length of Nomad's longest node pool names.
+const maxPoolName = 128
+
+// checkPoolName says what is wrong with a Nomad node pool name, as the end
+// of a sentence about it.
+func checkPoolName(name string) error {
+	valid := func(r rune) bool {
+		return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '_'
+	}
+	if name == "" {
+		return errors.New("it is empty")
+	}
+	for _, r := range name {
+		if !valid(r) {
+			return fmt.Errorf("it has %q", string(r))
+		}
+	}
+	if len(name) > maxPoolName {
+		return fmt.Errorf("it has %d characters", len(name))
+	}
+	return nil
+}
+
+// unjoin is the errors that errors.Join joined into err; none if err is nil.
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // checkHostPort says what is wrong with a host:port, as the end of a

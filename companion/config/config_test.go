@@ -7,10 +7,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/companion/capacity"
 	"github.com/ferry-nomad/ferry/companion/config/field"
 	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/planner"
@@ -87,19 +90,99 @@ func TestExample(t *testing.T) {
 	want.File = "example.hcl"
 	must.Eq(t, want, *got)
 
-	// Every field is written, but advertise.
+	// Every field is written, but advertise and the capacity blocks', which
+	// are commented out (TestExampleCapacity).
 	var missing []field.Path
 	for p := range schemaPaths() {
-		if !writtenPaths(t, "example.hcl")[p] && p != "advertise" {
+		if !writtenPaths(t, "example.hcl")[p] && p != "advertise" && !strings.HasPrefix(string(p), "capacity ") {
 			missing = append(missing, p)
 		}
 	}
 	must.SliceEmpty(t, missing, must.Sprint("example.hcl lacks these"))
 }
 
-// schemaPaths are the names of every attribute in the file's schema.
+// TestExampleCapacity checks the capacity blocks that end example.hcl,
+// commented out: uncommented, they are valid, write every field of a
+// capacity block between them, and the "default" one is at the defaults.
+func TestExampleCapacity(t *testing.T) {
+	src, err := os.ReadFile("example.hcl")
+	must.NoError(t, err)
+	start := strings.Index(string(src), "\n# capacity \"default\" {\n")
+	must.Positive(t, start, must.Sprint(`example.hcl ends without a commented-out capacity "default" block`))
+	var blocks strings.Builder
+	for _, line := range strings.Split(string(src[start+1:]), "\n") {
+		line, commented := strings.CutPrefix(line, "#")
+		must.True(t, commented || line == "", must.Sprintf("not commented out: %q", line))
+		blocks.WriteString(strings.TrimPrefix(line, " ") + "\n")
+	}
+	file := writeFile(t, blocks.String())
+
+	got, err := Load(append([]string{"-config", file}, required...), env(nil))
+	must.NoError(t, err)
+	gpu := capacity.DefaultPolicy()
+	gpu.Max = 4
+	gpu.Target = capacity.Target{Command: &capacity.Command{
+		ScaleOut:     []string{"/usr/local/bin/add-nodes", "gpu"},
+		ScaleIn:      []string{"/usr/local/bin/remove-node"},
+		StartTimeout: capacity.DefaultStartTimeout,
+	}}
+	must.Eq(t, map[string]capacity.Policy{"default": capacity.DefaultPolicy(), "gpu": gpu}, got.Capacity)
+
+	written := anyPool(writtenPaths(t, file))
+	var missing []field.Path
+	for p := range schemaPaths() {
+		if strings.HasPrefix(string(p), "capacity ") && !written[p] {
+			missing = append(missing, p)
+		}
+	}
+	must.SliceEmpty(t, missing, must.Sprint("example.hcl's capacity blocks lack these"))
+}
+
+// schemaPaths are the names of every attribute in the file's schema, read
+// from the types. The blocks of a map, which take any label, are named by
+// the label's name: capacity "<pool>".min.
 func schemaPaths() map[field.Path]bool {
-	var c Config
+	paths := map[field.Path]bool{}
+	var walk func(t reflect.Type, at field.Path)
+	walk = func(t reflect.Type, at field.Path) {
+		for _, f := range fieldsOf(t) {
+			ft, p := t.FieldByIndex(f.index).Type, at.Child(f.name)
+			switch {
+			case !f.block:
+				paths[p] = true
+			case f.label == "":
+				walk(ft, p)
+			case ft.Kind() == reflect.Map:
+				walk(ft.Elem(), p.Label("<"+f.label+">"))
+			default:
+				names, index := labelsOf(ft)
+				for _, l := range names {
+					lt := ft.Field(index[l]).Type
+					if lt.Kind() == reflect.Pointer {
+						lt = lt.Elem()
+					}
+					walk(lt, p.Label(l))
+				}
+			}
+		}
+	}
+	walk(reflect.TypeFor[Config](), "")
+	return paths
+}
+
+// anyPool names the attributes of every capacity block as schemaPaths
+// does: capacity "gpu".min is capacity "<pool>".min.
+func anyPool(paths map[field.Path]bool) map[field.Path]bool {
+	pool := regexp.MustCompile(`^capacity "[^"]*"`)
+	out := map[field.Path]bool{}
+	for p := range paths {
+		out[field.Path(pool.ReplaceAllString(string(p), `capacity "<pool>"`))] = true
+	}
+	return out
+}
+
+// pathsOf are the names of the attributes c holds.
+func pathsOf(c *Config) map[field.Path]bool {
 	paths := map[field.Path]bool{}
 	for p := range c.fields() {
 		paths[p] = true
@@ -171,6 +254,33 @@ rebalance {
     per_round = 2
   }
 }
+capacity "batch" {
+  min           = 2
+  max           = 20
+  interval      = "1m"
+  scale_in_idle = "5m"
+  target "eligibility" {}
+}
+capacity "gpu" {
+  min           = 0
+  max           = 4
+  interval      = "45s"
+  scale_in_idle = "10m"
+  target "command" {
+    scale_out     = ["/usr/local/bin/add-nodes", "gpu"]
+    scale_in      = ["/usr/local/bin/remove-node"]
+    start_timeout = "15m"
+  }
+}
+`
+
+// everythingEmpty are everything's capacity blocks, written empty: their
+// defaults.
+const everythingEmpty = `
+capacity "batch" {}
+capacity "gpu" {
+  target "command" {}
+}
 `
 
 // TestEveryField checks that every field of the schema is reachable: from
@@ -179,17 +289,23 @@ rebalance {
 func TestEveryField(t *testing.T) {
 	schema := schemaPaths()
 	file := writeFile(t, everything)
-	must.Eq(t, schema, writtenPaths(t, file))
+	written := writtenPaths(t, file)
+	must.Eq(t, schema, anyPool(written))
 
-	// Each field the file writes lands, each at a value not its default.
+	// Each field the file writes lands, each at a value not its default:
+	// for a capacity block, that of the same block written empty.
 	got := Default()
 	errs, fatal := loadFile(file, &got)
 	must.False(t, fatal)
 	must.SliceEmpty(t, errs)
+	must.Eq(t, written, pathsOf(&got))
 	def := Default()
+	errs, fatal = loadFile(writeFile(t, everythingEmpty), &def)
+	must.False(t, fatal)
+	must.SliceEmpty(t, errs)
 	defaults := def.fields()
 	for p, v := range got.fields() {
-		if v.Interface() == defaults[p].Interface() {
+		if reflect.DeepEqual(v.Interface(), defaults[p].Interface()) {
 			t.Errorf("%s: the file's %v did not land", p, v.Interface())
 		}
 	}
@@ -234,6 +350,16 @@ func TestPrecedence(t *testing.T) {
 				Consecutive: 5, OnlinePriority: 60, Cooldown: time.Hour,
 				Limits: planner.Limits{InFlight: 8, PerNode: 2, PerJob: 3, PerHour: 60, PerRound: 2},
 			},
+		},
+		Capacity: map[string]capacity.Policy{
+			"batch": {Min: 2, Max: 20, Interval: time.Minute, ScaleInIdle: 5 * time.Minute,
+				Target: capacity.Target{Eligibility: &struct{}{}}},
+			"gpu": {Min: 0, Max: 4, Interval: 45 * time.Second, ScaleInIdle: 10 * time.Minute,
+				Target: capacity.Target{Command: &capacity.Command{
+					ScaleOut:     []string{"/usr/local/bin/add-nodes", "gpu"},
+					ScaleIn:      []string{"/usr/local/bin/remove-node"},
+					StartTimeout: 15 * time.Minute,
+				}}},
 		},
 	}
 	allEnv := map[string]string{
@@ -453,6 +579,65 @@ func TestValidation(t *testing.T) {
 			want: []string{`rebalance.cooldown: -1s must not be negative`}},
 		{name: "limits", file: "rebalance {\n  limits { per_node = 0 }\n}\n",
 			want: []string{`rebalance.limits.per_node: 0 must be at least 1`}},
+		{name: "capacity min negative", file: `capacity "default" { min = -1 }`,
+			want: []string{`capacity "default".min: -1 must not be negative`}},
+		{name: "capacity max zero", file: `capacity "default" { max = 0 }`,
+			want: []string{`capacity "default".max: 0 must be at least 1 (the most nodes in service)`}},
+		{name: "capacity min above max", file: "capacity \"default\" {\n  min = 5\n  max = 3\n}\n",
+			want: []string{`capacity "default".min: 5 must not exceed max (3)`}},
+		{name: "capacity min above default max", file: `capacity "default" { min = 11 }`,
+			want: []string{`capacity "default".min: 11 must not exceed max (10)`}},
+		{name: "capacity interval too short", file: `capacity "default" { interval = "500ms" }`,
+			want: []string{`capacity "default".interval: 500ms must be at least 1s`}},
+		{name: "capacity scale_in_idle negative", file: `capacity "default" { scale_in_idle = "-1m" }`,
+			want: []string{`capacity "default".scale_in_idle: -1m0s must not be negative`}},
+		{
+			name: "capacity both targets",
+			file: `
+capacity "default" {
+  target "eligibility" {}
+  target "command" {
+    scale_out = ["/usr/local/bin/add-nodes"]
+    scale_in  = ["/usr/local/bin/remove-node"]
+  }
+}
+`,
+			want: []string{`capacity "default".target: give one target: "eligibility" or "command"`},
+		},
+		{
+			name: "capacity command without scale_out",
+			file: "capacity \"gpu\" {\n  target \"command\" {\n    scale_in = [\"/usr/local/bin/remove-node\"]\n  }\n}\n",
+			want: []string{`capacity "gpu".target "command".scale_out: required: the command that creates machines`},
+		},
+		{
+			name: "capacity command empty",
+			file: "capacity \"gpu\" {\n  target \"command\" {\n    scale_out = [\"\"]\n    start_timeout = \"-1s\"\n  }\n}\n",
+			want: []string{
+				`capacity "gpu".target "command".scale_out: required`,
+				`capacity "gpu".target "command".scale_in: required: the command that destroys a machine`,
+				`capacity "gpu".target "command".start_timeout: -1s must not be negative`,
+			},
+		},
+		{name: "capacity pool name with a space", file: `capacity "gpu pool" {}`,
+			want: []string{`capacity "gpu pool": the label is not a Nomad node pool name, which is 1 to 128 letters, digits, "-" and "_": it has " "`}},
+		{name: "capacity pool name with a dot", file: `capacity "gpu.large" {}`,
+			want: []string{`capacity "gpu.large": the label is not a Nomad node pool name, … it has "."`}},
+		{name: "capacity pool name empty", file: `capacity "" {}`,
+			want: []string{`capacity "": the label is not a Nomad node pool name, … it is empty`}},
+		{name: "capacity pool name too long", file: `capacity "` + strings.Repeat("a", 129) + `" {}`,
+			want: []string{`capacity "aaaa…": the label is not a Nomad node pool name, … it has 129 characters`}},
+		{
+			name: "capacity problems of every pool, in the order of their names",
+			file: `
+capacity "gpu" { max = 0 }
+capacity "batch_2" { interval = "0s" }
+capacity "default" {}
+`,
+			want: []string{
+				`capacity "batch_2".interval: 0s must be at least 1s`,
+				`capacity "gpu".max: 0 must be at least 1`,
+			},
+		},
 		{
 			name: "all problems at once",
 			file: `
@@ -560,6 +745,36 @@ func TestFileErrors(t *testing.T) {
 			want: []string{`companion.hcl:2,18: Unsuitable value type; Unsuitable value: a number is required`, `companion.hcl:3,14: Unsuitable value type; Unsuitable value: a bool is required`},
 		},
 		{
+			name: "unknown attribute in a capacity block",
+			file: "capacity \"default\" {\n  max = 3\n  maximum = 4\n}\n",
+			want: []string{`companion.hcl:3,3: Unsupported argument; An argument named "maximum" is not expected here.`},
+		},
+		{
+			name: "unknown attribute in a target",
+			file: "capacity \"default\" {\n  target \"eligibility\" {\n    scale_out = [\"x\"]\n  }\n}\n",
+			want: []string{`companion.hcl:3,5: Unsupported argument; An argument named "scale_out" is not expected here.`},
+		},
+		{
+			name: "unknown target kind",
+			file: "capacity \"default\" {\n  target \"ec2\" {}\n}\n",
+			want: []string{`companion.hcl:2,10: capacity "default".target "ec2": unknown kind; targets are "eligibility" and "command"`},
+		},
+		{
+			name: "capacity without a pool",
+			file: "capacity {\n  max = 3\n}\n",
+			want: []string{`companion.hcl:1,10: Missing pool for capacity; All capacity blocks must have 1 labels (pool).`},
+		},
+		{
+			name: "capacity pool twice",
+			file: "capacity \"gpu\" { max = 4 }\ncapacity \"default\" {}\ncapacity \"gpu\" { max = 8 }\n",
+			want: []string{`companion.hcl:3,10: capacity "gpu": written twice; the first is at …companion.hcl:1,10`},
+		},
+		{
+			name: "target twice",
+			file: "capacity \"default\" {\n  target \"eligibility\" {}\n  target \"eligibility\" {}\n}\n",
+			want: []string{`companion.hcl:3,10: capacity "default".target "eligibility": written twice; the first is at …companion.hcl:2,10`},
+		},
+		{
 			name: "variables",
 			file: "node_id = node.unique.id\n",
 			want: []string{`companion.hcl:1,11: Variables not allowed; Variables may not be used here.`},
@@ -568,6 +783,52 @@ func TestFileErrors(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			assertErrors(t, tc.file, nil, nil, tc.want)
+		})
+	}
+}
+
+// TestCapacity checks how capacity blocks decode: each from the default
+// policy, a target written replacing the default one.
+func TestCapacity(t *testing.T) {
+	command := func(p capacity.Policy, c capacity.Command) capacity.Policy {
+		p.Target = capacity.Target{Command: &c}
+		return p
+	}
+	withMax := func(p capacity.Policy, max int) capacity.Policy {
+		p.Max = max
+		return p
+	}
+	def := capacity.DefaultPolicy()
+	cases := []struct {
+		name string
+		file string
+		want map[string]capacity.Policy
+	}{
+		{name: "none", file: "# no pool sized\n", want: nil},
+		{name: "empty block", file: `capacity "default" {}`,
+			want: map[string]capacity.Policy{"default": def}},
+		{name: "only max", file: `capacity "default" { max = 3 }`,
+			want: map[string]capacity.Policy{"default": withMax(def, 3)}},
+		{name: "eligibility written", file: "capacity \"default\" {\n  target \"eligibility\" {}\n}\n",
+			want: map[string]capacity.Policy{"default": def}},
+		{
+			name: "command replaces eligibility",
+			file: "capacity \"gpu\" {\n  target \"command\" {\n    scale_out = [\"up\", \"gpu\"]\n    scale_in = [\"down\"]\n  }\n}\n",
+			want: map[string]capacity.Policy{"gpu": command(def, capacity.Command{
+				ScaleOut: []string{"up", "gpu"}, ScaleIn: []string{"down"}, StartTimeout: capacity.DefaultStartTimeout,
+			})},
+		},
+		{
+			name: "pools apart",
+			file: "capacity \"a\" { max = 2 }\ncapacity \"b\" { max = 3 }\ncapacity \"c\" {}\n",
+			want: map[string]capacity.Policy{"a": withMax(def, 2), "b": withMax(def, 3), "c": def},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Load(append([]string{"-config", writeFile(t, tc.file)}, required...), env(nil))
+			must.NoError(t, err)
+			must.Eq(t, tc.want, got.Capacity)
 		})
 	}
 }
@@ -644,14 +905,6 @@ func matches(msg, w string) bool {
 		msg = msg[i+len(part):]
 	}
 	return true
-}
-
-// unjoin is the errors errors.Join joined.
-func unjoin(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
-	}
-	return []error{err}
 }
 
 // quietStderr discards what the flag package prints on a bad flag.

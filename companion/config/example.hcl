@@ -1,4 +1,5 @@
-# ferry-companion agent configuration: every field, at its default.
+# ferry-companion agent configuration: every field, at its default, and
+# the capacity blocks, commented out as there are none by default.
 #
 #   ferry-companion agent -config /etc/ferry/companion.hcl
 #
@@ -100,3 +101,51 @@ rebalance {
     per_round = 1  # planned from one hot node in one round
   }
 }
+
+# Node pool sizing: one capacity block per Nomad node pool to size, labelled
+# with the pool's name. No pool is sized unless it has a block, and there is
+# none by default; uncommented, "default" below is a block at its defaults.
+#
+# Each round, the pool needs VT nodes: what Nomad cannot place plus what
+# runs on the pool, packed onto the pool's node size, and at least min.
+# While fewer than VT are in service (VA), nodes return to service, or new
+# machines are created, up to max. Once more than VT have been in service
+# for scale_in_idle, the surplus nodes leave service, down to min, idle ones
+# first: each is made ineligible at once, but parked (or destroyed) only
+# once the work on it has moved off live, and a node running work that
+# cannot move is never parked.
+#
+# capacity "default" {
+#   # Nodes always in service, and the most in service or starting.
+#   min = 1
+#   max = 10
+#
+#   # One sizing round per interval.
+#   interval = "30s"
+#
+#   # How long the pool has more nodes in service than it needs before one
+#   # leaves service; "0s" takes it out at once.
+#   scale_in_idle = "2m"
+#
+#   # How nodes enter and leave service. "eligibility" parks a node (ready
+#   # but ineligible) and brings it back: no machine is created or
+#   # destroyed.
+#   target "eligibility" {}
+# }
+#
+# capacity "gpu" {
+#   max = 4
+#
+#   # "command" creates and destroys machines with these commands, run
+#   # without a shell. scale_out gets FERRY_POOL and FERRY_COUNT (machines
+#   # to create) in its environment; scale_in gets FERRY_POOL, FERRY_NODE_ID
+#   # and FERRY_NODE_NAME, of a node that runs nothing any more.
+#   target "command" {
+#     scale_out = ["/usr/local/bin/add-nodes", "gpu"]
+#     scale_in  = ["/usr/local/bin/remove-node"]
+#
+#     # How long machines asked for count as starting (VB); after it, the
+#     # pool is sized without them.
+#     start_timeout = "10m"
+#   }
+# }

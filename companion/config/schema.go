@@ -22,8 +22,17 @@ import (
 //   - a block tagged label:"name" is written once per label, and its struct
 //     has one field per label, tagged with it: threshold "cpu" { ... } is
 //     Thresholds.CPU, tagged `hcl:"cpu"`;
+//   - such a field may be a pointer, set only if its block is written: the
+//     labels are a choice, target "eligibility" {} is Target.Eligibility.
+//     Once the file writes any of the struct's blocks, those it does not
+//     write are nil: the file's choice replaces the default's;
+//   - a block that is a map keyed by string, tagged label:"name", takes any
+//     label, each block being the entry it keys: capacity "gpu" { ... } is
+//     Capacity["gpu"];
 //   - decoding is in place: whatever the file leaves out keeps its value,
-//     so that a file need only write what it changes.
+//     so that a file need only write what it changes. A block the file
+//     writes where there was none, a map entry or a nil pointer, starts
+//     from its type's default in blockDefaults, else from the zero value.
 
 // tagged is one field of a struct in the file.
 type tagged struct {
@@ -47,7 +56,11 @@ func fieldsOf(t reflect.Type) []tagged {
 		case "optional":
 			out = append(out, tagged{index: []int{i}, name: name})
 		case "block":
-			out = append(out, tagged{index: []int{i}, name: name, block: true, label: sf.Tag.Get("label")})
+			label := sf.Tag.Get("label")
+			if sf.Type.Kind() == reflect.Map && (label == "" || sf.Type.Key().Kind() != reflect.String) {
+				panic(fmt.Sprintf("config: %s.%s: a map block must be keyed by string and tagged label:\"name\"", t, sf.Name))
+			}
+			out = append(out, tagged{index: []int{i}, name: name, block: true, label: label})
 		case "remain":
 			for _, f := range fieldsOf(sf.Type) {
 				f.index = append([]int{i}, f.index...)
@@ -74,7 +87,9 @@ func labelsOf(t reflect.Type) (names []string, index map[string]int) {
 }
 
 // attributes calls fn with each attribute of v, a struct at path in the
-// file, and its name there: the schema's leaves.
+// file, and its name there: the schema's leaves, as far as v holds them. A
+// nil pointer has none; a map has its entries', by label, which are copies
+// that cannot be set.
 func attributes(v reflect.Value, path field.Path, fn func(field.Path, reflect.Value)) {
 	for _, f := range fieldsOf(v.Type()) {
 		fv, at := v.FieldByIndex(f.index), path.Child(f.name)
@@ -83,10 +98,23 @@ func attributes(v reflect.Value, path field.Path, fn func(field.Path, reflect.Va
 			fn(at, fv)
 		case f.label == "":
 			attributes(fv, at, fn)
+		case fv.Kind() == reflect.Map:
+			keys := fv.MapKeys()
+			slices.SortFunc(keys, func(a, b reflect.Value) int { return cmp.Compare(a.String(), b.String()) })
+			for _, k := range keys {
+				attributes(fv.MapIndex(k), at.Label(k.String()), fn)
+			}
 		default:
 			names, index := labelsOf(fv.Type())
 			for _, l := range names {
-				attributes(fv.Field(index[l]), at.Label(l), fn)
+				lv := fv.Field(index[l])
+				if lv.Kind() == reflect.Pointer {
+					if lv.IsNil() {
+						continue
+					}
+					lv = lv.Elem()
+				}
+				attributes(lv, at.Label(l), fn)
 			}
 		}
 	}
@@ -123,6 +151,8 @@ func decode(body hcl.Body, v reflect.Value, path field.Path) hcl.Diagnostics {
 			if a := content.Attributes[f.name]; a != nil {
 				diags = append(diags, decodeAttribute(a.Expr, fv, at)...)
 			}
+		case f.label != "" && fv.Kind() == reflect.Map:
+			diags = append(diags, decodeMap(bs, fv, at)...)
 		case f.label != "":
 			diags = append(diags, decodeLabelled(bs, fv, at, f.label)...)
 		case len(bs) > 1:
@@ -140,7 +170,8 @@ func decode(body hcl.Body, v reflect.Value, path field.Path) hcl.Diagnostics {
 }
 
 // decodeLabelled decodes the blocks, each labelled, into the fields of v
-// their labels name.
+// their labels name. If it writes any, the pointer fields it does not write
+// are set to nil.
 func decodeLabelled(blocks hcl.Blocks, v reflect.Value, path field.Path, label string) hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	names, index := labelsOf(v.Type())
@@ -154,13 +185,70 @@ func decodeLabelled(blocks hcl.Blocks, v reflect.Value, path field.Path, label s
 		case !known:
 			diags = append(diags, errorAt(r, "%s: unknown %s; %ss are %s", at, label, b.Type, quoteList(names)))
 		case twice:
-			diags = append(diags, errorAt(r, "%s: written twice; the first is at %s", at, where(prev)))
+			diags = append(diags, writtenTwice(r, at, prev))
 		default:
 			first[l] = r
-			diags = append(diags, decode(b.Body, v.Field(i), at)...)
+			fv := v.Field(i)
+			if fv.Kind() == reflect.Pointer {
+				if fv.IsNil() {
+					fv.Set(newBlock(fv.Type().Elem()).Addr())
+				}
+				fv = fv.Elem()
+			}
+			diags = append(diags, decode(b.Body, fv, at)...)
+		}
+	}
+	if len(first) > 0 { // the file's choice replaces the default's
+		for l, i := range index {
+			if _, written := first[l]; !written && v.Field(i).Kind() == reflect.Pointer {
+				v.Field(i).SetZero()
+			}
 		}
 	}
 	return diags
+}
+
+// decodeMap decodes the blocks, each labelled, into the entries of v, a
+// map, that their labels key.
+func decodeMap(blocks hcl.Blocks, v reflect.Value, path field.Path) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	first := map[string]hcl.Range{}
+	for _, b := range blocks {
+		l, r := b.Labels[0], b.LabelRanges[0]
+		at := path.Label(l)
+		if prev, twice := first[l]; twice {
+			diags = append(diags, writtenTwice(r, at, prev))
+			continue
+		}
+		first[l] = r
+		if v.IsNil() {
+			v.Set(reflect.MakeMap(v.Type()))
+		}
+		key := reflect.ValueOf(l).Convert(v.Type().Key())
+		entry := newBlock(v.Type().Elem())
+		if old := v.MapIndex(key); old.IsValid() {
+			entry.Set(old)
+		}
+		diags = append(diags, decode(b.Body, entry, at)...)
+		v.SetMapIndex(key, entry)
+	}
+	return diags
+}
+
+// newBlock is a new, settable value of t for a block the file writes where
+// there was none: t's default in blockDefaults, else the zero value.
+func newBlock(t reflect.Type) reflect.Value {
+	v := reflect.New(t).Elem()
+	if def, ok := blockDefaults[t]; ok {
+		v.Set(reflect.ValueOf(def()))
+	}
+	return v
+}
+
+// writtenTwice is the error of the block at path, labelled at r, that was
+// written at first already.
+func writtenTwice(r hcl.Range, path field.Path, first hcl.Range) *hcl.Diagnostic {
+	return errorAt(r, "%s: written twice; the first is at %s", path, where(first))
 }
 
 var durationType = reflect.TypeFor[time.Duration]()

@@ -212,13 +212,8 @@ func (m *Mover) steer(ctx context.Context, rec *Record) error {
 	}
 	if rec.TargetNodeID != "" {
 		yes := "true"
-		if _, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: rec.TargetNodeID, Meta: map[string]*string{sdk.MetaMigrateTarget: &yes}}, q); err != nil {
-			return fmt.Errorf("mark target %s: %w", rec.TargetNode, err)
-		}
 		rec.TargetMarked = true
-		// The client passes its metadata on to the servers a little later;
-		// a placement before that would not see the mark.
-		if err := m.awaitMeta(ctx, rec.TargetNodeID, yes); err != nil {
+		if err := SetNodeMeta(ctx, m.Nomad, rec.TargetNodeID, sdk.MetaMigrateTarget, &yes); err != nil {
 			return fmt.Errorf("mark target %s: %w", rec.TargetNode, err)
 		}
 	}
@@ -231,28 +226,12 @@ func (m *Mover) steer(ctx context.Context, rec *Record) error {
 	return nil
 }
 
-// awaitMeta waits until the servers see node's sdk.MetaMigrateTarget set to value
-// ("" for unset).
-func (m *Mover) awaitMeta(ctx context.Context, node, value string) error {
-	for {
-		n, _, err := m.Nomad.Nodes().Info(node, (&nomad.QueryOptions{}).WithContext(ctx))
-		if err == nil && n.Meta[sdk.MetaMigrateTarget] == value {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the servers do not show meta.%s yet: %w", sdk.MetaMigrateTarget, ctx.Err())
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-}
-
 // unsteer undoes what steer noted in rec, whatever became of the move's
 // context.
 func (m *Mover) unsteer(rec *Record) {
 	ctx, cancel := context.WithTimeout(context.Background(), nodeCallTimeout)
 	defer cancel()
-	q, w := (&nomad.QueryOptions{}).WithContext(ctx), (&nomad.WriteOptions{}).WithContext(ctx)
+	w := (&nomad.WriteOptions{}).WithContext(ctx)
 	if rec.SourceMadeIneligible {
 		if _, err := m.Nomad.Nodes().ToggleEligibility(rec.SourceNodeID, true, w); err != nil {
 			m.Logger.Warn("restore source eligibility", "node", rec.SourceNode, "error", err)
@@ -261,12 +240,8 @@ func (m *Mover) unsteer(rec *Record) {
 		}
 	}
 	if rec.TargetMarked {
-		_, err := m.Nomad.Nodes().Meta().Apply(&nomad.NodeMetaApplyRequest{NodeID: rec.TargetNodeID, Meta: map[string]*string{sdk.MetaMigrateTarget: nil}}, q)
-		if err == nil {
-			// Until the servers see it gone, it would steer other moves.
-			err = m.awaitMeta(ctx, rec.TargetNodeID, "")
-		}
-		if err != nil {
+		// Until the servers see it gone, it would steer other moves.
+		if err := SetNodeMeta(ctx, m.Nomad, rec.TargetNodeID, sdk.MetaMigrateTarget, nil); err != nil {
 			m.Logger.Warn("unmark target node", "node", rec.TargetNode, "error", err)
 		} else {
 			rec.TargetMarked = false

@@ -1,6 +1,7 @@
 package rebalance
 
 import (
+	"github.com/ferry-nomad/ferry/companion/capacity"
 	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/planner"
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,6 +21,10 @@ type Metrics struct {
 	decisions *prometheus.CounterVec
 	moves     *prometheus.CounterVec
 	downtime  prometheus.Histogram
+
+	poolNodes       *prometheus.GaugeVec
+	poolQuota       *prometheus.GaugeVec
+	capacityActions *prometheus.CounterVec
 }
 
 // NewMetrics registers the metrics in a registry of their own.
@@ -59,8 +64,21 @@ func NewMetrics() *Metrics {
 			Help:    "Time from stopping an allocation to its replacement running.",
 			Buckets: []float64{0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300},
 		}),
+		poolNodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_pool_nodes",
+			Help: "Nodes of a pool in the last capacity round, by state: needed (VT), in_service (VA), starting (VB), stopping (VD), parked.",
+		}, []string{"pool", "state"}),
+		poolQuota: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_pool_quota",
+			Help: "The most nodes a pool may have in service (its capacity max).",
+		}, []string{"pool"}),
+		capacityActions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_capacity_actions_total",
+			Help: "Capacity actions taken, by pool and action (unpark, scale_in, cancel, move, park, launch, destroy).",
+		}, []string{"pool", "action"}),
 	}
-	m.Registry.MustRegister(m.nodeUsage, m.capacity, m.leader, m.hotNodes, m.rounds, m.decisions, m.moves, m.downtime)
+	m.Registry.MustRegister(m.nodeUsage, m.capacity, m.leader, m.hotNodes, m.rounds, m.decisions, m.moves, m.downtime,
+		m.poolNodes, m.poolQuota, m.capacityActions)
 	return m
 }
 
@@ -109,4 +127,17 @@ func (m *Metrics) moved(result string, downtimeSeconds float64) {
 	if downtimeSeconds > 0 {
 		m.downtime.Observe(downtimeSeconds)
 	}
+}
+
+// pool sets a pool's gauges from its last capacity round.
+func (m *Metrics) pool(pp capacity.PoolPlan) {
+	for state, v := range map[string]int{"needed": pp.VT, "in_service": pp.VA, "starting": pp.VB, "stopping": pp.VD, "parked": pp.Parked} {
+		m.poolNodes.WithLabelValues(pp.Pool, state).Set(float64(v))
+	}
+	m.poolQuota.WithLabelValues(pp.Pool).Set(float64(pp.Quota))
+}
+
+// capacityAction counts one capacity action (or its failure) in pool.
+func (m *Metrics) capacityAction(pool, action string) {
+	m.capacityActions.WithLabelValues(pool, action).Inc()
 }

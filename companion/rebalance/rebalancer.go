@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-nomad/ferry/companion/capacity"
 	"github.com/ferry-nomad/ferry/companion/migrate"
 	"github.com/ferry-nomad/ferry/companion/planner"
 	"github.com/ferry-nomad/ferry/driver/sdk"
@@ -23,12 +24,15 @@ import (
 
 // Config is how the planner runs.
 type Config struct {
+	Rebalance   bool // plan rebalancing rounds (rebalance.enabled)
 	Policy      planner.Config
 	Interval    time.Duration // between rounds
 	MoveTimeout time.Duration // for one move to finish
 	DryRun      bool          // decide and log, never act
 	StateKey    string        // Consul key of the hysteresis state
 	Node        string        // this agent's node name, saved with the state
+	// Capacity sizes the pools that have a policy, by pool name.
+	Capacity map[string]capacity.Policy
 }
 
 // Rebalancer plans and acts while its agent leads.
@@ -62,7 +66,8 @@ func (r *Rebalancer) Last() *RoundReport {
 }
 
 // Lead plans a round every interval until ctx ends (the lock was lost or
-// the agent stops), then waits for the moves it started. Those run under
+// the agent stops), and sizes the pools with a capacity policy alongside
+// (capacity.go), then waits for the moves it started. Those run under
 // agentCtx: a move that started under the lock is followed to its end even
 // after the lock is lost, and is only cut short when the agent stops.
 func (r *Rebalancer) Lead(agentCtx, ctx context.Context, fence *migrate.Fence) {
@@ -75,6 +80,15 @@ func (r *Rebalancer) Lead(agentCtx, ctx context.Context, fence *migrate.Fence) {
 	state := saved.State
 	var moves sync.WaitGroup
 	defer moves.Wait()
+	if len(r.Config.Capacity) > 0 {
+		var sizing sync.WaitGroup
+		defer sizing.Wait()
+		sizing.Go(func() { r.size(agentCtx, ctx, fence, &moves) })
+	}
+	if !r.Config.Rebalance {
+		<-ctx.Done()
+		return
+	}
 	tick := time.NewTicker(r.Config.Interval)
 	defer tick.Stop()
 	for {

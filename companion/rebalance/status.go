@@ -18,6 +18,9 @@ type Status struct {
 	Nodes    []load.Record     `json:"nodes"`
 	InFlight []*migrate.Record `json:"in_flight"`
 	Last     []*migrate.Record `json:"last_moves"` // newest first
+	// Capacity is the pools' sizing as its last round saved it, if any
+	// pool has a policy.
+	Capacity *SavedCapacity `json:"capacity,omitempty"`
 	// Set by an agent serving /v1/status: itself, and its last round
 	// when it is the planner.
 	Self      *load.Record `json:"self,omitempty"`
@@ -42,6 +45,13 @@ func ReadStatus(ctx context.Context, c *consul.Client, lockKey, nodesPrefix stri
 		return nil, err
 	}
 	st := &Status{Leader: holder, Nodes: records, InFlight: []*migrate.Record{}, Last: []*migrate.Record{}}
+	sized, err := LoadCapacity(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	if len(sized.Pools) > 0 {
+		st.Capacity = &sized
+	}
 	for _, m := range slices.Backward(migrations) {
 		if m.Result == migrate.ResultInProgress {
 			st.InFlight = append(st.InFlight, m)

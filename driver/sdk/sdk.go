@@ -24,6 +24,7 @@
 //	ferry/migrations/<ID>                companion: a live migration, requested or done
 //	ferry/leader                         companion: the rebalancer's lock
 //	ferry/planner/state                  companion: the rebalancer's saved state
+//	ferry/capacity/state                 companion: the pool capacity rounds' saved state
 package sdk
 
 // DriverName is the name jobspecs give the driver: `driver = "ferry"`.
@@ -54,6 +55,17 @@ const (
 	// of a move it steers; jobs that move to a chosen node carry an
 	// affinity on ${meta.ferry_migrate_target}.
 	MetaMigrateTarget = "ferry_migrate_target"
+	// MetaCapacity is node meta the companion sets on a node it takes out
+	// of service to size its pool: CapacityParking while its work moves
+	// off, CapacityParked once it runs none (ready, ineligible, kept for
+	// when the pool grows again).
+	MetaCapacity = "ferry_capacity"
+)
+
+// Values of MetaCapacity.
+const (
+	CapacityParking = "parking"
+	CapacityParked  = "parked"
 )
 
 // Details of the driver's task events when a task is checkpointed for a
@@ -94,6 +106,7 @@ const (
 	PrefixMigrations  = "ferry/migrations/"
 	KeyLeader         = "ferry/leader"
 	KeyPlannerState   = "ferry/planner/state"
+	KeyCapacityState  = "ferry/capacity/state"
 )
 
 // FixedPrefixes are the KV prefixes no setting moves: keys an operator

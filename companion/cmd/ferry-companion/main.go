@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferry-nomad/ferry/companion/capacity"
 	"github.com/ferry-nomad/ferry/companion/config"
 	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/migrate"
@@ -125,6 +126,7 @@ func runAgent(ctx context.Context, args []string, logger hclog.Logger) error {
 	publisher := load.NewPublisher(cat.Client(), cfg.Sample.Prefix, load.SessionTTL(cfg.Sample.Interval), loadLogger)
 	rebalancer := &rebalance.Rebalancer{
 		Config: rebalance.Config{
+			Rebalance: cfg.Rebalance.Enabled, Capacity: cfg.Capacity,
 			Policy: cfg.Rebalance.Policy, Interval: cfg.Rebalance.Interval,
 			MoveTimeout: cfg.Rebalance.MoveTimeout, DryRun: cfg.Rebalance.DryRun,
 			StateKey: cfg.Rebalance.StateKey, Node: cfg.NodeName,
@@ -158,7 +160,8 @@ func runAgent(ctx context.Context, args []string, logger hclog.Logger) error {
 			metrics.Record(r)
 		})
 	})
-	if cfg.Rebalance.Enabled {
+	// One agent at a time plans: rebalancing rounds, pool sizing, or both.
+	if cfg.Rebalance.Enabled || len(cfg.Capacity) > 0 {
 		leader := &rebalance.Leader{
 			Consul: cat.Client(),
 			Key:    cfg.Rebalance.LockKey,
@@ -212,6 +215,29 @@ func runPlan(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	snap := in.Snapshot()
 	printPlan(stdout, in, snap, planner.Round(policy, saved.State, snap))
+	return planCapacity(ctx, cfg, cat, nomadClient, in, stdout)
+}
+
+// planCapacity prints the sizing round the planner would run now for the
+// pools with a policy: the file's, or else the running planner's.
+func planCapacity(ctx context.Context, cfg *config.Config, cat *catalog.Catalog, nomadClient *nomad.Client, in *rebalance.Inputs, stdout io.Writer) error {
+	sized, err := rebalance.LoadCapacity(ctx, cat.Client())
+	if err != nil {
+		return err
+	}
+	policies := cfg.Capacity
+	if cfg.File == "" {
+		policies = sized.Policies
+	}
+	if len(policies) == 0 {
+		return nil
+	}
+	snap, err := sources(cfg, nomadClient, cat).CapacitySnapshot(ctx, in, policies)
+	if err != nil {
+		return err
+	}
+	snap.MoveBudget = cfg.Rebalance.Policy.Limits.InFlight
+	printPools(stdout, capacity.Round(policies, sized.State, snap).Pools)
 	return nil
 }
 

@@ -3,9 +3,12 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"text/tabwriter"
 	"time"
 
+	"github.com/ferry-nomad/ferry/companion/capacity"
 	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/planner"
 	"github.com/ferry-nomad/ferry/companion/rebalance"
@@ -106,6 +109,14 @@ func printStatus(w io.Writer, st *rebalance.Status, now time.Time) {
 		}
 		tw.Flush()
 	}
+	if st.Capacity != nil {
+		how := ""
+		if st.Capacity.DryRun {
+			how = ", dry run: nothing done"
+		}
+		fmt.Fprintf(w, "\nCapacity (last round %s ago by %s%s):", rebalance.Age(now, st.Capacity.At), orDash(st.Capacity.By), how)
+		printPools(w, sortedPools(st.Capacity.Pools))
+	}
 	fmt.Fprintf(w, "\nLast moves (%d):\n", len(st.Last))
 	if len(st.Last) > 0 {
 		fmt.Fprintln(tw, "ALLOC\tJOB\tFROM\tTO\tRESULT\tDOWNTIME\tFINISHED\tREASON")
@@ -115,6 +126,45 @@ func printStatus(w io.Writer, st *rebalance.Status, now time.Time) {
 		}
 		tw.Flush()
 	}
+}
+
+// printPools writes the pools' sizing: the algorithm's figures, what the
+// round does and why, and the nodes waiting to leave service.
+func printPools(w io.Writer, pools []capacity.PoolPlan) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "\nPools (%d):\n", len(pools))
+	fmt.Fprintln(tw, "POOL\tTARGET\tNEEDED\tIN SERVICE\tSTARTING\tSTOPPING\tPARKED\tQUOTA\tROUND")
+	for _, pp := range pools {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", pp.Pool, pp.Target, pp.VT, pp.VA, pp.VB, pp.VD, pp.Parked, pp.Quota, pp.Why)
+	}
+	tw.Flush()
+	for _, pp := range pools {
+		if len(pp.Actions)+len(pp.Waiting) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\nPool %s:\n", pp.Pool)
+		fmt.Fprintln(tw, "ACTION\tNODE\tALLOC\tREASON")
+		for _, a := range pp.Actions {
+			what := string(a.Kind)
+			if a.Count > 0 {
+				what += fmt.Sprintf(" %d", a.Count)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", what, orDash(a.NodeName), orDash(short(a.AllocID)), a.Reason)
+		}
+		for _, a := range pp.Waiting {
+			fmt.Fprintf(tw, "waiting\t%s\t-\t%s\n", a.NodeName, a.Reason)
+		}
+		tw.Flush()
+	}
+}
+
+// sortedPools are a saved sizing's pools by name.
+func sortedPools(pools map[string]capacity.PoolPlan) []capacity.PoolPlan {
+	out := make([]capacity.PoolPlan, 0, len(pools))
+	for _, name := range slices.Sorted(maps.Keys(pools)) {
+		out = append(out, pools[name])
+	}
+	return out
 }
 
 func pct(used, capacity float64) string {
