@@ -150,9 +150,13 @@ func TestCapacity(t *testing.T) {
 		t.Fatalf("cap-live moved to %s, not to the node left in service %s", next.NodeName, fixedNode.Name)
 	}
 	dev.assertResumed(t, live.ID, next.ID)
-	moves := dev.migrationsOf(t, live.ID)
-	if len(moves) != 1 || moves[0].Result != migrate.ResultRestored || !strings.Contains(moves[0].Reason, "capacity: "+liveNode.Name+" leaves service") {
-		t.Fatalf("the move is not recorded as a live capacity move: %+v", moves)
+	var moves []*migrate.Record
+	waitFor(t, time.Minute, "the move's final record", func() bool {
+		moves = dev.migrationsOf(t, live.ID)
+		return len(moves) == 1 && moves[0].Result != migrate.ResultInProgress
+	})
+	if m := moves[0]; m.Result != migrate.ResultRestored || !strings.Contains(m.Reason, "capacity: "+liveNode.Name+" leaves service") {
+		t.Fatalf("the move is not recorded as a live capacity move: %+v", *m)
 	}
 	st = dev.waitPool(t, 2*time.Minute, "two nodes parked again", func(p poolRow) bool { return p.inService == 1 && p.parked == 2 })
 	if got := dev.marked(t, sdk.CapacityParked); !slices.Contains(got, liveNode.Name) || slices.Contains(got, fixedNode.Name) {
