@@ -20,6 +20,7 @@
 //
 //	ferry/checkpoints/<alloc ID>/<task>  driver: a task's checkpoint record (catalog.Record)
 //	ferry/drivers/<node ID>              driver: where its transfer server listens (catalog.Endpoint), held by a session
+//	ferry/net/<network>/...              the Ferry CNI plugin: address leases (driver/lease)
 //	ferry/nodes/<node ID>                companion agent: the node's load record, held by a session
 //	ferry/migrations/<ID>                companion: a live migration, requested or done
 //	ferry/leader                         companion: the rebalancer's lock
@@ -102,6 +103,7 @@ const (
 const (
 	PrefixCheckpoints = "ferry/checkpoints/"
 	PrefixDrivers     = "ferry/drivers/"
+	PrefixNetworks    = "ferry/net/"
 	PrefixNodes       = "ferry/nodes/"
 	PrefixMigrations  = "ferry/migrations/"
 	KeyLeader         = "ferry/leader"
@@ -112,4 +114,4 @@ const (
 // FixedPrefixes are the KV prefixes no setting moves: keys an operator
 // configures (the companion's sample.prefix, lock_key, state_key) must stay
 // out of them.
-var FixedPrefixes = []string{PrefixCheckpoints, PrefixDrivers, PrefixMigrations}
+var FixedPrefixes = []string{PrefixCheckpoints, PrefixDrivers, PrefixNetworks, PrefixMigrations}
