@@ -91,6 +91,7 @@ PIDS=$RUN/pids
 ETC=$DATA/etc
 TLS=$DATA/tls
 PLUGINS=$DATA/plugins
+CNI_PLUGINS=$DATA/cni
 NETNS_DIR=/var/run/netns
 
 HUB_NS=ferry-hub

@@ -137,13 +137,17 @@ type Args struct {
 	NOMAD_NAMESPACE  types.UnmarshallableString
 }
 
-// parseArgs reads CNI_ARGS.
-func parseArgs(s string) (*Args, error) {
+// parseArgs reads CNI_ARGS. Nomad passes them to ADD only; DEL and CHECK
+// need only the allocation, which is the container ID Nomad gives.
+func parseArgs(s, containerID string, add bool) (*Args, error) {
 	var a Args
 	if err := types.LoadArgs(s, &a); err != nil {
 		return nil, fmt.Errorf("CNI_ARGS: %w", err)
 	}
-	if a.NOMAD_ALLOC_ID == "" || a.NOMAD_JOB_ID == "" || a.NOMAD_GROUP_NAME == "" {
+	if a.NOMAD_ALLOC_ID == "" {
+		a.NOMAD_ALLOC_ID = types.UnmarshallableString(containerID)
+	}
+	if add && (a.NOMAD_ALLOC_ID == "" || a.NOMAD_JOB_ID == "" || a.NOMAD_GROUP_NAME == "") {
 		return nil, errors.New("CNI_ARGS lack NOMAD_ALLOC_ID, NOMAD_JOB_ID or NOMAD_GROUP_NAME: the ferry network serves Nomad groups (network { mode = \"cni/ferry\" })")
 	}
 	if a.NOMAD_NAMESPACE == "" {

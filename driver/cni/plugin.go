@@ -42,12 +42,12 @@ type env struct {
 	leases *lease.Store
 }
 
-func newEnv(a *skel.CmdArgs) (*env, error) {
+func newEnv(a *skel.CmdArgs, add bool) (*env, error) {
 	conf, err := parseConfig(a.StdinData)
 	if err != nil {
 		return nil, err
 	}
-	args, err := parseArgs(a.Args)
+	args, err := parseArgs(a.Args, a.ContainerID, add)
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +84,7 @@ func (e *env) fate(ctx context.Context, allocID string) (lease.Fate, error) {
 }
 
 func cmdAdd(a *skel.CmdArgs) error {
-	e, err := newEnv(a)
+	e, err := newEnv(a, true)
 	if err != nil {
 		return err
 	}
@@ -157,6 +157,12 @@ func (e *env) attach(a *skel.CmdArgs, l *lease.Lease) (*current.Result, error) {
 		}
 		if err := configure(link, prefix, result.Routes); err != nil {
 			return err
+		}
+		// Nomad brings up loopback only for its own bridge network.
+		if lo, err := netlink.LinkByName("lo"); err == nil {
+			if err := netlink.LinkSetUp(lo); err != nil {
+				return fmt.Errorf("set lo up: %w", err)
+			}
 		}
 		return announce(a.IfName, l.Address)
 	})
@@ -231,7 +237,7 @@ func gatewayIP(a netip.Addr) net.IP {
 // moving, when the allocation migrates (its checkpoint may be restored
 // with it), or when Nomad cannot say.
 func cmdDel(a *skel.CmdArgs) error {
-	e, err := newEnv(a)
+	e, err := newEnv(a, false)
 	if err != nil {
 		return err
 	}
@@ -250,7 +256,7 @@ func cmdDel(a *skel.CmdArgs) error {
 
 // cmdCheck verifies that the interface holds the lease's address.
 func cmdCheck(a *skel.CmdArgs) error {
-	e, err := newEnv(a)
+	e, err := newEnv(a, false)
 	if err != nil {
 		return err
 	}

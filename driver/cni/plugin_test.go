@@ -83,9 +83,14 @@ func TestAddDelKeepsAddressAcrossAMove(t *testing.T) {
 	conf := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "ferry", "type": "ferry", "master": "uplink0",
 	  "subnet": "10.99.0.0/24", "range_start": "10.99.0.10", "range_end": "10.99.0.20", "gateway": "10.99.0.1",
 	  "consul": {"address": %q}, "nomad": {"address": %q}}`, consulAddr, api.URL)
+	// As Nomad calls it: CNI_ARGS for ADD, the allocation as the container
+	// ID always.
 	cmd := func(nsPath, alloc string) *skel.CmdArgs {
 		return &skel.CmdArgs{ContainerID: alloc, Netns: nsPath, IfName: "eth0", StdinData: []byte(conf),
 			Args: "IgnoreUnknown=true;NOMAD_ALLOC_ID=" + alloc + ";NOMAD_JOB_ID=sim;NOMAD_GROUP_NAME=g;NOMAD_NAMESPACE=default"}
+	}
+	del := func(nsPath, alloc string) *skel.CmdArgs {
+		return &skel.CmdArgs{ContainerID: alloc, Netns: nsPath, IfName: "eth0", StdinData: []byte(conf)}
 	}
 	inHost := func(fn func(*skel.CmdArgs) error, a *skel.CmdArgs) error {
 		return withNetNS(host, func() error { return fn(a) })
@@ -101,7 +106,7 @@ func TestAddDelKeepsAddressAcrossAMove(t *testing.T) {
 	// The allocation migrates: its DEL keeps the lease for the
 	// replacement, which comes up with the same address and MAC.
 	allocs.set(&nomad.Allocation{ID: "old", Name: "sim.g[0]", ClientStatus: "complete", DesiredTransition: nomad.DesiredTransition{Migrate: ptr(true)}})
-	must.NoError(t, inHost(cmdDel, cmd(first, "old")))
+	must.NoError(t, inHost(cmdDel, del(first, "old")))
 	allocs.set(&nomad.Allocation{ID: "new", Name: "sim.g[0]", PreviousAllocation: "old", ClientStatus: "pending"})
 	must.NoError(t, inHost(cmdAdd, cmd(second, "new")))
 	addr2, mac2 := linkOf(t, second)
@@ -110,7 +115,7 @@ func TestAddDelKeepsAddressAcrossAMove(t *testing.T) {
 
 	// Stopped for good: the lease is released.
 	allocs.set(&nomad.Allocation{ID: "new", Name: "sim.g[0]", ClientStatus: "complete", DesiredStatus: "stop"})
-	must.NoError(t, inHost(cmdDel, cmd(second, "new")))
+	must.NoError(t, inHost(cmdDel, del(second, "new")))
 	c, err := consul.NewClient(&consul.Config{Address: consulAddr})
 	must.NoError(t, err)
 	leases, err := (&lease.Store{Consul: c, Network: "ferry"}).List(context.Background())
@@ -126,7 +131,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		"consul.address: required", "nomad.address: required"} {
 		must.StrContains(t, err.Error(), want)
 	}
-	_, err = parseArgs("IgnoreUnknown=true")
+	_, err = parseArgs("IgnoreUnknown=true", "", true)
 	must.ErrorContains(t, err, `network { mode = "cni/ferry" }`)
 }
 

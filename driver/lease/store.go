@@ -100,10 +100,11 @@ func (s *Store) fromSlot(ctx context.Context, req Request, slotPair *api.KVPair,
 	if err := json.Unmarshal(ipPair.Value, &l); err != nil {
 		return nil, false, fmt.Errorf("decode %s: %w", ipPair.Key, err)
 	}
-	if l.AllocID == req.AllocID {
+	if l.AllocID == req.AllocID && !l.Moving {
 		return &l, true, nil
 	}
-	takeOver := l.AllocID == req.Previous || l.Moving
+	// Its own lease, kept moving by an earlier DEL: held again.
+	takeOver := l.AllocID == req.AllocID || l.AllocID == req.Previous || l.Moving
 	if !takeOver {
 		f, err := fate(ctx, l.AllocID)
 		if err != nil {

@@ -50,6 +50,18 @@ func TestAcquireFreshAndAgain(t *testing.T) {
 	again, err := s.Acquire(ctx, Request{AllocID: "a", Slot: slot("web", 0)}, live)
 	must.NoError(t, err)
 	must.Eq(t, a.Address, again.Address)
+
+	// A DEL while Nomad cannot say keeps the lease moving; the same
+	// allocation's next ADD holds it again, no longer moving, so that
+	// another allocation of the slot does not take it.
+	must.NoError(t, s.Release(ctx, "a", true))
+	again, err = s.Acquire(ctx, Request{AllocID: "a", Slot: slot("web", 0)}, live)
+	must.NoError(t, err)
+	must.Eq(t, a.Address, again.Address)
+	must.False(t, again.Moving)
+	other, err := s.Acquire(ctx, Request{AllocID: "z", Slot: slot("web", 0)}, live)
+	must.NoError(t, err)
+	must.NotEq(t, a.Address, other.Address)
 }
 
 func TestReplacementKeepsAddress(t *testing.T) {

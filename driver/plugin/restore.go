@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/checkpoint"
+	"github.com/ferry-nomad/ferry/driver/cni"
 	"github.com/ferry-nomad/ferry/driver/image"
 	"github.com/ferry-nomad/ferry/driver/runc"
 	"github.com/ferry-nomad/ferry/driver/sdk"
@@ -50,6 +51,7 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 		var got *obtained
 		handle, got, err = d.restoreFrom(ctx, cfg, conf, env, req, rec, secret, logger)
 		if err == nil {
+			announceMove(cfg, logger)
 			d.finishRestore(ctx, env, cfg, rec, catalog.StateRestored, "", logger)
 			d.emit(cfg, fmt.Sprintf("Restored from checkpoint of %s on %s: %s %s, restored in %s",
 				shortID(rec.AllocID), rec.SourceNodeName, humanBytes(rec.Bytes), got.how, got.restore.Round(10*time.Millisecond)),
@@ -387,6 +389,18 @@ func (d *Driver) finishRestore(ctx context.Context, env *environment, cfg *drive
 	})
 	if err != nil {
 		logger.Warn("record restore outcome", "state", state, "error", err)
+	}
+}
+
+// announceMove tells the L2 that the restored task's addresses are now
+// here (gratuitous ARP from its namespace), so that switches and peers send
+// to this node at once rather than once their caches expire.
+func announceMove(cfg *drivers.TaskConfig, logger hclog.Logger) {
+	if cfg.NetworkIsolation == nil || cfg.NetworkIsolation.Path == "" {
+		return // host networking: the node's addresses did not move
+	}
+	if err := cni.Announce(cfg.NetworkIsolation.Path); err != nil {
+		logger.Warn("announce the restored task's addresses", "error", err)
 	}
 }
 

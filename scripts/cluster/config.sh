@@ -72,7 +72,8 @@ client_config() {
   local -a shared=(k="$k" name="$(client_name "$k")" ip="$(client_ip "$k")"
     data="$DATA" run="$RUN" hub_ip="$HUB_IP" log_level="$LOG_LEVEL")
   render_template client.hcl "${shared[@]}" plugins="$PLUGINS" \
-    http_port="$(client_http_port "$k")" fingerprint_denylist="$FINGERPRINT_DENYLIST"
+    http_port="$(client_http_port "$k")" fingerprint_denylist="$FINGERPRINT_DENYLIST" \
+    net="$NET" cni_plugins="$CNI_PLUGINS" cni_config_dir="$ETC/cni-c$k"
   if plugin_enabled; then
     echo
     render_template client-plugins.hcl "${shared[@]}" registry="$REGISTRY" tls="$TLS" \
@@ -83,6 +84,8 @@ client_config() {
 
 write_client_config() {
   local text
+  mkdir -p "$ETC/cni-c$1"
+  write_config "$ETC/cni-c$1/ferry.conflist" ferry.conflist net="$NET" hub_ip="$HUB_IP" ip="$(client_ip "$1")"
   text=$(client_config "$1")
   write_if_changed "$ETC/c$1.hcl" <<<"$text"
 }

@@ -27,8 +27,11 @@ install_driver() {
 # companion), as install_driver decided.
 plugin_enabled() { ((WITH_PLUGIN)); }
 
-# copy_driver NOTE: install DRIVER_BIN as the plugin if it differs.
+# copy_driver NOTE: install DRIVER_BIN as the plugin if it differs; its
+# binary is the Ferry CNI plugin too, as "ferry" in CNI_PLUGINS.
 copy_driver() {
+  mkdir -p "$CNI_PLUGINS"
+  ln -sfn "$PLUGINS/nomad-driver-ferry" "$CNI_PLUGINS/ferry"
   if ! cmp -s "$DRIVER_BIN" "$PLUGINS/nomad-driver-ferry"; then
     install -m 0755 "$DRIVER_BIN" "$DATA/.nomad-driver-ferry.new"
     mv -f "$DATA/.nomad-driver-ferry.new" "$PLUGINS/nomad-driver-ferry"

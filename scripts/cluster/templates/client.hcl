@@ -25,7 +25,10 @@ client {
   enabled           = true
   servers           = ["@hub_ip@:4647"]
   network_interface = "eth0"
-  cni_path          = "/usr/lib/cni"
+  # The CNI plugins, and the Ferry network (network { mode = "cni/ferry" }):
+  # addresses @net@.100-199 on the clients' shared L2, leased in Consul.
+  cni_path       = "/usr/lib/cni:@cni_plugins@"
+  cni_config_dir = "@cni_config_dir@"
 
   # One parent per client so that clients sharing a host keep apart. Nomad
   # v1.11.3 accepts this option but does not apply it: its own cgroup tree
