@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -213,6 +214,20 @@ func TestNetworkIdentity(t *testing.T) {
 	}
 	dev.purge(t, "seq")
 	waitFor(t, time.Minute, "the lease of seq to be released", func() bool { return dev.leaseOf(t, d.ID) == nil })
+
+	// A lease left behind, moving, by an allocation Nomad no longer knows
+	// (its replacement never came) is released by the planner.
+	store := &lease.Store{Consul: dev.catalog(t).Client(), Network: "ferry", Pool: lease.Pool{
+		Subnet: netip.MustParsePrefix("10.97.0.0/24"), First: netip.MustParseAddr("10.97.0.100"), Last: netip.MustParseAddr("10.97.0.199")}}
+	ghost := newAllocID(t)
+	if _, err := store.Acquire(ctx, lease.Request{AllocID: ghost, Slot: lease.Slot{Namespace: "default", Job: "ghost", Group: "g"}},
+		func(context.Context, string) (lease.Fate, error) { return lease.Live, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Release(ctx, ghost, true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Minute, "the planner to release the lease left behind", func() bool { return dev.leaseOf(t, ghost) == nil })
 
 	// Six allocations starting at once: six addresses.
 	dev.runJob(t, fmt.Sprintf(seqJob, "seq-many", 6, ref))

@@ -67,7 +67,8 @@ func (r *Rebalancer) Last() *RoundReport {
 
 // Lead plans a round every interval until ctx ends (the lock was lost or
 // the agent stops), and sizes the pools with a capacity policy alongside
-// (capacity.go), then waits for the moves it started. Those run under
+// (capacity.go) and releases the network leases no allocation will take
+// over (leases.go), then waits for the moves it started. Those run under
 // agentCtx: a move that started under the lock is followed to its end even
 // after the lock is lost, and is only cut short when the agent stops.
 func (r *Rebalancer) Lead(agentCtx, ctx context.Context, fence *migrate.Fence) {
@@ -80,10 +81,11 @@ func (r *Rebalancer) Lead(agentCtx, ctx context.Context, fence *migrate.Fence) {
 	state := saved.State
 	var moves sync.WaitGroup
 	defer moves.Wait()
+	var side sync.WaitGroup
+	defer side.Wait()
+	side.Go(func() { r.sweepLeases(ctx) })
 	if len(r.Config.Capacity) > 0 {
-		var sizing sync.WaitGroup
-		defer sizing.Wait()
-		sizing.Go(func() { r.size(agentCtx, ctx, fence, &moves) })
+		side.Go(func() { r.size(agentCtx, ctx, fence, &moves) })
 	}
 	if !r.Config.Rebalance {
 		<-ctx.Done()

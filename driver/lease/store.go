@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/hashicorp/consul/api"
 )
 
@@ -251,4 +253,47 @@ func (s *Store) txn(ctx context.Context, ops api.KVTxnOps) (bool, error) {
 
 func (s *Store) q(ctx context.Context) *api.QueryOptions {
 	return (&api.QueryOptions{}).WithContext(ctx)
+}
+
+// Sweep releases every lease of the network that stale says no allocation
+// will take over (its holder's job stopped, or its holder long gone); it
+// returns how many. A lease taken over meanwhile is left alone.
+func (s *Store) Sweep(ctx context.Context, stale func(context.Context, Lease) (bool, error)) (int, error) {
+	leases, err := s.List(ctx)
+	if err != nil {
+		return 0, err
+	}
+	released := 0
+	var errs []error
+	for _, l := range leases {
+		ok, err := stale(ctx, l)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("lease of %s: %w", l.Address, err))
+			continue
+		}
+		if !ok {
+			continue
+		}
+		if err := s.Release(ctx, l.AllocID, false); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		released++
+	}
+	return released, errors.Join(errs...)
+}
+
+// Networks are the names of the networks with leases in Consul.
+func Networks(ctx context.Context, c *api.Client) ([]string, error) {
+	keys, _, err := c.KV().Keys(sdk.PrefixNetworks, "/", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", sdk.PrefixNetworks, err)
+	}
+	var out []string
+	for _, k := range keys {
+		if name := strings.TrimSuffix(strings.TrimPrefix(k, sdk.PrefixNetworks), "/"); name != "" && strings.HasSuffix(k, "/") {
+			out = append(out, name)
+		}
+	}
+	return out, nil
 }

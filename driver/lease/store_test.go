@@ -185,3 +185,22 @@ func TestSlotOf(t *testing.T) {
 		must.Error(t, err)
 	}
 }
+
+func TestSweepAndNetworks(t *testing.T) {
+	s, ctx := newStore(t, "10.98.0.10", "10.98.0.20")
+	live := fates(nil)
+	for _, id := range []string{"keep", "stale"} {
+		_, err := s.Acquire(ctx, Request{AllocID: id, Slot: slot(id, 0)}, live)
+		must.NoError(t, err)
+	}
+	n, err := s.Sweep(ctx, func(_ context.Context, l Lease) (bool, error) { return l.AllocID == "stale", nil })
+	must.NoError(t, err)
+	must.Eq(t, 1, n)
+	leases, err := s.List(ctx)
+	must.NoError(t, err)
+	must.SliceLen(t, 1, leases)
+	must.Eq(t, "keep", leases[0].AllocID)
+	nets, err := Networks(ctx, s.Consul)
+	must.NoError(t, err)
+	must.Eq(t, []string{"ferry"}, nets)
+}
