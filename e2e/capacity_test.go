@@ -251,16 +251,6 @@ func (c *cluster) nodeMemoryMB(t testing.TB) int {
 func (c *cluster) waitRunning(t testing.TB, job string, count int) {
 	t.Helper()
 	waitFor(t, 2*time.Minute, fmt.Sprintf("%d allocations of %s running", count, job), func() bool {
-		allocs, _, err := c.api.Jobs().Allocations(job, false, nil)
-		if err != nil {
-			return false
-		}
-		n := 0
-		for _, a := range allocs {
-			if a.ClientStatus == nomad.AllocClientStatusRunning {
-				n++
-			}
-		}
-		return n == count
+		return len(c.runningAllocs(t, job)) == count
 	})
 }

@@ -232,9 +232,7 @@ func TestNetworkIdentity(t *testing.T) {
 	// Six allocations starting at once: six addresses.
 	dev.runJob(t, fmt.Sprintf(seqJob, "seq-many", 6, ref))
 	t.Cleanup(func() { dev.purge(t, "seq-many") })
-	waitFor(t, 2*time.Minute, "six allocations of seq-many running", func() bool {
-		return len(dev.runningAllocs(t, "seq-many")) == 6
-	})
+	dev.waitRunning(t, "seq-many", 6)
 	seen := map[string]string{}
 	for _, al := range dev.runningAllocs(t, "seq-many") {
 		hl := dev.leaseOf(t, al.ID)

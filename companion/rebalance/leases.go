@@ -2,7 +2,6 @@ package rebalance
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/lease"
@@ -49,21 +48,17 @@ func (r *Rebalancer) sweepLeases(ctx context.Context) {
 	}
 }
 
-// staleLease reports whether no allocation will take l over.
+// staleLease reports whether no allocation will take l over: its holder
+// stopped (or is unknown to Nomad), and its job is gone or stopped, or it
+// stopped longer than leaseGrace ago.
 func (r *Rebalancer) staleLease(ctx context.Context, l lease.Lease) (bool, error) {
-	q := (&nomad.QueryOptions{Namespace: l.Slot.Namespace}).WithContext(ctx)
-	a, _, err := r.Sources.Nomad.Allocations().Info(l.AllocID, q)
-	switch {
-	case err != nil && strings.Contains(err.Error(), "404"):
-		return true, nil // collected by Nomad: long stopped
-	case err != nil:
+	fate, err := lease.FateOf(ctx, r.Sources.Nomad, l.Slot.Namespace, l.AllocID)
+	if err != nil || fate == lease.Live {
 		return false, err
-	case !a.ClientTerminalStatus() && !a.ServerTerminalStatus():
-		return false, nil
 	}
-	job, _, err := r.Sources.Nomad.Jobs().Info(a.JobID, q)
+	job, _, err := r.Sources.Nomad.Jobs().Info(l.Slot.Job, (&nomad.QueryOptions{Namespace: l.Slot.Namespace}).WithContext(ctx))
 	switch {
-	case err != nil && strings.Contains(err.Error(), "404"):
+	case lease.NotFound(err):
 		return true, nil
 	case err != nil:
 		return false, err

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -69,18 +68,7 @@ func newEnv(a *skel.CmdArgs, add bool) (*env, error) {
 
 // fate tells what became of an allocation, from Nomad.
 func (e *env) fate(ctx context.Context, allocID string) (lease.Fate, error) {
-	a, _, err := e.nomad.Allocations().Info(allocID, (&nomad.QueryOptions{}).WithContext(ctx))
-	switch {
-	case err != nil && strings.Contains(err.Error(), "404"):
-		return lease.Gone, nil
-	case err != nil:
-		return lease.Live, err
-	case a.DesiredTransition.ShouldMigrate():
-		return lease.Migrating, nil
-	case a.ClientTerminalStatus() || a.ServerTerminalStatus():
-		return lease.Gone, nil
-	}
-	return lease.Live, nil
+	return lease.FateOf(ctx, e.nomad, string(e.args.NOMAD_NAMESPACE), allocID)
 }
 
 func cmdAdd(a *skel.CmdArgs) error {
