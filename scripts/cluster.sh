@@ -61,6 +61,7 @@
 #   FERRY_COMPANION_BIN      ferry-companion binary (default <repo>/bin/ferry-companion)
 #   FERRY_CHECKPOINT_DIR     a checkpoint_dir every client shares (default: none, checkpoints are served)
 #   FERRY_PLATFORM_C<K>      platform client K chooses images for, e.g. linux/arm64
+#   FERRY_OPEN_PERMISSIONS   1 = tasks may bind host paths and add any capability
 #   FERRY_COMPANION_CONFIG   HCL file with the companion's configuration (default:
 #                            none, the shipped defaults); read by `up` and `companion`
 # `up` writes these into the clients' configs; `restart-client K` applies them.

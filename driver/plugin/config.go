@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/spec"
 	"github.com/hashicorp/nomad/plugins/shared/hclspec"
 )
 
@@ -38,6 +39,13 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"token":   hclspec.NewAttr("token", "string", false),
 	})),
 	"checkpoint_dir": hclspec.NewAttr("checkpoint_dir", "string", false),
+	// What jobs may ask of the node: closed by default, opened by the
+	// operator (as the docker driver's volumes and allow_caps).
+	"volumes": hclspec.NewDefault(hclspec.NewBlock("volumes", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"enabled": hclspec.NewDefault(hclspec.NewAttr("enabled", "bool", false), hclspec.NewLiteral("false")),
+	})), hclspec.NewLiteral(`{ enabled = false }`)),
+	"allow_caps":      hclspec.NewDefault(hclspec.NewAttr("allow_caps", "list(string)", false), hclspec.NewLiteral(defaultAllowCaps)),
+	"oci_layout_dirs": hclspec.NewAttr("oci_layout_dirs", "list(string)", false),
 	"transfer": hclspec.NewDefault(hclspec.NewBlock("transfer", false, hclspec.NewObject(map[string]*hclspec.Spec{
 		"listen":      hclspec.NewDefault(hclspec.NewAttr("listen", "string", false), hclspec.NewLiteral(`"`+defaultTransferListen+`"`)),
 		"advertise":   hclspec.NewAttr("advertise", "string", false),
@@ -62,7 +70,24 @@ type Config struct {
 	Consul             ServerConfig `codec:"consul"`
 	CheckpointDir      string       `codec:"checkpoint_dir"`
 	Transfer           Transfer     `codec:"transfer"`
+	// Volumes.Enabled lets tasks bind-mount host paths (mount blocks of
+	// type "bind", volumes); Nomad's host volumes (volume_mount) need not.
+	Volumes Volumes `codec:"volumes"`
+	// AllowCaps are the capabilities cap_add may ask for ("all": any).
+	AllowCaps []string `codec:"allow_caps"`
+	// OCILayoutDirs are the host directories under which an image may be
+	// named as an OCI layout ("oci:DIR"); none by default.
+	OCILayoutDirs []string `codec:"oci_layout_dirs"`
 }
+
+// Volumes is the `volumes { enabled }` block.
+type Volumes struct {
+	Enabled bool `codec:"enabled"`
+}
+
+// defaultAllowCaps is allow_caps when the plugin block does not set it:
+// Docker's default capability set.
+var defaultAllowCaps = `["` + strings.Join(spec.DefaultCaps(), `", "`) + `"]`
 
 // Transfer is the `transfer { ... }` block: where the driver serves its
 // checkpoints to the nodes that restore them, and receives the ones pushed
@@ -201,6 +226,14 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("checkpoint_dir: %q must be an absolute path on storage every client shares", c.CheckpointDir))
 	}
 	errs = append(errs, c.Transfer.validate()...)
+	if _, err := spec.DisallowedCaps(nil, c.AllowCaps); err != nil {
+		errs = append(errs, err)
+	}
+	for _, d := range c.OCILayoutDirs {
+		if !filepath.IsAbs(d) {
+			errs = append(errs, fmt.Errorf("oci_layout_dirs: %q must be an absolute path", d))
+		}
+	}
 	if c.Platform != "" {
 		if _, err := parsePlatform(c.Platform); err != nil {
 			errs = append(errs, fmt.Errorf("platform: %w", err))

@@ -73,6 +73,11 @@ const everyPluginField = `config {
   platform            = "linux/arm64"
   insecure_registries = ["10.0.0.1:5000"]
   checkpoint_dir      = "/mnt/checkpoints"
+  allow_caps          = ["chown", "net_admin"]
+  oci_layout_dirs     = ["/srv/layouts"]
+  volumes {
+    enabled = true
+  }
   auth {
     config = "/etc/ferry/auth.json"
   }

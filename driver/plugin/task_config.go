@@ -164,6 +164,9 @@ func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig, platform 
 		errs = append(errs, err)
 	}
 	req.ref = ref
+	if ref.LayoutDir != "" && !c.layoutAllowed(ref.LayoutDir) {
+		errs = append(errs, fmt.Errorf("image: %q is a directory of this node, which the plugin does not allow: the operator may list it, or a directory above it, in the plugin's oci_layout_dirs", name))
+	}
 	errs = append(errs, validateImages(tc.Images)...)
 
 	if d, err := time.ParseDuration(tc.PullTimeout); err != nil || d <= 0 {
@@ -179,22 +182,30 @@ func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig, platform 
 	}
 	if err := spec.ValidateCaps(tc.CapAdd, tc.CapDrop); err != nil {
 		errs = append(errs, err)
+	} else if denied, _ := spec.DisallowedCaps(tc.CapAdd, c.AllowCaps); len(denied) > 0 {
+		errs = append(errs, fmt.Errorf("cap_add: %s not allowed on this node: the operator may add them to the plugin's allow_caps", strings.Join(denied, ", ")))
 	}
 	for i, m := range append(append([]MountConfig{}, tc.Mount...), tc.Mounts...) {
 		sm, err := m.toSpec()
-		if err != nil {
+		switch {
+		case err != nil:
 			errs = append(errs, fmt.Errorf("mount[%d]: %w", i, err))
-			continue
+		case sm.Type == "bind" && !c.Volumes.Enabled:
+			errs = append(errs, fmt.Errorf("mount[%d]: binding %s of this node is not allowed: the operator may set volumes { enabled = true } in the plugin's config, or offer it as a Nomad host volume", i, sm.Source))
+		default:
+			req.mounts = append(req.mounts, sm)
 		}
-		req.mounts = append(req.mounts, sm)
 	}
 	for _, v := range tc.Volumes {
 		m, err := spec.ParseVolume(v)
-		if err != nil {
+		switch {
+		case err != nil:
 			errs = append(errs, err)
-			continue
+		case !c.Volumes.Enabled:
+			errs = append(errs, fmt.Errorf("volumes: binding %s of this node is not allowed: the operator may set volumes { enabled = true } in the plugin's config, or offer it as a Nomad host volume", m.Source))
+		default:
+			req.mounts = append(req.mounts, m)
 		}
-		req.mounts = append(req.mounts, m)
 	}
 	errs = append(errs, validatePorts(tc.Ports, task))
 	if tc.Checkpoint.Enabled {
@@ -214,6 +225,17 @@ func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig, platform 
 		}
 	}
 	return req, errors.Join(errs...)
+}
+
+// layoutAllowed reports whether an OCI layout at dir is under one of the
+// plugin's oci_layout_dirs.
+func (c *Config) layoutAllowed(dir string) bool {
+	for _, allowed := range c.OCILayoutDirs {
+		if rel, err := filepath.Rel(filepath.Clean(allowed), dir); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+			return true
+		}
+	}
+	return false
 }
 
 // validateImages checks that every key of `images` is an architecture as

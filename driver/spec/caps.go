@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // knownCaps lists every Linux capability, in kernel numbering order
@@ -110,6 +112,47 @@ func normalizeCapList(field string, names []string) (caps []string, all bool, er
 	return caps, all, nil
 }
 
+// DefaultCaps is Docker's default capability set, lower case and without
+// the CAP_ prefix, as the plugin's allow_caps writes it.
+func DefaultCaps() []string {
+	out := make([]string, len(defaultCaps))
+	for i, c := range defaultCaps {
+		out[i] = strings.ToLower(strings.TrimPrefix(c, "CAP_"))
+	}
+	return out
+}
+
+// DisallowedCaps returns the capabilities of cap_add that allow (the
+// plugin's allow_caps; "all" allows every one) does not allow, in the
+// task's spelling. cap_add = ["ALL"] asks for every capability.
+func DisallowedCaps(add, allow []string) ([]string, error) {
+	allowed, allowAll, err := normalizeCapList("allow_caps", allow)
+	if err != nil || allowAll {
+		return nil, err
+	}
+	ok := map[string]bool{}
+	for _, c := range allowed {
+		ok[c] = true
+	}
+	var out []string
+	for _, name := range add {
+		n, known := normalizeCap(name)
+		switch {
+		case !known:
+			continue // ValidateCaps names it
+		case n == capAll:
+			for _, c := range knownCaps {
+				if !ok[c] {
+					return []string{name}, nil
+				}
+			}
+		case !ok[n]:
+			out = append(out, name)
+		}
+	}
+	return out, nil
+}
+
 // ValidateCaps checks that every entry of cap_add and cap_drop names a known
 // Linux capability (with or without the CAP_ prefix, any case) or "ALL".
 func ValidateCaps(add, drop []string) error {
@@ -145,8 +188,13 @@ func capabilities(add, drop []string) ([]string, error) {
 		}
 	}
 	if addAll {
-		for _, c := range knownCaps {
-			set[c] = struct{}{}
+		// Every capability this node can grant: those in the driver's own
+		// bounding set (a node may lack some, as a container host often
+		// lacks CAP_SYS_RESOURCE), as Docker reads "ALL".
+		for i, c := range knownCaps {
+			if inBoundingSet(i) {
+				set[c] = struct{}{}
+			}
 		}
 	}
 	for _, c := range addCaps {
@@ -162,4 +210,11 @@ func capabilities(add, drop []string) ([]string, error) {
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// inBoundingSet reports whether capability number capNum is in this
+// process's bounding set.
+func inBoundingSet(capNum int) bool {
+	r, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(capNum), 0, 0, 0)
+	return err == nil && r == 1
 }

@@ -78,7 +78,7 @@ client_config() {
     echo
     render_template client-plugins.hcl "${shared[@]}" registry="$REGISTRY" tls="$TLS" \
       transfer_port="$TRANSFER_PORT" checkpoint_dir_line="$(checkpoint_dir_line)" \
-      platform_line="$(platform_line "$k")"
+      platform_line="$(platform_line "$k")" permissions_lines="$(permissions_lines)"
   fi
 }
 
@@ -95,6 +95,14 @@ write_client_config() {
 checkpoint_dir_line() {
   if [[ -n ${FERRY_CHECKPOINT_DIR:-} ]]; then
     printf '    checkpoint_dir      = "%s"\n' "$FERRY_CHECKPOINT_DIR"
+  fi
+}
+
+# permissions_lines: with FERRY_OPEN_PERMISSIONS=1, tasks may bind host
+# paths and add any capability, as an operator opens them.
+permissions_lines() {
+  if [[ ${FERRY_OPEN_PERMISSIONS:-0} == 1 ]]; then
+    printf '    volumes {\n      enabled = true\n    }\n    allow_caps = ["all"]\n'
   fi
 }
 

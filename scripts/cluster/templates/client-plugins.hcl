@@ -5,6 +5,11 @@ plugin "nomad-driver-ferry" {
 @checkpoint_dir_line@
 @platform_line@
     insecure_registries = ["@registry@"]
+    # Tasks may name OCI layouts under the dev cluster's layouts directory;
+    # host binds and capabilities beyond Docker's defaults stay closed,
+    # unless FERRY_OPEN_PERMISSIONS=1 opens them.
+    oci_layout_dirs     = ["@data@/layouts"]
+@permissions_lines@
     gc {
       image       = true
       image_delay = "2m"
