@@ -196,8 +196,16 @@ func TestNetworkIdentity(t *testing.T) {
 	dev.eligible(t, b.NodeID, true)
 
 	// A restore that fails (its checkpoint's record tampered with) starts
-	// the task fresh, on the address its predecessor held; the job's stop
-	// then releases it.
+	// the task fresh, on the address its predecessor held, here on the
+	// predecessor's own node (the others ineligible): the predecessor's
+	// namespace, which Nomad keeps until it collects the allocation, gives
+	// the address up. The job's stop then releases it.
+	for _, n := range dev.readyNodes(t) {
+		if n.ID != c.NodeID {
+			dev.eligible(t, n.ID, false)
+			defer dev.eligible(t, n.ID, true)
+		}
+	}
 	tampered := dev.tamperWhenReady(t, c.ID, "seq")
 	if out, err := dev.nomadCLI(t, "alloc", "stop", "-detach", c.ID); err != nil {
 		t.Fatalf("alloc stop: %v\n%s", err, out)
@@ -206,6 +214,9 @@ func TestNetworkIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := dev.replacement(t, "seq", c)
+	if d.NodeID != c.NodeID {
+		t.Fatalf("the replacement runs on %s, not on its predecessor's node %s", d.NodeName, c.NodeName)
+	}
 	if events := strings.Join(dev.taskEvents(t, d.ID, "seq"), "\n"); !strings.Contains(events, "Restore failed, starting fresh") {
 		t.Fatalf("the restore did not fail:\n%s", events)
 	}

@@ -1,11 +1,14 @@
 package cni
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -17,6 +20,7 @@ import (
 	consul "github.com/hashicorp/consul/api"
 	nomad "github.com/hashicorp/nomad/api"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Name is the plugin's type in a CNI configuration, and the name of the
@@ -114,6 +118,9 @@ func (e *env) attach(a *skel.CmdArgs, l *lease.Lease) (*current.Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lease of %s: %w", l.Address, err)
 	}
+	if l.TakenFrom != "" {
+		releaseHere(l.TakenFrom, mac)
+	}
 	tmp := fmt.Sprintf("fy%x", time.Now().UnixNano()&0xffffffffff) // renamed inside the namespace
 	mtu := e.conf.MTU
 	if mtu == 0 {
@@ -168,8 +175,8 @@ func configure(link netlink.Link, prefix netip.Prefix, routes []*types.Route) er
 	if err := netlink.AddrAdd(link, addr); err != nil {
 		return fmt.Errorf("add %s: %w", prefix, err)
 	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set %s up: %w", link.Attrs().Name, err)
+	if err := setUp(link); err != nil {
+		return err
 	}
 	for _, r := range routes {
 		dst := r.Dst
@@ -179,6 +186,55 @@ func configure(link netlink.Link, prefix netip.Prefix, routes []*types.Route) er
 		}
 	}
 	return nil
+}
+
+// releaseHere removes the interface with mac from the network namespace of
+// allocation prev, when prev ran on this node (Nomad names an allocation's
+// namespace after it): a replacement placed on its predecessor's node comes
+// up while the predecessor's namespace, which Nomad tears down only when it
+// collects the allocation, still holds the address and MAC. The
+// predecessor is stopped: its interface serves nothing.
+func releaseHere(prev string, mac net.HardwareAddr) {
+	path := filepath.Join(netnsDir, prev)
+	if _, err := os.Stat(path); err != nil {
+		return
+	}
+	_ = withNetNS(path, func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		for _, link := range links {
+			if bytes.Equal(link.Attrs().HardwareAddr, mac) {
+				_ = netlink.LinkDel(link)
+			}
+		}
+		return nil
+	})
+}
+
+// netnsDir is where Nomad keeps allocations' network namespaces.
+const netnsDir = "/var/run/netns"
+
+// macBusyWait is how long ADD waits for another macvlan with the lease's
+// MAC on the same uplink to go: the predecessor of a replacement placed on
+// the same node, whose CNI DEL Nomad runs as it stops.
+const macBusyWait = 20 * time.Second
+
+// setUp brings link up, waiting while its MAC is still another link's on
+// the uplink (EADDRINUSE).
+func setUp(link netlink.Link) error {
+	deadline := time.Now().Add(macBusyWait)
+	for {
+		err := netlink.LinkSetUp(link)
+		switch {
+		case err == nil:
+			return nil
+		case !errors.Is(err, unix.EADDRINUSE) || time.Now().After(deadline):
+			return fmt.Errorf("set %s up: %w", link.Attrs().Name, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // deleteLinks removes the links of these names that exist, in the current

@@ -35,8 +35,10 @@ type Lease struct {
 	Slot    Slot       `json:"slot"`
 	AllocID string     `json:"alloc_id"`
 	// Moving: the holder migrates; its replacement takes the lease over.
-	Moving  bool      `json:"moving,omitempty"`
-	Updated time.Time `json:"updated"`
+	Moving bool `json:"moving,omitempty"`
+	// TakenFrom is the allocation the holder took the lease over from.
+	TakenFrom string    `json:"taken_from,omitempty"`
+	Updated   time.Time `json:"updated"`
 }
 
 // Slot is a group's allocation index: what a replacement shares with the

@@ -117,6 +117,9 @@ func (s *Store) fromSlot(ctx context.Context, req Request, slotPair *api.KVPair,
 	if !takeOver {
 		return &l, false, nil
 	}
+	if l.AllocID != req.AllocID {
+		l.TakenFrom = l.AllocID
+	}
 	l.AllocID, l.Moving, l.Slot, l.Updated = req.AllocID, false, req.Slot, time.Now().UTC()
 	value, err := json.Marshal(l)
 	if err != nil {

@@ -84,6 +84,7 @@ func TestReplacementKeepsAddress(t *testing.T) {
 	must.Eq(t, old.Address, next.Address)
 	must.Eq(t, old.MAC, next.MAC)
 	must.False(t, next.Moving)
+	must.Eq(t, "old", next.TakenFrom)
 
 	// The replacement's own replacement, named by Nomad, before the DEL.
 	third, err := s.Acquire(ctx, Request{AllocID: "third", Previous: "next", Slot: slot("sim", 0)}, fates(fate))
