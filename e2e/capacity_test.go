@@ -87,13 +87,15 @@ func TestCapacity(t *testing.T) {
 	}
 	dev.deployCompanion(t, capacityConfig)
 	t.Cleanup(func() {
-		// Every node back in service, unmarked, before the default
-		// companion returns everywhere.
+		// The default companion first, which sizes no pool, so that no
+		// planner parks a node again; then every node back in service,
+		// unmarked (Nomad then places the companion there too).
+		dev.deployCompanion(t, "")
 		for _, n := range dev.readyNodes(t) {
 			dev.eligible(t, n.ID, true)
 			dev.setMeta(t, n.ID, sdk.MetaCapacity, nil)
 		}
-		dev.deployCompanion(t, "")
+		waitFor(t, time.Minute, "the companion on every client", func() bool { return len(dev.runningAllocs(t, "ferry-companion")) == 3 })
 	})
 	// Every agent is a Nomad service, for Prometheus to find.
 	waitFor(t, time.Minute, "three ferry-companion service registrations", func() bool {
