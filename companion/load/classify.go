@@ -81,10 +81,18 @@ func reserved(a *api.Allocation, group *api.TaskGroup) Resources {
 		return r
 	}
 	if group != nil {
-		for _, t := range group.Tasks {
-			if t != nil {
-				r = r.add(requested(t.Resources))
-			}
+		r = GroupReserved(group)
+	}
+	return r
+}
+
+// GroupReserved is what one allocation of group g asks for: the sum of its
+// tasks' resources blocks.
+func GroupReserved(g *api.TaskGroup) Resources {
+	var r Resources
+	for _, t := range g.Tasks {
+		if t != nil {
+			r = r.add(requested(t.Resources))
 		}
 	}
 	return r

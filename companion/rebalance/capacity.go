@@ -137,24 +137,11 @@ func (s *Sources) queued(ctx context.Context, pools map[string]capacity.Policy) 
 		}
 		for _, g := range job.TaskGroups {
 			if count := waiting[deref(g.Name, "")]; count > 0 {
-				out = append(out, capacity.Queued{Pool: pool, JobID: stub.ID, Group: deref(g.Name, ""), Count: count, Reserved: groupResources(g)})
+				out = append(out, capacity.Queued{Pool: pool, JobID: stub.ID, Group: deref(g.Name, ""), Count: count, Reserved: capacity.Resources(load.GroupReserved(g))})
 			}
 		}
 	}
 	return out, nil
-}
-
-// groupResources is what one allocation of g reserves: its tasks' CPU and
-// memory.
-func groupResources(g *nomad.TaskGroup) capacity.Resources {
-	var r capacity.Resources
-	for _, t := range g.Tasks {
-		if t != nil && t.Resources != nil {
-			r.CPU += float64(deref(t.Resources.CPU, 0))
-			r.MemoryMB += float64(deref(t.Resources.MemoryMB, 0))
-		}
-	}
-	return r
 }
 
 func deref[T any](p *T, def T) T {
