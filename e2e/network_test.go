@@ -184,7 +184,7 @@ func TestNetworkIdentity(t *testing.T) {
 	dev.companionMigrate(t, a.ID, dev.otherNode(t, a.NodeID))
 	b := moved("ferry-companion migrate", a)
 
-	if out, err := dev.nomadCLI(t, "node", "drain", "-enable", "-yes", "-detach", b.NodeID); err != nil {
+	if out, err := dev.nomadCLI(t, "node", "drain", "-enable", "-yes", b.NodeID); err != nil {
 		t.Fatalf("nomad node drain: %v\n%s", err, out)
 	}
 	t.Cleanup(func() {
