@@ -144,6 +144,27 @@ func TestExecTTY(t *testing.T) {
 		must.Eq(t, 0, res.code)
 		must.Eq(t, "33 120\r\n", stdout.String())
 	})
+	t.Run("first size sent late", func(t *testing.T) {
+		// As `nomad alloc exec -t` does: the size arrives on its own stream,
+		// possibly after the exec began; the command runs at once.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		var stdout syncBuffer
+		ch := make(chan TerminalSize, 1)
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		go func() {
+			time.Sleep(150 * time.Millisecond)
+			ch <- TerminalSize{Width: 120, Height: 40}
+		}()
+		code, err := r.Exec(ctx, id, ExecOptions{
+			Process: specs.Process{Args: []string{"/bin/sh", "-c", "stty size"}},
+			Stdin:   pr, Stdout: &stdout, Tty: true, Resize: ch,
+		})
+		must.NoError(t, err)
+		must.Eq(t, 0, code)
+		must.Eq(t, "40 120\r\n", stdout.String())
+	})
 	t.Run("tty", func(t *testing.T) {
 		res := runExec(t, r, id, "tty", true, "")
 		must.Eq(t, 0, res.code)

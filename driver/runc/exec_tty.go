@@ -20,6 +20,12 @@ const ttyDrainTimeout = 2 * time.Second
 // defaultTerminalSize is used until the caller sends a size.
 var defaultTerminalSize = TerminalSize{Width: 80, Height: 24}
 
+// firstSizeWait bounds how long a terminal exec waits for the caller's first
+// size before it starts. `nomad alloc exec -t` sends its terminal's size
+// first, but on its own stream beside stdin: without the wait a shell could
+// run what was typed ahead on a terminal of the default size.
+const firstSizeWait = 500 * time.Millisecond
+
 // execTTY runs cmd (a `runc exec` with a terminal) as the session leader of
 // a new pseudo-terminal. runc allocates the container's terminal, copies
 // between it and this one and follows its size on SIGWINCH; resizing this
@@ -42,8 +48,7 @@ func execTTY(ctx context.Context, cmd *exec.Cmd, opts ExecOptions) (int, error) 
 	if err := makeRaw(slave); err != nil {
 		return -1, fmt.Errorf("terminal raw mode: %w", err)
 	}
-	size := defaultTerminalSize
-	size = latestSize(opts.Resize, size)
+	size := firstSize(ctx, opts.Resize, defaultTerminalSize)
 	if err := setSize(master, size); err != nil {
 		return -1, fmt.Errorf("terminal size: %w", err)
 	}
@@ -116,6 +121,26 @@ func openPty() (master, slave *os.File, err error) {
 		return nil, nil, fmt.Errorf("pty master non-blocking: %w", err)
 	}
 	return os.NewFile(uintptr(fd), "/dev/ptmx"), s, nil
+}
+
+// firstSize waits up to firstSizeWait for a size on ch and returns the
+// latest one queued by then, or def.
+func firstSize(ctx context.Context, ch <-chan TerminalSize, def TerminalSize) TerminalSize {
+	if ch == nil {
+		return def
+	}
+	timer := time.NewTimer(firstSizeWait)
+	defer timer.Stop()
+	select {
+	case sz, ok := <-ch:
+		if !ok {
+			return def
+		}
+		return latestSize(ch, sz)
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	return def
 }
 
 // latestSize returns the last size already queued on ch, or def.
