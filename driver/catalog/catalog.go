@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +23,9 @@ var (
 	// leave that way (see StateError), or kept losing the check-and-set to
 	// concurrent writers.
 	ErrConflict = errors.New("conflict")
+
+	// errRolledBack: Consul answered, and refused a transaction.
+	errRolledBack = errors.New("transaction rolled back")
 )
 
 // StateError is returned (wrapped) by Transition when the record is not in
@@ -142,7 +146,11 @@ func (c *Catalog) Put(ctx context.Context, r *Record) error {
 	if err != nil {
 		return fmt.Errorf("catalog: put %s: encode: %w", key, err)
 	}
-	_, index, err := c.write(ctx, &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: value})
+	var index uint64
+	err = c.retry(ctx, "put", key, func() (err error) {
+		_, index, err = c.write(ctx, &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: value})
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("catalog: put %s: %w", key, err)
 	}
@@ -164,7 +172,7 @@ func (c *Catalog) write(ctx context.Context, op *api.KVTxnOp) (ok bool, index ui
 		if op.Verb == api.KVCAS {
 			return false, 0, nil
 		}
-		return false, 0, fmt.Errorf("transaction rolled back: %s", TxnReasons(resp))
+		return false, 0, fmt.Errorf("%w: %s", errRolledBack, TxnReasons(resp))
 	}
 	if resp == nil || len(resp.Results) != 1 || resp.Results[0].KV == nil {
 		return false, 0, errors.New("transaction returned no result")
@@ -198,14 +206,28 @@ func (c *Catalog) Get(ctx context.Context, allocID, task string) (*Record, error
 }
 
 func (c *Catalog) get(ctx context.Context, key, allocID, task string) (*Record, error) {
-	pair, _, err := c.client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+	pair, err := c.getPair(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return decodeRecord(pair, allocID, task)
+}
+
+// getPair reads key, retrying while Consul is unreachable (see retry); a
+// missing key is ErrNotFound.
+func (c *Catalog) getPair(ctx context.Context, key string) (*api.KVPair, error) {
+	var pair *api.KVPair
+	err := c.retry(ctx, "get", key, func() (err error) {
+		pair, _, err = c.client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
 	if pair == nil {
 		return nil, ErrNotFound
 	}
-	return decodeRecord(pair, allocID, task)
+	return pair, nil
 }
 
 func decodeRecord(pair *api.KVPair, allocID, task string) (*Record, error) {
@@ -240,11 +262,24 @@ func (c *Catalog) Transition(ctx context.Context, allocID, task string, from []S
 	if mutate == nil {
 		return nil, fmt.Errorf("catalog: transition %s: nil mutate function", key)
 	}
+	// written is what the last write sent when its answer was lost: if
+	// the record reads so now, that write went through.
+	var written []byte
 	for attempt := 1; ; attempt++ {
-		cur, err := c.get(ctx, key, allocID, task)
+		pair, err := c.getPair(ctx, key)
 		if err != nil {
 			return nil, fmt.Errorf("catalog: transition %s: %w", key, err)
 		}
+		cur, err := decodeRecord(pair, allocID, task)
+		if err != nil {
+			return nil, fmt.Errorf("catalog: transition %s: %w", key, err)
+		}
+		if written != nil && bytes.Equal(pair.Value, written) {
+			c.logger.Debug("record transitioned; the answer to the write was lost", "alloc_id", allocID, "task", task,
+				"to", cur.State, "index", cur.ModifyIndex, "attempt", attempt)
+			return cur, nil
+		}
+		written = nil
 		if !slices.Contains(from, cur.State) {
 			return nil, fmt.Errorf("catalog: transition %s: %w", key, &StateError{Current: cur, From: slices.Clone(from)})
 		}
@@ -268,7 +303,17 @@ func (c *Catalog) Transition(ctx context.Context, allocID, task string, from []S
 		}
 		ok, index, err := c.write(ctx, &api.KVTxnOp{Verb: api.KVCAS, Key: key, Value: value, Index: cur.ModifyIndex})
 		if err != nil {
-			return nil, fmt.Errorf("catalog: transition %s: %w", key, err)
+			if !transient(ctx, err) {
+				return nil, fmt.Errorf("catalog: transition %s: %w", key, err)
+			}
+			// Consul may have applied the write before the connection
+			// failed: read the record again and look.
+			c.logger.Warn("Consul unreachable, retrying", "op", "transition", "key", key, "error", err)
+			written = value
+			if err := sleep(ctx, retryBackoff(attempt)); err != nil {
+				return nil, fmt.Errorf("catalog: transition %s: %w", key, err)
+			}
+			continue
 		}
 		if ok {
 			next.ModifyIndex = index
@@ -376,6 +421,36 @@ func (c *Catalog) blockingGet(ctx context.Context, key string, index uint64) (*a
 	return c.client.KV().Get(key, q)
 }
 
+// retry runs op until it succeeds, fails in a way retrying cannot help
+// (see transient), or ctx ends: a Consul agent restarting, or unreachable
+// for a few seconds, must not end a move whose deadline is far off. The
+// caller's ctx is what bounds it. op must be safe to repeat.
+func (c *Catalog) retry(ctx context.Context, op, key string, f func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := f()
+		if err == nil || !transient(ctx, err) {
+			return err
+		}
+		c.logger.Warn("Consul unreachable, retrying", "op", op, "key", key, "attempt", attempt, "error", err)
+		if serr := sleep(ctx, retryBackoff(attempt)); serr != nil {
+			return fmt.Errorf("%w (gave up: %w)", err, serr)
+		}
+	}
+}
+
+// retryBackoff is the pause before retry attempt+1: 100ms doubling up to
+// maxBackoff.
+func retryBackoff(attempt int) time.Duration {
+	return min(100*time.Millisecond<<min(attempt-1, 10), maxBackoff)
+}
+
+// transient reports whether err, from a Consul call made under ctx, may
+// pass if tried again: ctx is still live, and Consul did not answer with a
+// client error (ErrNotFound and failed checks are not errors of a call).
+func transient(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && !permanent(err) && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrConflict) && !errors.Is(err, errRolledBack)
+}
+
 // permanent reports whether retrying err cannot help: Consul answered with a
 // client error (bad request, denied token) other than rate limiting.
 func permanent(err error) bool {
@@ -393,7 +468,11 @@ func (c *Catalog) Delete(ctx context.Context, allocID, task string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := c.client.KV().Delete(key, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+	err = c.retry(ctx, "delete", key, func() error {
+		_, err := c.client.KV().Delete(key, (&api.WriteOptions{}).WithContext(ctx))
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("catalog: delete %s: %w", key, err)
 	}
 	c.logger.Debug("record deleted", "alloc_id", allocID, "task", task)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/sdk"
-	"github.com/hashicorp/consul/api"
 )
 
 // endpointTTL is the TTL of the session holding an endpoint: a node that
@@ -65,12 +64,9 @@ func (c *Catalog) GetEndpoint(ctx context.Context, nodeID string) (*Endpoint, er
 		return nil, fmt.Errorf("catalog: get endpoint: %w", err)
 	}
 	key := c.EndpointKey(nodeID)
-	pair, _, err := c.client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+	pair, err := c.getPair(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("catalog: get endpoint %s: %w", key, err)
-	}
-	if pair == nil {
-		return nil, fmt.Errorf("catalog: get endpoint %s: %w", key, ErrNotFound)
 	}
 	var e Endpoint
 	if err := json.Unmarshal(pair.Value, &e); err != nil {
