@@ -9,6 +9,14 @@
 //	manifest.json  what the checkpoint is, and the size and BLAKE3 sum of every
 //	               other file
 //
+// rootfs.tar is a PAX tar of the upper directory with overlayfs's own
+// markers as they are on disk: whiteouts are character devices 0:0 and
+// opaque directories carry "trusted.overlay.opaque" = "y". Unpacking it on
+// the destination creates those, but no other device node, and sets no
+// other "trusted.*" extended attribute, nor "security.*" ones but file
+// capabilities (see unpack_filter.go): the upper directory is the task's
+// work, and must not plant devices or overlayfs directives on the node.
+//
 // The manifest is written last, atomically: a directory without one is an
 // incomplete checkpoint. Directories are 0700 and files 0600.
 //

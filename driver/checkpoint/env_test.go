@@ -69,7 +69,7 @@ func mountOverlay(t *testing.T, lower, taskDir string) string {
 	}
 	must.NoError(t, os.Chmod(taskDir, 0o711))
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
-	must.NoError(t, unix.Mount("overlay", target, "overlay", 0, opts))
+	must.NoError(t, unix.Mount("overlay", target, "overlay", unix.MS_NODEV, opts))
 	t.Cleanup(func() { _ = unix.Unmount(target, unix.MNT_DETACH) })
 	must.NoError(t, os.Chmod(target, 0o755))
 	return target

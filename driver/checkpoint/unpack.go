@@ -11,17 +11,23 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/image"
+
 	"golang.org/x/sys/unix"
 )
 
 // unpacker extracts a tar written by packTree into root, which exists.
 // No entry may leave root: names are cleaned and refused when they climb
 // out, and no path is ever resolved through a symlink, as the parents of
-// every entry must be real directories.
+// every entry must be real directories. Device nodes (whiteouts aside) and
+// extended attributes are filtered (see unpack_filter.go).
 type unpacker struct {
 	root string
 	// dirs are the relative paths known to be real directories.
 	dirs map[string]bool
+	// skipped are the relative paths of device nodes not created, which
+	// hard links cannot point at.
+	skipped map[string]bool
 	// dirTimes are applied last, as creating entries changes them.
 	dirTimes []dirTime
 }
@@ -33,7 +39,7 @@ type dirTime struct {
 
 // unpackTree extracts the tar r into root.
 func unpackTree(r io.Reader, root string) error {
-	u := &unpacker{root: root, dirs: map[string]bool{".": true}}
+	u := &unpacker{root: root, dirs: map[string]bool{".": true}, skipped: map[string]bool{}}
 	tr := tar.NewReader(r)
 	for {
 		hdr, err := tr.Next()
@@ -98,6 +104,7 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 	if err := u.clear(target, hdr.Typeflag == tar.TypeDir); err != nil {
 		return fmt.Errorf("entry %q: %w", hdr.Name, err)
 	}
+	delete(u.skipped, rel)
 	mode := uint32(hdr.Mode & 0o7777)
 	switch hdr.Typeflag {
 	case tar.TypeDir:
@@ -114,17 +121,20 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 			return fmt.Errorf("entry %q: %w", hdr.Name, err)
 		}
 	case tar.TypeLink:
-		return u.link(hdr, target)
-	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		kind := uint32(unix.S_IFCHR)
-		switch hdr.Typeflag {
-		case tar.TypeBlock:
-			kind = unix.S_IFBLK
-		case tar.TypeFifo:
-			kind = unix.S_IFIFO
+		return u.link(hdr, rel, target)
+	case tar.TypeChar, tar.TypeBlock:
+		if !image.IsOverlayWhiteout(hdr) {
+			// Not created: the container gets its /dev from runc.
+			u.skipped[rel] = true
+			return nil
 		}
-		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
-		if err := unix.Mknod(target, kind|mode, int(dev)); err != nil {
+		fallthrough
+	case tar.TypeFifo:
+		kind := uint32(unix.S_IFIFO)
+		if hdr.Typeflag == tar.TypeChar {
+			kind = unix.S_IFCHR // a whiteout: device 0:0
+		}
+		if err := unix.Mknod(target, kind|mode, 0); err != nil {
 			return fmt.Errorf("entry %q: mknod: %w", hdr.Name, err)
 		}
 	default:
@@ -189,11 +199,16 @@ func (u *unpacker) clear(target string, isDir bool) error {
 	return os.Remove(target)
 }
 
-// link makes target a hard link to the earlier entry hdr.Linkname.
-func (u *unpacker) link(hdr *tar.Header, target string) error {
+// link makes target (at name in the archive) a hard link to the earlier
+// entry hdr.Linkname; none if that entry is a device node not created.
+func (u *unpacker) link(hdr *tar.Header, name, target string) error {
 	rel, err := cleanName(hdr.Linkname)
 	if err != nil || rel == "." {
 		return fmt.Errorf("entry %q: bad hard link target %q", hdr.Name, hdr.Linkname)
+	}
+	if u.skipped[rel] {
+		u.skipped[name] = true
+		return nil
 	}
 	if !u.dirs[path.Dir(rel)] {
 		return fmt.Errorf("entry %q: hard link target %q is not in the archive", hdr.Name, hdr.Linkname)
@@ -251,11 +266,12 @@ func setMeta(target string, hdr *tar.Header) error {
 	return nil
 }
 
-// setXattrs sets the extended attributes carried by hdr on target.
+// setXattrs sets the extended attributes carried by hdr that keepXattr
+// allows on target.
 func setXattrs(target string, hdr *tar.Header) error {
 	for k, v := range hdr.PAXRecords {
 		name, ok := strings.CutPrefix(k, paxXattr)
-		if !ok || name == "" {
+		if !ok || name == "" || !keepXattr(name, v) {
 			continue
 		}
 		if err := unix.Lsetxattr(target, name, []byte(v), 0); err != nil {

@@ -20,7 +20,8 @@ import (
 // what is in its place, and parents resolve through the symlinks lower
 // layers made, as they would inside the container (see resolveDir).
 //
-// Files, symlinks and device nodes are hard links to the layer's inodes
+// Files, symlinks and FIFOs (and device nodes, in layers unpacked before
+// the unpacker stopped creating them) are hard links to the layer's inodes
 // (copies where the file system refuses the link, e.g. at its link limit),
 // so a layer's data is stored once however many images use it. That is safe
 // because nothing writes to a rootfs once it is assembled: a task only ever

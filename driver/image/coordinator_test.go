@@ -226,7 +226,8 @@ func TestGC_KeepsMountedRootfs(t *testing.T) {
 	}
 	target := filepath.Join(task, "rootfs")
 	opts := "lowerdir=" + img.RootFS + ",upperdir=" + filepath.Join(task, "upper") + ",workdir=" + filepath.Join(task, "work")
-	must.NoError(t, unix.Mount("overlay", target, "overlay", 0, opts))
+	// As the driver mounts a task's rootfs (driver/plugin/rootfs.go).
+	must.NoError(t, unix.Mount("overlay", target, "overlay", unix.MS_NODEV, opts))
 	mounted := true
 	t.Cleanup(func() {
 		if mounted {

@@ -23,7 +23,8 @@
 //	                                ".wh.<name>" and ".wh..wh..opq" markers
 //	    layer.json                  what fs/ cannot say: directories that are
 //	                                only parents, hard links to lower layers
-//	                                (in the order of the layer's entries)
+//	                                (in the order of the layer's entries),
+//	                                how many device nodes were not created
 //	rootfs/sha256/<manifest hex>/   the rootfs of one image, assembled from
 //	                                its layers in order; its files are hard
 //	                                links to the layers' (copies where the
@@ -32,6 +33,19 @@
 //	rootfs/sha256/<manifest hex>.json  its metadata (written last: an image
 //	                                   without metadata is incomplete)
 //	resolved.json                   reference+platform -> manifest digest
+//
+// Layers come from whoever submits a job, so unpacking filters them (see
+// filter.go): character and block devices are not created (a character
+// device 0:0, an overlay-format whiteout, becomes a ".wh." marker, and an
+// overlay-format opaque directory a ".wh..wh..opq" one), FIFOs
+// are, and only "user.*" (less "user.overlay.*"), "security.capability" and
+// POSIX ACL extended attributes are set: "trusted.*" and other
+// "security.*" ones are dropped. A layer whose uncompressed archive or
+// files exceed StoreConfig.MaxLayerSize (default 8 GiB) fails the pull with
+// ErrTooLarge, and one that would leave less than StoreConfig.MinFreeSpace
+// (default 512 MiB) free on the store's file system with ErrNoSpace. Tasks
+// mount their overlay nodev, which also neutralises device nodes that a
+// cache unpacked by an older version may still hold.
 //
 // Every entry is written under a temporary name in the same directory,
 // synced to disk and renamed into place, so a crash or a power loss never

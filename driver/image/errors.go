@@ -23,6 +23,11 @@ var (
 	ErrPlatform = errors.New("no image for the node's platform")
 	// ErrInvalid: the image or layout is malformed, corrupt or unsafe.
 	ErrInvalid = errors.New("invalid image")
+	// ErrTooLarge: a layer unpacks to more than the store's MaxLayerSize.
+	ErrTooLarge = errors.New("image layer too large")
+	// ErrNoSpace: the image store's file system has too little free space
+	// to unpack a layer and keep the store's MinFreeSpace.
+	ErrNoSpace = errors.New("not enough free space for the image")
 )
 
 // kindError carries a user-facing message, an error kind for errors.Is and the

@@ -35,8 +35,11 @@ type layerMeta struct {
 	// layers'.
 	Implicit []string `json:"implicit_dirs,omitempty"`
 	// Links are hard links to files of lower layers.
-	Links          []layerLink `json:"links,omitempty"`
-	SkippedDevices int         `json:"skipped_devices,omitempty"`
+	Links []layerLink `json:"links,omitempty"`
+	// SkippedDevices counts the character and block devices of the layer
+	// (whiteouts aside) that were not created, with the hard links to
+	// them.
+	SkippedDevices int `json:"skipped_devices,omitempty"`
 }
 
 // layerLink is a hard link at Path to the file at Target, both relative
@@ -190,9 +193,6 @@ func (s *Store) lockLayer(ctx context.Context, ref Ref, d v1.Hash, hold func(fun
 		unlock()
 		return nil, nil, fmt.Errorf("pull %s: %w", ref.display(), err)
 	}
-	if m != nil && m.SkippedDevices > 0 {
-		s.logger.Warn("device nodes not created (not permitted)", "ref", ref.String(), "diff_id", d, "count", m.SkippedDevices)
-	}
 	return m, unlock, nil
 }
 
@@ -204,6 +204,14 @@ func (s *Store) unpackLayer(ctx context.Context, ref Ref, i, n int, desc v1.Desc
 	name := diffID.Hex
 	if name == "" {
 		name = "blob-" + desc.Digest.Hex
+	}
+	// A layer takes about its compressed size at least; its files are
+	// checked again as they are written.
+	if err := s.checkFreeSpace(desc.Size); err != nil {
+		if lerr := limitError(err, ref, i, n, desc); lerr != nil {
+			return "", nil, lerr
+		}
+		return "", nil, fmt.Errorf("pull %s: %w", ref.display(), err)
 	}
 	tmp, err := os.MkdirTemp(s.layerDir, tmpPrefix+name+"-")
 	if err != nil {
@@ -234,17 +242,25 @@ func (s *Store) unpackLayer(ctx context.Context, ref Ref, i, n int, desc v1.Desc
 	}
 	defer zr.Close()
 	h := sha256.New()
-	r := io.TeeReader(zr, h)
+	r := io.TeeReader(&limitReader{r: zr, limit: s.maxLayerSize}, h)
 	u := newUnpacker(fsDir, s.logger.With("ref", ref.String(), "layer", desc.Digest.String()))
+	u.maxSize = s.maxLayerSize
+	u.checkSpace = s.checkFreeSpace
 	if err := u.apply(ctx, i+1, r); err != nil {
 		if ctx.Err() != nil {
 			return "", nil, ctx.Err()
+		}
+		if lerr := limitError(err, ref, i, n, desc); lerr != nil {
+			return "", nil, lerr
 		}
 		return "", nil, fmt.Errorf("pull %s: unpack %w", ref.display(), err)
 	}
 	// Drain the end of the archive so the digest covers the whole stream
 	// (and gzip verifies its checksum).
 	if _, err := io.Copy(io.Discard, r); err != nil {
+		if lerr := limitError(err, ref, i, n, desc); lerr != nil {
+			return "", nil, lerr
+		}
 		return "", nil, newKindError(ErrInvalid, err, "pull %s: layer %d/%d %s", ref.display(), i+1, n, desc.Digest)
 	}
 	got := hex.EncodeToString(h.Sum(nil))
@@ -261,7 +277,12 @@ func (s *Store) unpackLayer(ctx context.Context, ref Ref, i, n int, desc v1.Desc
 		return "", nil, fmt.Errorf("pull %s: %w", ref.display(), err)
 	}
 	if u.skippedDevices > 0 {
-		s.logger.Warn("device nodes not created (not permitted)", "ref", ref.String(), "layer", desc.Digest, "count", u.skippedDevices)
+		s.logger.Info("device nodes in the layer not created (containers get their /dev from the runtime)",
+			"ref", ref.String(), "layer", desc.Digest, "count", u.skippedDevices)
+	}
+	if u.droppedXattrs > 0 {
+		s.logger.Debug("extended attributes of the layer dropped (only user.*, security.capability and ACLs are kept)",
+			"ref", ref.String(), "layer", desc.Digest, "count", u.droppedXattrs)
 	}
 	if u.skippedXattrs > 0 {
 		s.logger.Warn("extended attributes not set (not permitted or not supported)", "ref", ref.String(), "layer", desc.Digest, "count", u.skippedXattrs)

@@ -47,6 +47,18 @@ type StoreConfig struct {
 	// acquires their images) before the unused ones are collected like any
 	// other; default 5m, and never less than GCDelay.
 	RecoverGrace time.Duration
+	// MaxLayerSize is the most one layer may unpack to, in bytes: both its
+	// uncompressed archive and the files it writes must stay within it,
+	// so that a small compressed layer cannot fill the node's disk (a
+	// decompression bomb). A pull with a larger layer fails with
+	// ErrTooLarge. 0 means DefaultMaxLayerSize (8 GiB).
+	MaxLayerSize int64
+	// MinFreeSpace is the space, in bytes, that unpacking a layer leaves
+	// free on the file system of Dir: a layer is not unpacked unless that
+	// much is free on top of its compressed size, and the free space is
+	// checked again as its files are written. A pull that would go below
+	// it fails with ErrNoSpace. 0 means DefaultMinFreeSpace (512 MiB).
+	MinFreeSpace int64
 	// Logger receives the store's logs; nil discards them.
 	Logger hclog.Logger
 }
@@ -91,6 +103,10 @@ type Store struct {
 	logger    hclog.Logger
 	gcEnabled bool
 	gcDelay   time.Duration
+
+	// maxLayerSize and minFreeSpace are StoreConfig's, defaults applied.
+	maxLayerSize int64
+	minFreeSpace int64
 
 	// progressInterval is how often downloads report progress; pullGrace
 	// is the least delay before an unused image is removed after a pull;
@@ -144,6 +160,21 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 	if cfg.GCDelay < 0 {
 		return nil, fmt.Errorf("image store: gc delay %s is negative; use 0 or a positive duration", cfg.GCDelay)
 	}
+	if cfg.MaxLayerSize < 0 {
+		return nil, fmt.Errorf("image store: max layer size %d is negative; use 0 for the default (%s) or a positive number of bytes",
+			cfg.MaxLayerSize, humanSize(DefaultMaxLayerSize))
+	}
+	if cfg.MinFreeSpace < 0 {
+		return nil, fmt.Errorf("image store: min free space %d is negative; use 0 for the default (%s) or a positive number of bytes",
+			cfg.MinFreeSpace, humanSize(DefaultMinFreeSpace))
+	}
+	maxLayerSize, minFreeSpace := cfg.MaxLayerSize, cfg.MinFreeSpace
+	if maxLayerSize == 0 {
+		maxLayerSize = DefaultMaxLayerSize
+	}
+	if minFreeSpace == 0 {
+		minFreeSpace = DefaultMinFreeSpace
+	}
 	logger := cfg.Logger
 	if logger == nil {
 		logger = hclog.NewNullLogger()
@@ -157,6 +188,8 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 		logger:           logger,
 		gcEnabled:        cfg.GCEnabled,
 		gcDelay:          cfg.GCDelay,
+		maxLayerSize:     maxLayerSize,
+		minFreeSpace:     minFreeSpace,
 		progressInterval: defaultProgressInterval,
 		pullGrace:        defaultPullGrace,
 		transport:        remote.DefaultTransport,

@@ -51,6 +51,12 @@ var errMissing = errors.New("no such directory")
 //     kept in entry order, and a link to such a link records the lower
 //     file.
 //
+// What the layer may create is filtered (see filter.go): character and
+// block devices are not created (a character device 0:0 is a whiteout, kept
+// as a marker), and extended attributes other than those KeepXattr allows
+// are dropped. The layer's size is bounded (maxSize) and the free space of
+// its file system checked as files are written (checkSpace).
+//
 // Entries are resolved inside the layer: an entry or hard link name with
 // ".." components that leave it is refused, and symlinks among the parents
 // resolve as they would inside the container (see resolveDir). The final
@@ -63,10 +69,26 @@ type unpacker struct {
 
 	// size counts the bytes of regular files written.
 	size int64
-	// skipped counts device nodes and extended attributes the kernel
-	// refused (e.g. without CAP_MKNOD).
+	// maxSize, if positive, bounds size: a file that would take it past
+	// fails the layer with a sizeLimitError.
+	maxSize int64
+	// checkSpace, if set, fails unless need more bytes can be written;
+	// it runs whenever spaceCheckInterval bytes more are to be written
+	// since the last check. spaceChecked is size at that check.
+	checkSpace   func(need int64) error
+	spaceChecked int64
+
+	// skippedDevices counts the device nodes not created (and hard links
+	// to them); skippedXattrs the extended attributes the kernel refused
+	// (not permitted or not supported); droppedXattrs those KeepXattr
+	// does not allow.
 	skippedDevices int
 	skippedXattrs  int
+	droppedXattrs  int
+	// skipped holds the paths (relative to root) of the entries not
+	// created: device nodes and overlay whiteouts, which hard links
+	// cannot point at.
+	skipped map[string]bool
 
 	// implicit holds the directories (relative to root, "" for root)
 	// that no entry of the layer declared.
@@ -101,6 +123,7 @@ func newUnpacker(root string, logger hclog.Logger) *unpacker {
 		implicit: map[string]bool{"": true},
 		links:    map[string]lowerLink{},
 		dirs:     map[string]dirMeta{},
+		skipped:  map[string]bool{},
 	}
 }
 
@@ -211,8 +234,10 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 	} else if !os.IsNotExist(err) {
 		return err
 	}
-	// A hard link to a lower layer recorded at this path is replaced.
+	// A hard link to a lower layer recorded at this path is replaced,
+	// and so is a device node not created.
 	delete(u.links, resolved)
+	delete(u.skipped, resolved)
 
 	switch hdr.Typeflag {
 	case tar.TypeDir:
@@ -220,6 +245,9 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 			return err
 		}
 	case tar.TypeReg, tar.TypeGNUSparse: // the reader turns the old TypeRegA into TypeReg
+		if err := u.reserve(hdr.Size); err != nil {
+			return err
+		}
 		if err := u.writeFile(host, r); err != nil {
 			return err
 		}
@@ -231,8 +259,19 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 	case tar.TypeLink:
 		// A hard link shares the target's inode and metadata.
 		return u.hardlink(hdr.Linkname, host, resolved)
-	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		created, err := u.mknod(host, hdr)
+	case tar.TypeChar, tar.TypeBlock:
+		u.skipped[resolved] = true
+		if IsOverlayWhiteout(hdr) {
+			// What it replaced in this layer is gone; what lower
+			// layers have there is hidden by the marker.
+			return u.whiteout(dir, whiteoutPrefix+base)
+		}
+		u.skippedDevices++
+		u.logger.Debug("not creating device node", "name", hdr.Name, "type", string(hdr.Typeflag),
+			"major", hdr.Devmajor, "minor", hdr.Devminor)
+		return nil
+	case tar.TypeFifo:
+		created, err := u.mkfifo(host, hdr)
 		if err != nil {
 			return err
 		}
@@ -264,6 +303,27 @@ func (u *unpacker) forget(rel string) {
 			delete(u.dirs, p)
 		}
 	}
+	for p := range u.skipped {
+		if under(p) {
+			delete(u.skipped, p)
+		}
+	}
+}
+
+// reserve checks that a file of size bytes may be written: that the layer
+// stays within maxSize, and, every spaceCheckInterval bytes, that the file
+// system has room for it.
+func (u *unpacker) reserve(size int64) error {
+	if u.maxSize > 0 && u.size+size > u.maxSize {
+		return &sizeLimitError{limit: u.maxSize, what: "its files"}
+	}
+	if u.checkSpace != nil && u.size+size-u.spaceChecked >= spaceCheckInterval {
+		if err := u.checkSpace(size); err != nil {
+			return err
+		}
+		u.spaceChecked = u.size
+	}
+	return nil
 }
 
 // rootEntry applies the metadata of the "./" entry to the layer's root.
@@ -308,6 +368,14 @@ func (u *unpacker) hardlink(linkname, host, resolved string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("hard link target %q: %w", linkname, err)
+	}
+	if target := path.Join(dirRel, base); u.skipped[target] {
+		// A link to a device node that was not created is not
+		// created either.
+		u.skipped[resolved] = true
+		u.skippedDevices++
+		u.logger.Debug("not creating hard link to a device node", "path", resolved, "target", target)
+		return nil
 	}
 	src := filepath.Join(dirHost, base)
 	fi, err := os.Lstat(src)
@@ -360,12 +428,23 @@ func (u *unpacker) setMeta(host, rel string, hdr *tar.Header) error {
 		if !ok {
 			continue
 		}
+		if !KeepXattr(attr) {
+			u.droppedXattrs++
+			u.logger.Trace("dropping extended attribute", "path", rel, "attr", attr)
+			continue
+		}
 		if err := lsetxattr(host, attr, []byte(v)); err != nil {
 			if !isPermission(err) {
 				return fmt.Errorf("set extended attribute %s: %w", attr, err)
 			}
 			u.skippedXattrs++
 			u.logger.Trace("cannot set extended attribute", "path", host, "attr", attr, "error", err)
+		}
+	}
+	if isDir && isOverlayOpaque(hdr) {
+		// Dropped as an attribute, kept as what it means.
+		if err := u.whiteout(rel, whiteoutOpaque); err != nil {
+			return err
 		}
 	}
 	atime := hdr.AccessTime

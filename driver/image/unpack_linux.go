@@ -15,27 +15,15 @@ import (
 
 const noFollow = unix.O_NOFOLLOW
 
-// mknod creates a device node or fifo. It reports false (and no error) when
-// the kernel does not allow it, e.g. without CAP_MKNOD in a user namespace:
-// the image still works unless a task needs that node.
-func (u *unpacker) mknod(host string, hdr *tar.Header) (bool, error) {
-	perm := uint32(hdr.Mode & 0o7777)
-	var err error
-	switch hdr.Typeflag {
-	case tar.TypeFifo:
-		err = unix.Mkfifo(host, perm)
-	case tar.TypeChar:
-		err = unix.Mknod(host, unix.S_IFCHR|perm, int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))))
-	case tar.TypeBlock:
-		err = unix.Mknod(host, unix.S_IFBLK|perm, int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))))
-	}
-	if err != nil {
+// mkfifo creates a FIFO. It reports false (and no error) when the kernel
+// does not allow it: the image still works unless a task needs that FIFO.
+func (u *unpacker) mkfifo(host string, hdr *tar.Header) (bool, error) {
+	if err := unix.Mkfifo(host, uint32(hdr.Mode&0o7777)); err != nil {
 		if isPermission(err) {
-			u.skippedDevices++
-			u.logger.Debug("skipping device node", "name", hdr.Name, "error", err)
+			u.logger.Debug("cannot create FIFO", "name", hdr.Name, "error", err)
 			return false, nil
 		}
-		return false, &os.PathError{Op: "mknod", Path: host, Err: err}
+		return false, &os.PathError{Op: "mkfifo", Path: host, Err: err}
 	}
 	return true, nil
 }

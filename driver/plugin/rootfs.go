@@ -16,6 +16,15 @@ import (
 // image's rootfs are hard links to the cache's unpacked layers, shared with
 // other images, and the overlay never writes to its lower directory (a task
 // changing a file gets a copy in its upper directory).
+//
+// The overlay is mounted nodev: a device node in the image or written by the
+// task (the image store and checkpoints do not create them, but a cache
+// from an older version may hold some) opens nothing. runc mounts the
+// container's /dev over it. Set-id programs (su, ping) keep working: there
+// is no nosuid.
+
+// rootfsMountFlags are the flags of a task's overlay mount.
+const rootfsMountFlags = unix.MS_NODEV
 
 // mountRootfs mounts the task's overlay at dir/rootfs and returns that path.
 func mountRootfs(lower, dir string) (string, error) {
@@ -29,7 +38,7 @@ func mountRootfs(lower, dir string) (string, error) {
 		return "", fmt.Errorf("rootfs: %w", err)
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
-	if err := unix.Mount("overlay", target, "overlay", 0, opts); err != nil {
+	if err := unix.Mount("overlay", target, "overlay", rootfsMountFlags, opts); err != nil {
 		return "", fmt.Errorf("rootfs: mount overlay at %s: %w", target, err)
 	}
 	// The rootfs directory itself is the container's "/": keep it traversable.
