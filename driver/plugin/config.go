@@ -3,13 +3,16 @@ package plugin
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/ferry-nomad/ferry/driver/spec"
+	"github.com/ferry-nomad/ferry/driver/transfer"
 	"github.com/hashicorp/nomad/plugins/shared/hclspec"
 )
 
@@ -47,13 +50,22 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 	"allow_caps":      hclspec.NewDefault(hclspec.NewAttr("allow_caps", "list(string)", false), hclspec.NewLiteral(defaultAllowCaps)),
 	"oci_layout_dirs": hclspec.NewAttr("oci_layout_dirs", "list(string)", false),
 	"transfer": hclspec.NewDefault(hclspec.NewBlock("transfer", false, hclspec.NewObject(map[string]*hclspec.Spec{
-		"listen":      hclspec.NewDefault(hclspec.NewAttr("listen", "string", false), hclspec.NewLiteral(`"`+defaultTransferListen+`"`)),
-		"advertise":   hclspec.NewAttr("advertise", "string", false),
-		"ca_file":     hclspec.NewAttr("ca_file", "string", false),
-		"cert_file":   hclspec.NewAttr("cert_file", "string", false),
-		"key_file":    hclspec.NewAttr("key_file", "string", false),
-		"server_name": hclspec.NewAttr("server_name", "string", false),
+		"listen":              hclspec.NewDefault(hclspec.NewAttr("listen", "string", false), hclspec.NewLiteral(`"`+defaultTransferListen+`"`)),
+		"advertise":           hclspec.NewAttr("advertise", "string", false),
+		"ca_file":             hclspec.NewAttr("ca_file", "string", false),
+		"cert_file":           hclspec.NewAttr("cert_file", "string", false),
+		"key_file":            hclspec.NewAttr("key_file", "string", false),
+		"server_name":         hclspec.NewAttr("server_name", "string", false),
+		"idle_timeout":        hclspec.NewAttr("idle_timeout", "string", false),
+		"max_connections":     hclspec.NewAttr("max_connections", "number", false),
+		"max_checkpoint_size": hclspec.NewAttr("max_checkpoint_size", "string", false),
+		"min_free_space":      hclspec.NewAttr("min_free_space", "string", false),
 	})), hclspec.NewLiteral(`{ listen = "`+defaultTransferListen+`" }`)),
+	// What an image may take of the node's disk.
+	"images": hclspec.NewBlock("images", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"max_layer_size": hclspec.NewAttr("max_layer_size", "string", false),
+		"min_free_space": hclspec.NewAttr("min_free_space", "string", false),
+	})),
 })
 
 // Config is the decoded `plugin "nomad-driver-ferry" { config { ... } }` block.
@@ -78,6 +90,44 @@ type Config struct {
 	// OCILayoutDirs are the host directories under which an image may be
 	// named as an OCI layout ("oci:DIR"); none by default.
 	OCILayoutDirs []string `codec:"oci_layout_dirs"`
+	// Images bounds what pulling an image may write.
+	Images Images `codec:"images"`
+}
+
+// Images is the `images { max_layer_size, min_free_space }` block: sizes
+// such as "8GiB"; empty for image.DefaultMaxLayerSize and
+// image.DefaultMinFreeSpace.
+type Images struct {
+	MaxLayerSize string `codec:"max_layer_size"`
+	MinFreeSpace string `codec:"min_free_space"`
+
+	maxLayerSize, minFreeSpace int64
+}
+
+// validate parses the sizes; errors name the field.
+func (i *Images) validate() []error {
+	var errs []error
+	var err error
+	if i.maxLayerSize, err = parseSize("images.max_layer_size", i.MaxLayerSize); err != nil {
+		errs = append(errs, err)
+	}
+	if i.minFreeSpace, err = parseSize("images.min_free_space", i.MinFreeSpace); err != nil {
+		errs = append(errs, err)
+	}
+	return errs
+}
+
+// parseSize reads a size such as "512MiB" or "8GB" for field; empty is 0,
+// the field's default.
+func parseSize(field, v string) (int64, error) {
+	if v == "" {
+		return 0, nil
+	}
+	n, err := humanize.ParseBytes(v)
+	if err != nil || n == 0 || n > math.MaxInt64 {
+		return 0, fmt.Errorf("%s: %q is not a size; write e.g. \"512MiB\" or \"8GiB\"", field, v)
+	}
+	return int64(n), nil
 }
 
 // Volumes is the `volumes { enabled }` block.
@@ -94,13 +144,24 @@ var defaultAllowCaps = `["` + strings.Join(spec.DefaultCaps(), `", "`) + `"]`
 // to it, over mutual TLS with the cluster's CA. Without the TLS files a
 // checkpoint is restored only on the node that took it or from a shared
 // checkpoint_dir.
+//
+// The limits bound what one transfer may take: idle_timeout how long a peer
+// may stall, max_connections the connections served at once, and the sizes
+// max_checkpoint_size and min_free_space what a checkpoint received here
+// may be and must leave free; empty or 0 keeps transfer's defaults.
 type Transfer struct {
-	Listen     string `codec:"listen"`
-	Advertise  string `codec:"advertise"`
-	CAFile     string `codec:"ca_file"`
-	CertFile   string `codec:"cert_file"`
-	KeyFile    string `codec:"key_file"`
-	ServerName string `codec:"server_name"`
+	Listen            string `codec:"listen"`
+	Advertise         string `codec:"advertise"`
+	CAFile            string `codec:"ca_file"`
+	CertFile          string `codec:"cert_file"`
+	KeyFile           string `codec:"key_file"`
+	ServerName        string `codec:"server_name"`
+	IdleTimeout       string `codec:"idle_timeout"`
+	MaxConnections    int    `codec:"max_connections"`
+	MaxCheckpointSize string `codec:"max_checkpoint_size"`
+	MinFreeSpace      string `codec:"min_free_space"`
+
+	limits transfer.Limits
 }
 
 // enabled reports whether the TLS files are configured.
@@ -123,6 +184,7 @@ func (t *Transfer) validate() []error {
 			errs = append(errs, fmt.Errorf("transfer.advertise: %q must be host:port other nodes reach this one at, e.g. \"10.0.0.5:4701\"", t.Advertise))
 		}
 	}
+	errs = append(errs, t.validateLimits()...)
 	if !t.enabled() {
 		return errs
 	}
@@ -133,6 +195,31 @@ func (t *Transfer) validate() []error {
 		case !filepath.IsAbs(f.path):
 			errs = append(errs, fmt.Errorf("transfer.%s: %q must be an absolute path", f.name, f.path))
 		}
+	}
+	return errs
+}
+
+// validateLimits reads the transfer limits into t.limits; errors name the
+// field.
+func (t *Transfer) validateLimits() []error {
+	var errs []error
+	t.limits = transfer.Limits{MaxConnections: t.MaxConnections}
+	if t.IdleTimeout != "" {
+		d, err := time.ParseDuration(t.IdleTimeout)
+		if err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("transfer.idle_timeout: %q must be a positive duration, e.g. \"30s\"", t.IdleTimeout))
+		}
+		t.limits.IdleTimeout = d
+	}
+	if t.MaxConnections < 0 {
+		errs = append(errs, fmt.Errorf("transfer.max_connections: %d must be positive, or 0 for the default (%d)", t.MaxConnections, transfer.DefaultMaxConnections))
+	}
+	var err error
+	if t.limits.MaxCheckpointSize, err = parseSize("transfer.max_checkpoint_size", t.MaxCheckpointSize); err != nil {
+		errs = append(errs, err)
+	}
+	if t.limits.MinFreeSpace, err = parseSize("transfer.min_free_space", t.MinFreeSpace); err != nil {
+		errs = append(errs, err)
 	}
 	return errs
 }
@@ -226,6 +313,7 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("checkpoint_dir: %q must be an absolute path on storage every client shares", c.CheckpointDir))
 	}
 	errs = append(errs, c.Transfer.validate()...)
+	errs = append(errs, c.Images.validate()...)
 	if _, err := spec.DisallowedCaps(nil, c.AllowCaps); err != nil {
 		errs = append(errs, err)
 	}

@@ -120,10 +120,12 @@ func (d *Driver) SetConfig(c *base.Config) error {
 		return err
 	}
 	images, err := image.NewStore(image.StoreConfig{
-		Dir:       l.images(),
-		GCEnabled: cfg.GC.Image,
-		GCDelay:   cfg.GC.imageDelay,
-		Logger:    d.logger.Named("images"),
+		Dir:          l.images(),
+		GCEnabled:    cfg.GC.Image,
+		GCDelay:      cfg.GC.imageDelay,
+		MaxLayerSize: cfg.Images.maxLayerSize,
+		MinFreeSpace: cfg.Images.minFreeSpace,
+		Logger:       d.logger.Named("images"),
 	})
 	if err != nil {
 		return fmt.Errorf("image store: %w", err)
@@ -447,6 +449,11 @@ func (d *Driver) StopTask(taskID string, timeout time.Duration, signal string) e
 	}
 	if h.Running() && d.checkpointForMigration(conf, env, h) {
 		return nil
+	}
+	// A task dumped, then restored in place because its checkpoint failed
+	// after the dump, has a new handle.
+	if now, ok := d.tasks.Get(taskID); ok {
+		h = now
 	}
 	return d.stop(env, h, timeout, signal)
 }

@@ -106,6 +106,14 @@ const everyPluginField = `config {
     cert_file   = "/etc/ferry/cert.pem"
     key_file    = "/etc/ferry/key.pem"
     server_name = "client.global.nomad"
+    idle_timeout        = "1m"
+    max_connections     = 16
+    max_checkpoint_size = "64GiB"
+    min_free_space      = "1GiB"
+  }
+  images {
+    max_layer_size = "4GiB"
+    min_free_space = "1GiB"
   }
 }`
 

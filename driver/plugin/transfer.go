@@ -92,6 +92,8 @@ type transferEnv struct {
 	server    *transfer.Server
 	serverTLS *tls.Config
 	client    *http.Client
+	// limits are the plugin's transfer limits, for pushes and fetches.
+	limits transfer.Option
 }
 
 // startNode starts what the driver runs for the node as a whole, in the
@@ -175,8 +177,10 @@ func (d *Driver) newTransfer(conf *Config, env *environment) (*transferEnv, erro
 			Catalog:     env.catalog,
 			NodeID:      env.node.ID,
 			OnPush:      func(rec *catalog.Record) { d.prefetch(conf, env, rec) },
+			Limits:      conf.Transfer.limits,
 			Logger:      d.logger.Named("transfer"),
 		},
+		limits:    transfer.WithLimits(conf.Transfer.limits),
 		serverTLS: serverTLS,
 		client:    transfer.NewClient(clientTLS),
 	}, nil

@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"errors"
 	"io"
 	"sync"
 )
@@ -45,13 +46,27 @@ type chunkQueue struct {
 	cur  *[]byte
 	off  int
 	done error
+	// stop, closed, ends a Read waiting for the producer: the consumer
+	// gave up.
+	stop <-chan struct{}
+	// idle, when set, is armed while the consumer is away from Read,
+	// i.e. sending what it read: a push's stall is its destination
+	// reading nothing, never its source producing nothing.
+	idle *idleTimer
 }
 
-func newChunkQueue() *chunkQueue { return &chunkQueue{ch: make(chan queued, 8)} }
+func newChunkQueue(stop <-chan struct{}, idle *idleTimer) *chunkQueue {
+	return &chunkQueue{ch: make(chan queued, 8), stop: stop, idle: idle}
+}
+
+// errQueueStopped ends the reads of a queue whose consumer gave up.
+var errQueueStopped = errors.New("push ended")
 
 // Read makes the queue the body of a request: it returns the queued
 // buffers' bytes, then io.EOF once closed, or the error it was closed with.
 func (q *chunkQueue) Read(p []byte) (int, error) {
+	q.idle.stop()
+	defer q.idle.arm()
 	for q.cur == nil || q.off == len(*q.cur) {
 		if q.cur != nil {
 			putChunk(q.cur)
@@ -60,7 +75,13 @@ func (q *chunkQueue) Read(p []byte) (int, error) {
 		if q.done != nil {
 			return 0, q.done
 		}
-		item, ok := <-q.ch
+		var item queued
+		var ok bool
+		select {
+		case item, ok = <-q.ch:
+		case <-q.stop:
+			item, ok = queued{err: errQueueStopped}, true
+		}
 		switch {
 		case !ok:
 			q.done = io.EOF

@@ -43,4 +43,41 @@
 // every file against the manifest, and only then writes manifest.json: a
 // received directory holds a manifest only when all of it was verified, and
 // is not hashed again before the restore. Fetch keeps the same rule.
+//
+// Limits (see Limits; each has a default) bound what transfers take of a
+// node:
+//
+//   - Stalls, not durations. A transfer fails with ErrStalled when its peer
+//     sends nothing (a push's or a fetch's source) or reads nothing (a
+//     push's destination, a fetching node) for the idle timeout. Each side
+//     counts only the time it waits for the other: a source waiting for
+//     CRIU to dump more, or a destination writing to a slow disk, is not
+//     stalled. Nothing but the move's context bounds a transfer that keeps
+//     moving. A stalled fetch request is retried, resuming where it stopped.
+//   - Connections. A server holds at most MaxConnections at once, idle ones
+//     included; more wait to be accepted. A connection's TLS handshake and
+//     each request's headers (16 KiB at most) must arrive within
+//     HeaderTimeout, and one that carries no request is closed after
+//     KeepAlive.
+//   - Size. A fetch knows the checkpoint's size from the verified manifest
+//     before it downloads a byte: it refuses one larger than
+//     MaxCheckpointSize (ErrTooLarge), or that does not fit, less what the
+//     directory holds of it already, in the free space of the destination's
+//     filesystem less MinFreeSpace (ErrNoSpace). A push streams while CRIU
+//     dumps, before the size is known (the record announces it, Bytes, when
+//     the dump ended; a push that begins later is held to it). Its
+//     destination refuses it (413 or 507, ErrTooLarge or ErrNoSpace at the
+//     source) when there is no room at all, and then, before writing each
+//     frame, when it brings more than the record announces or
+//     MaxCheckpointSize, or when the frame does not fit in the free space,
+//     looked at again each time, less MinFreeSpace; at the manifest, when it
+//     brought more than the record announces. Every file is held to the
+//     manifest's size and sum as above.
+//   - What is left. A push or a fetch refused for its size, or whose
+//     filesystem filled up, removes what it wrote (the task's directory, and
+//     the allocation's when left empty): nothing can complete it there. A
+//     push cut or stalled keeps what it brought, unverified, for a fetch to
+//     resume. The source keeps its checkpoint either way: after a refused
+//     push the destination fetches it, and a refused fetch fails the
+//     restore.
 package transfer

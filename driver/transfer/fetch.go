@@ -13,6 +13,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/checkpoint"
@@ -59,8 +60,20 @@ func (e *retryableError) Unwrap() error { return e.err }
 // a couple of times; a refused credential (ErrRefused), a missing
 // checkpoint (ErrNotFound), a manifest that is not the recorded one
 // (ErrDigest) or a file that does not match the manifest
-// (*checkpoint.FileError) is not. It returns the bytes it downloaded.
-func Fetch(ctx context.Context, client *http.Client, address, secret, alloc, task, digest, dest string, logger hclog.Logger) (int64, error) {
+// (*checkpoint.FileError) is not. A request whose source sends nothing for
+// the idle timeout (WithLimits; DefaultIdleTimeout) fails with ErrStalled
+// and is retried like a network failure, resuming where it stopped; a
+// fetch has no deadline but ctx's.
+//
+// Before a byte is downloaded, the checkpoint the manifest describes must
+// fit: no larger than Limits.MaxCheckpointSize (else ErrTooLarge), and,
+// less what dest holds already, within the free space of dest's
+// filesystem less Limits.MinFreeSpace (else ErrNoSpace). Refused for its
+// size, or when the filesystem fills up nonetheless, the fetch removes
+// dest and what it left: nothing can complete it there. It returns the
+// bytes it downloaded.
+func Fetch(ctx context.Context, client *http.Client, address, secret, alloc, task, digest, dest string, logger hclog.Logger, opts ...Option) (int64, error) {
+	o := optionsOf(opts)
 	wrap := func(err error) error {
 		return fmt.Errorf("fetch %s/%s from %s: %w", alloc, task, address, err)
 	}
@@ -74,7 +87,8 @@ func Fetch(ctx context.Context, client *http.Client, address, secret, alloc, tas
 		return 0, wrap(err)
 	}
 	f := &fetcher{client: client, base: url.URL{Scheme: "https", Host: address}, secret: secret, alloc: alloc, task: task,
-		logger: logger.With("alloc_id", alloc, "task", task, "source", address), buf: make([]byte, copyBufferSize)}
+		logger: logger.With("alloc_id", alloc, "task", task, "source", address), buf: make([]byte, copyBufferSize),
+		idle: o.limits.IdleTimeout}
 
 	start := time.Now()
 	var raw []byte
@@ -91,6 +105,23 @@ func Fetch(ctx context.Context, client *http.Client, address, secret, alloc, tas
 	}
 	m, err := checkpoint.ParseManifest(raw)
 	if err != nil {
+		return 0, wrap(err)
+	}
+	// A refusal removes dest, and the directories made for it, or the
+	// allocation's of a checkpoint directory (checkpoint.Dir) left empty.
+	keep := existingAncestor(filepath.Dir(dest))
+	if parent := filepath.Dir(dest); filepath.Base(dest) == task && filepath.Base(parent) == alloc && len(filepath.Dir(parent)) < len(keep) {
+		keep = filepath.Dir(parent)
+	}
+	refused := func(err error) error {
+		if rerr := removeReceived(dest, keep); rerr != nil {
+			f.logger.Warn("remove a refused checkpoint", "dir", dest, "error", rerr)
+		}
+		return wrap(err)
+	}
+	if err := fits(dest, keep, m, o.limits); sizeRefusal(err) {
+		return 0, refused(err)
+	} else if err != nil {
 		return 0, wrap(err)
 	}
 	if err := os.MkdirAll(dest, 0o700); err != nil {
@@ -111,6 +142,9 @@ func Fetch(ctx context.Context, client *http.Client, address, secret, alloc, tas
 	for _, file := range m.Files {
 		n, err := f.file(ctx, root, file)
 		total += n
+		if errors.Is(err, syscall.ENOSPC) {
+			return total, refused(fmt.Errorf("%w: %w", ErrNoSpace, err))
+		}
 		if err != nil {
 			return total, wrap(err)
 		}
@@ -122,6 +156,32 @@ func Fetch(ctx context.Context, client *http.Client, address, secret, alloc, tas
 	f.logger.Info("checkpoint fetched", "files", len(m.Files), "bytes", total, "duration", elapsed,
 		"mib_per_s", fmt.Sprintf("%.1f", float64(total)/(1<<20)/max(elapsed.Seconds(), 1e-6)))
 	return total, nil
+}
+
+// fits checks that the checkpoint m describes may be fetched into dest:
+// no larger than limits allow, and within the room of the filesystem of
+// root (dest's, or its nearest existing ancestor), less what dest holds of
+// it already.
+func fits(dest, root string, m *checkpoint.Manifest, limits Limits) error {
+	if limits.MaxCheckpointSize > 0 && m.Bytes > limits.MaxCheckpointSize {
+		return tooLarge(m.Bytes, limits.MaxCheckpointSize)
+	}
+	var have int64
+	for _, file := range m.Files {
+		have += min(regularSize(filepath.Join(dest, filepath.FromSlash(file.Path))), file.Size)
+	}
+	sp, err := statSpace(root)
+	if err != nil {
+		return err
+	}
+	if need := m.Bytes - have; sp.room(limits) < need {
+		what := fmt.Sprintf("the checkpoint needs %s", formatBytes(m.Bytes))
+		if have > 0 {
+			what += fmt.Sprintf(", %s more than the %s already there", formatBytes(need), formatBytes(have))
+		}
+		return noSpace(what, sp, limits)
+	}
+	return nil
 }
 
 // removeUnlisted removes the regular files under dest the manifest does not
@@ -153,6 +213,7 @@ type fetcher struct {
 	alloc, task string
 	logger      hclog.Logger
 	buf         []byte
+	idle        time.Duration
 }
 
 // retry runs fn until it succeeds, fails with an error that is not a
@@ -183,25 +244,33 @@ func (f *fetcher) retry(ctx context.Context, what string, fn func() error) error
 }
 
 // get requests rel under the checkpoint from byte from on, and returns the
-// response when it is 200 OK, or 206 for a range.
+// response when it is 200 OK, or 206 for a range. The source must answer,
+// and then send each part of the body, within the idle timeout.
 func (f *fetcher) get(ctx context.Context, rel string, from int64) (*http.Response, error) {
 	elems := []string{"v1", "checkpoints", url.PathEscape(f.alloc), url.PathEscape(f.task)}
 	for elem := range strings.SplitSeq(rel, "/") {
 		elems = append(elems, url.PathEscape(elem))
 	}
 	u := f.base.JoinPath(elems...)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	rctx, cancel := context.WithCancelCause(ctx)
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
 	if err != nil {
+		cancel(nil)
 		return nil, fmt.Errorf("build request: %w", err)
 	}
 	setSecret(req.Header, f.secret)
 	if from > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", from))
 	}
+	d := f.idle
+	timer := newIdleTimer(d, func() { cancel(stalled("the source sent nothing", d)) })
 	resp, err := f.client.Do(req)
+	timer.stop()
 	if err != nil {
-		return nil, &retryableError{err}
+		cancel(nil)
+		return nil, &retryableError{causeOf(rctx, err)}
 	}
+	resp.Body = &idleBody{body: resp.Body, timer: timer, ctx: rctx, cancel: cancel}
 	if resp.StatusCode == http.StatusOK || (from > 0 && resp.StatusCode == http.StatusPartialContent) {
 		return resp, nil
 	}

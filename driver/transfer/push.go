@@ -23,7 +23,8 @@ import (
 // failing; the destination then fetches the checkpoint instead.
 type Push struct {
 	q      *chunkQueue
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
+	idle   *idleTimer
 	closed bool
 	once   sync.Once
 	done   chan struct{}
@@ -33,12 +34,29 @@ type Push struct {
 
 var _ checkpoint.Sink = (*Push)(nil)
 
+// errAborted is the cause of a push's end by Abort.
+var errAborted = errors.New("push aborted by the source")
+
 // StartPush opens the push of alloc's task to the driver at address
 // ("host:port"), presenting secret, the credential of the record's Push
-// grant. The request runs until Finish or Abort, or until ctx ends.
-func StartPush(ctx context.Context, client *http.Client, address, secret, alloc, task string) *Push {
-	ctx, cancel := context.WithCancel(ctx)
-	p := &Push{q: newChunkQueue(), cancel: cancel, done: make(chan struct{})}
+// grant. The request runs until Finish or Abort, or until ctx ends; it
+// fails with ErrStalled when the destination reads nothing for the idle
+// timeout (WithLimits; DefaultIdleTimeout) while there is something to
+// send, or does not answer within it once all was sent. The time the
+// checkpoint takes to be dumped never counts: a push has no deadline but
+// ctx's.
+func StartPush(ctx context.Context, client *http.Client, address, secret, alloc, task string, opts ...Option) *Push {
+	o := optionsOf(opts)
+	ctx, cancel := context.WithCancelCause(ctx)
+	p := &Push{cancel: cancel, done: make(chan struct{})}
+	d := o.limits.IdleTimeout
+	// Armed from the start: connecting and sending the headers count.
+	p.idle = newIdleTimer(d, func() {
+		err := stalled("the destination read nothing", d)
+		p.end(nil, err)
+		cancel(err)
+	})
+	p.q = newChunkQueue(p.done, p.idle)
 	u := url.URL{Scheme: "https", Host: address, Path: "/v1/checkpoints/" + url.PathEscape(alloc) + "/" + url.PathEscape(task)}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u.String(), p.q)
 	if err != nil {
@@ -51,7 +69,7 @@ func StartPush(ctx context.Context, client *http.Client, address, secret, alloc,
 	go func() {
 		resp, err := client.Do(req)
 		if err != nil {
-			p.end(nil, err)
+			p.end(nil, causeOf(ctx, err))
 			return
 		}
 		defer resp.Body.Close()
@@ -61,12 +79,21 @@ func StartPush(ctx context.Context, client *http.Client, address, secret, alloc,
 		}
 		var got Received
 		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&got); err != nil {
-			p.end(nil, fmt.Errorf("read the destination's answer: %w", err))
+			p.end(nil, fmt.Errorf("read the destination's answer: %w", causeOf(ctx, err)))
 			return
 		}
 		p.end(&got, nil)
 	}()
 	return p
+}
+
+// causeOf returns why ctx ended when err comes from its end and the
+// cause says more (a stall), else err.
+func causeOf(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) && errors.Is(cause, ErrStalled) {
+		return cause
+	}
+	return err
 }
 
 // statusError reads a refusal's message.
@@ -76,12 +103,26 @@ func statusError(resp *http.Response) error {
 	switch resp.StatusCode {
 	case http.StatusUnauthorized, http.StatusForbidden:
 		return fmt.Errorf("%w: %w", ErrRefused, err)
+	case http.StatusRequestEntityTooLarge:
+		return &kindError{kind: ErrTooLarge, err: err}
+	case http.StatusInsufficientStorage:
+		return &kindError{kind: ErrNoSpace, err: err}
+	case http.StatusRequestTimeout:
+		return &kindError{kind: ErrStalled, err: err}
 	}
 	return err
 }
 
+// kindError is an error that is also kind (errors.Is), whose message
+// (the other node's) says so already.
+type kindError struct{ kind, err error }
+
+func (e *kindError) Error() string   { return e.err.Error() }
+func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
+
 func (p *Push) end(resp *Received, err error) {
 	p.once.Do(func() {
+		p.idle.stop()
 		p.resp, p.err = resp, err
 		close(p.done)
 	})
@@ -142,7 +183,7 @@ func (p *Push) Finish(ctx context.Context, manifest []byte) (*Received, error) {
 		}
 		return p.resp, nil
 	case <-ctx.Done():
-		p.cancel()
+		p.cancel(ctx.Err())
 		return nil, ctx.Err()
 	}
 }
@@ -151,7 +192,7 @@ func (p *Push) Finish(ctx context.Context, manifest []byte) (*Received, error) {
 // received, unverified, for a fetch to resume. It waits, briefly, for the
 // request to end.
 func (p *Push) Abort(error) {
-	p.cancel()
+	p.cancel(errAborted)
 	select {
 	case <-p.done:
 	case <-time.After(5 * time.Second):

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
@@ -41,20 +42,35 @@ type Server struct {
 	// authorized, e.g. to pull the task's image meanwhile.
 	OnPush func(*catalog.Record)
 	Logger hclog.Logger
+	// Limits bound the server's connections, the stalls of its transfers
+	// and the size of the checkpoints it receives; zero fields take their
+	// defaults.
+	Limits Limits
 
 	mu        sync.Mutex
 	receiving map[string]chan struct{}
 }
 
-// Serve serves the routes over TLS with conf on ln until ctx ends.
+// Serve serves the routes over TLS with conf on ln until ctx ends. It holds
+// at most Limits.MaxConnections connections (more wait to be accepted),
+// closes one whose TLS handshake and request headers take longer than
+// Limits.HeaderTimeout or that carries no request for Limits.KeepAlive,
+// and refuses headers larger than 16 KiB.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, conf *tls.Config) error {
+	limits := s.Limits.withDefaults()
 	srv := &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler: s.Handler(),
+		// Also bounds the TLS handshake. No ReadTimeout or WriteTimeout:
+		// a push or a fetch of many GiB takes as long as it takes, and
+		// only its stalls are cut (Limits.IdleTimeout).
+		ReadHeaderTimeout: limits.HeaderTimeout,
+		IdleTimeout:       limits.KeepAlive,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          s.logger().StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
+	limited := newLimitListener(ln, limits.MaxConnections, s.logger())
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(tls.NewListener(ln, conf)) }()
+	go func() { errc <- srv.Serve(tls.NewListener(limited, conf)) }()
 	select {
 	case err := <-errc:
 		return err
@@ -73,7 +89,8 @@ func (s *Server) logger() hclog.Logger {
 	return s.Logger
 }
 
-// Handler returns the server's routes.
+// Handler returns the server's routes, each response written, and each
+// push read, under the idle timeout (Limits.IdleTimeout).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, _ *http.Request) {
@@ -87,7 +104,7 @@ func (s *Server) Handler() http.Handler {
 		s.serve(w, r, r.PathValue("path"))
 	})
 	mux.HandleFunc("PUT /v1/checkpoints/{alloc}/{task}", s.receive)
-	return mux
+	return idleConn(s.Limits.withDefaults().IdleTimeout, mux)
 }
 
 // refusal is a request refused, with the status it gets.
@@ -97,6 +114,7 @@ type refusal struct {
 }
 
 func (e *refusal) Error() string { return e.err.Error() }
+func (e *refusal) Unwrap() error { return e.err }
 
 func refuse(status int, format string, args ...any) error {
 	return &refusal{status: status, err: fmt.Errorf(format, args...)}
@@ -266,7 +284,9 @@ type Received struct {
 
 // receive takes a push: the frames of the checkpoint of one task, written
 // under the incoming directory and checked as they arrive; the manifest
-// last.
+// last. A push refused for its size or for the free space it needs leaves
+// nothing behind; one cut or stalled keeps what it brought, unverified, for
+// a fetch to resume.
 func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 	rec, dir, err := s.authorize(r, true)
 	if err != nil {
@@ -279,11 +299,24 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer done()
+	g, err := s.admitPush(dir, rec)
+	if sizeRefusal(err) {
+		s.refuseSize(w, r, dir, err)
+		return
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	if s.OnPush != nil {
 		go s.OnPush(rec)
 	}
 	start := time.Now()
-	got, err := s.receiveInto(r, dir, rec)
+	got, err := s.receiveInto(r, idleRequestBody(w, r, g.limits.IdleTimeout), dir, rec, g)
+	if sizeRefusal(err) {
+		s.refuseSize(w, r, dir, err)
+		return
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -294,7 +327,26 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(got)
 }
 
-func (s *Server) receiveInto(r *http.Request, dir string, rec *catalog.Record) (*Received, error) {
+// drainLimit bounds what a refused push may still send after its
+// refusal: what it had in flight when the refusal reached it.
+const drainLimit = 64 << 20
+
+// refuseSize answers a push refused for its size or the space it needs,
+// after removing what it brought: nothing can complete it here. The source
+// is still sending: what it sends until the answer reaches it (and it
+// stops) is read and dropped, so that it gets the answer rather than a
+// reset connection.
+func (s *Server) refuseSize(w http.ResponseWriter, r *http.Request, dir string, err error) {
+	if rerr := removeReceived(dir, s.Incoming); rerr != nil {
+		s.logger().Warn("remove a refused push", "dir", dir, "error", rerr)
+	}
+	w.Header().Set("Connection", "close")
+	s.fail(w, r, err)
+	_ = http.NewResponseController(w).Flush()
+	_, _ = io.Copy(io.Discard, io.LimitReader(idleRequestBody(w, r, s.Limits.withDefaults().IdleTimeout), drainLimit))
+}
+
+func (s *Server) receiveInto(r *http.Request, body io.Reader, dir string, rec *catalog.Record, g *pushGuard) (*Received, error) {
 	// A manifest left from an earlier push would vouch for what this one
 	// has not verified yet.
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -315,16 +367,26 @@ func (s *Server) receiveInto(r *http.Request, dir string, rec *catalog.Record) (
 	frames := make(chan inFrame, 8)
 	stop := make(chan struct{})
 	defer close(stop)
-	go readFrames(bufio.NewReaderSize(r.Body, 1<<20), frames, stop)
+	go readFrames(bufio.NewReaderSize(body, 1<<20), frames, stop)
 	for in := range frames {
+		if errors.Is(in.err, ErrStalled) {
+			return nil, refuse(http.StatusRequestTimeout, "%w", in.err)
+		}
 		if in.err != nil {
 			return nil, refuse(http.StatusBadRequest, "%w", in.err)
 		}
 		if in.f.kind == frameManifest {
 			return s.finishReceive(r.Context(), dir, rec, rc, *in.buf)
 		}
+		if err := g.admit(rc.bytes, int64(len(*in.buf))); err != nil {
+			putChunk(in.buf)
+			return nil, err
+		}
 		err := rc.write(in.f, *in.buf)
 		putChunk(in.buf)
+		if errors.Is(err, syscall.ENOSPC) {
+			return nil, refuse(http.StatusInsufficientStorage, "%w: writing %s: %w", ErrNoSpace, in.f.path, err)
+		}
 		if err != nil {
 			return nil, refuse(http.StatusBadRequest, "%w", err)
 		}
@@ -380,6 +442,10 @@ func (s *Server) finishReceive(ctx context.Context, dir string, rec *catalog.Rec
 	cur, err := s.Catalog.Get(ctx, rec.AllocID, rec.Task)
 	if err != nil {
 		return nil, refuse(http.StatusServiceUnavailable, "read the record of %s/%s: %w", rec.AllocID, rec.Task, err)
+	}
+	if cur.Bytes > 0 && rc.bytes > cur.Bytes {
+		return nil, refuse(http.StatusRequestEntityTooLarge, "%w: the push brought %d bytes, its record announces %d",
+			ErrTooLarge, rc.bytes, cur.Bytes)
 	}
 	if cur.ManifestSHA256 == "" || checkpoint.Digest(raw) != cur.ManifestSHA256 {
 		return nil, refuse(http.StatusUnprocessableEntity, "the manifest's sha256 %s is not the one the source recorded (%q): refusing the checkpoint",

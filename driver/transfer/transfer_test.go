@@ -78,6 +78,12 @@ func (n *node) incoming() string    { return filepath.Join(n.root, "incoming") }
 
 // node starts the driver side of node name at ip, and records its endpoint.
 func (w *world) node(name, ip string) *node {
+	w.t.Helper()
+	return w.nodeWith(name, ip, transfer.Limits{})
+}
+
+// nodeWith is node with the server's limits.
+func (w *world) nodeWith(name, ip string, limits transfer.Limits) *node {
 	t := w.t
 	t.Helper()
 	nc := w.ca.Node(t, name, ip)
@@ -90,6 +96,7 @@ func (w *world) node(name, ip string) *node {
 		NodeID: func() string { return n.id },
 		OnPush: func(*catalog.Record) { n.pushes.Add(1) },
 		Logger: testutil.Logger(t, hclog.Debug).Named(name),
+		Limits: limits,
 	}
 	ln, err := net.Listen("tcp", ip+":0")
 	must.NoError(t, err)
