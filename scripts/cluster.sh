@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Ferry development cluster on one host.
 #
-#   scripts/cluster.sh up [--clients N]   start (or complete) the cluster, wait until ready
+#   scripts/cluster.sh up [--clients N] [--acl]
+#                                         start (or complete) the cluster, wait until ready;
+#                                         --acl: with Nomad's and Consul's ACLs on
 #   scripts/cluster.sh env                print the environment for talking to it
 #   scripts/cluster.sh status             short summary
 #   scripts/cluster.sh restart-client K   SIGTERM client K (no drain) and start it again
+#   scripts/cluster.sh kill-client K      SIGKILL client K's agent and plugins (tasks go on)
 #   scripts/cluster.sh companion          resubmit the ferry-companion system job
 #   scripts/cluster.sh down [--purge]     stop everything `up` started; --purge also
 #                                         removes /var/lib/ferry-dev and the runtime state
@@ -46,10 +49,11 @@
 #   driver.sh     the driver plugin the clients load
 #   daemons.sh    starting the forwarders, Consul, the server, the registry, clients
 #   readiness.sh  waiting for each of them to be ready
+#   acl.sh        ACLs (up --acl): bootstrap, policies, the tokens in $DATA/acl
 #   nodes.sh      the clients' nodes as the server sees them: stale, ineligible
 #   companion.sh  the ferry-companion system job
 #   teardown.sh   what `down` removes besides daemons: containers, addresses, mounts
-#   commands.sh   up, env, status, restart-client, companion, down
+#   commands.sh   up, env, status, restart-client, kill-client, companion, down
 #
 # Environment:
 #   FERRY_DRIVER_BIN         driver binary to install (default <repo>/bin/nomad-driver-ferry)
@@ -62,6 +66,9 @@
 #   FERRY_CHECKPOINT_DIR     a checkpoint_dir every client shares (default: none, checkpoints are served)
 #   FERRY_PLATFORM_C<K>      platform client K chooses images for, e.g. linux/arm64
 #   FERRY_OPEN_PERMISSIONS   1 = tasks may bind host paths and add any capability
+#   FERRY_ACL                1 = `up` as with --acl. ACLs stay as the last `up` set
+#                            them for the other commands; `up` switching them on or
+#                            off takes the cluster down first
 #   FERRY_COMPANION_CONFIG   HCL file with the companion's configuration (default:
 #                            none, the shipped defaults); read by `up` and `companion`
 # `up` writes these into the clients' configs; `restart-client K` applies them.
@@ -129,6 +136,8 @@ source "$LIB/driver.sh"
 source "$LIB/daemons.sh"
 # shellcheck source=cluster/readiness.sh
 source "$LIB/readiness.sh"
+# shellcheck source=cluster/acl.sh
+source "$LIB/acl.sh"
 # shellcheck source=cluster/nodes.sh
 source "$LIB/nodes.sh"
 # shellcheck source=cluster/companion.sh
@@ -140,19 +149,22 @@ source "$LIB/commands.sh"
 
 # usage: the commands, from the header above.
 usage() {
-  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 # main COMMAND ARGS...: run one command.
 main() {
   local cmd=${1:-}
   (($#)) && shift
+  # Every command but up works in the mode the last up set.
+  if acl_configured; then acl_use 1; else acl_use 0; fi
   case $cmd in
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
     env) cmd_env ;;
     status) cmd_status ;;
     restart-client) cmd_restart_client "$@" ;;
+    kill-client) cmd_kill_client "$@" ;;
     companion) cmd_companion ;;
     -h | --help | help) usage ;;
     *)

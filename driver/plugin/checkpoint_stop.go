@@ -26,6 +26,10 @@ const (
 	// destination to confirm a push once the dump is over; past it the
 	// destination fetches what it lacks.
 	pushFinishTimeout = 2 * time.Minute
+	// recordTimeout bounds the retries of the first record of a move,
+	// before the dump. Once the task is dumped its record is retried
+	// until checkpointTimeout: the checkpoint is the task's state.
+	recordTimeout = time.Minute
 )
 
 // checkpointForMigration checkpoints a task whose allocation migrates and
@@ -84,7 +88,12 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 		Network:        network,
 	}
 	dest, secret := d.pushTarget(ctx, env, cfg.NodeID, alloc, rec, logger)
-	if err := env.catalog.Put(ctx, rec); err != nil {
+	// Consul unreachable for a while is retried, up to recordTimeout: the
+	// task still runs and Nomad waits for it to stop.
+	pctx, pcancel := context.WithTimeout(ctx, recordTimeout)
+	err = env.catalog.Put(pctx, rec)
+	pcancel()
+	if err != nil {
 		logger.Warn("cannot record the checkpoint in Consul; stopping without one", "error", err)
 		d.emit(cfg, "Not checkpointed: "+err.Error(), nil)
 		return false
@@ -92,7 +101,7 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 	var push *transfer.Push
 	msg := "Checkpointing for migration"
 	if dest != nil {
-		push = transfer.StartPush(ctx, env.transfer.client, dest.Address, secret, cfg.AllocID, cfg.Name)
+		push = transfer.StartPush(ctx, env.transfer.client, dest.Address, secret, cfg.AllocID, cfg.Name, env.transfer.limits)
 		msg += ", streaming to " + dest.NodeName
 	}
 	d.emit(cfg, msg, nil)
@@ -103,6 +112,9 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 	if push != nil {
 		sink = push
 	}
+	// Should the task be restored in place, its log FIFOs must not have
+	// lost every writer meanwhile, or Nomad stops reading them.
+	defer holdLogs(cfg)()
 	created, err := checkpoint.Create(ctx, env.runc, h.State.ContainerID, h.State.Dir, dir, checkpoint.Meta{
 		AllocID:     cfg.AllocID,
 		Task:        cfg.Name,
@@ -118,14 +130,12 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 		if push != nil {
 			push.Abort(err)
 		}
+		if errors.Is(err, checkpoint.ErrDumped) {
+			return d.dumpedNotCheckpointed(ctx, conf, env, h, dir, err, logger)
+		}
 		logger.Error("checkpoint failed; stopping the task normally", "error", err)
 		d.emit(cfg, "Checkpoint failed, stopping normally: "+err.Error(), nil)
-		if _, terr := env.catalog.Transition(ctx, cfg.AllocID, cfg.Name, []catalog.State{catalog.StateCheckpointing}, func(r *catalog.Record) error {
-			r.State, r.Reason = catalog.StateFailed, "checkpoint failed: "+err.Error()
-			return nil
-		}); terr != nil {
-			logger.Warn("record checkpoint failure", "error", terr)
-		}
+		d.recordCheckpointFailed(ctx, env, cfg, "checkpoint failed: "+err.Error(), logger)
 		return false
 	}
 	dumped := time.Now()
@@ -160,6 +170,39 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 		created.DumpDuration.Round(time.Millisecond), how), details)
 	d.keepLater(env, cfg, dir, logger)
 	return d.awaitExit(h, logger)
+}
+
+// dumpedNotCheckpointed handles a checkpoint that failed after CRIU's dump,
+// the task gone but its memory whole in CRIU's images: the task is restored
+// in place and false returned, so that StopTask stops it normally (by its
+// kill_signal, as without a checkpoint). The images stay in dir, and the
+// record says failed and why: the destination starts the task fresh. If the
+// restore fails too, true: there is nothing left to stop.
+func (d *Driver) dumpedNotCheckpointed(ctx context.Context, conf *Config, env *environment, h *task.Handle, dir string, dumpErr error, logger hclog.Logger) bool {
+	cfg := h.Config
+	logger.Error("checkpoint failed after the dump; restoring the task in place", "error", dumpErr, "images", checkpoint.ImagesDir(dir))
+	if _, err := d.restoreInPlace(conf, env, h, dir, logger); err != nil {
+		reason := fmt.Sprintf("checkpoint failed after the dump (%v), and so did restoring the task in place (%v); CRIU's images are kept in %s", dumpErr, err, checkpoint.ImagesDir(dir))
+		logger.Error("task lost: restore in place failed", "error", err)
+		d.emit(cfg, "Checkpoint failed: "+reason, nil)
+		d.recordCheckpointFailed(ctx, env, cfg, reason, logger)
+		return true
+	}
+	reason := fmt.Sprintf("checkpoint failed after the dump (%v); the task was restored in place and stopped normally; CRIU's images are kept in %s", dumpErr, checkpoint.ImagesDir(dir))
+	d.emit(cfg, "Checkpoint failed after the dump, restored in place, stopping normally: "+dumpErr.Error(), nil)
+	d.recordCheckpointFailed(ctx, env, cfg, reason, logger)
+	return false
+}
+
+// recordCheckpointFailed records that the move's checkpoint failed, so that
+// the destination starts the task fresh at once rather than waiting.
+func (d *Driver) recordCheckpointFailed(ctx context.Context, env *environment, cfg *drivers.TaskConfig, reason string, logger hclog.Logger) {
+	if _, err := env.catalog.Transition(ctx, cfg.AllocID, cfg.Name, []catalog.State{catalog.StateCheckpointing}, func(r *catalog.Record) error {
+		r.State, r.Reason = catalog.StateFailed, reason
+		return nil
+	}); err != nil {
+		logger.Warn("record checkpoint failure", "error", err)
+	}
 }
 
 // pushTarget decides whether the checkpoint is pushed while it is dumped:

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
@@ -93,8 +96,17 @@ func (d *Driver) awaitCheckpoint(ctx context.Context, env *environment, cfg *dri
 	if err != nil {
 		return nil, "", err
 	}
+	if rec.State == catalog.StateRestoring {
+		// This allocation claimed it before its client restarted: what the
+		// interrupted restore may have left running goes first.
+		d.emit(cfg, fmt.Sprintf("Resuming the interrupted restore of %s", shortID(rec.AllocID)), nil)
+		d.removeEarlierAttempts(ctx, env, cfg)
+	}
 	secret, sha := transfer.NewSecret()
-	rec, err = env.catalog.Transition(ctx, rec.AllocID, cfg.Name, []catalog.State{catalog.StateReady}, func(r *catalog.Record) error {
+	rec, err = env.catalog.Transition(ctx, rec.AllocID, cfg.Name, []catalog.State{catalog.StateReady, catalog.StateRestoring}, func(r *catalog.Record) error {
+		if r.State == catalog.StateRestoring && r.DestAllocID != cfg.AllocID {
+			return fmt.Errorf("claimed by allocation %s", shortID(r.DestAllocID))
+		}
 		r.State = catalog.StateRestoring
 		r.DestAllocID, r.DestNodeID, r.DestNodeName = cfg.AllocID, cfg.NodeID, cfg.NodeName
 		r.Fetch = &catalog.Grant{NodeID: cfg.NodeID, SHA256: sha, Expires: time.Now().Add(fetchGrantTTL).UTC()}
@@ -145,7 +157,12 @@ func (d *Driver) readyCheckpoint(ctx context.Context, env *environment, cfg *dri
 	d.emit(cfg, fmt.Sprintf("Waiting for the checkpoint of %s", shortID(prevID)), nil)
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	rec, err := env.catalog.WaitState(wctx, prevID, cfg.Name, catalog.StateReady, catalog.StateFailed)
+	rec, err := d.waitClaimable(wctx, env, cfg, prevID)
+	if err != nil {
+		// What a push brought of a checkpoint that never became ready
+		// goes: this allocation starts without it.
+		d.dropIncoming(env, prevID, cfg.Name)
+	}
 	switch {
 	case err != nil && rec == nil:
 		return nil, fmt.Errorf("%w: none recorded for %s within checkpoint.restore_wait (%s)", errNoCheckpoint, shortID(prevID), wait)
@@ -153,8 +170,72 @@ func (d *Driver) readyCheckpoint(ctx context.Context, env *environment, cfg *dri
 		return nil, fmt.Errorf("checkpoint of %s not ready within checkpoint.restore_wait (%s): state %s", shortID(prevID), wait, rec.State)
 	case rec.State == catalog.StateFailed:
 		return nil, fmt.Errorf("%w: the source could not checkpoint: %s", errNoCheckpoint, rec.Reason)
+	case rec.State == catalog.StateRestored || rec.State == catalog.StateColdStart:
+		return nil, fmt.Errorf("%w: allocation %s took the checkpoint of %s", errNoCheckpoint, shortID(rec.DestAllocID), shortID(prevID))
 	}
 	return rec, nil
+}
+
+// dropIncoming removes the checkpoint of allocID's task pushed to this
+// node, unless a push into it is still being received.
+func (d *Driver) dropIncoming(env *environment, allocID, task string) {
+	dir, err := checkpoint.Dir(env.layout.incoming(), allocID, task)
+	if err != nil || env.transfer == nil || env.transfer.server.Receiving(dir) {
+		return
+	}
+	if err := checkpoint.Remove(dir); err != nil {
+		d.logger.Warn("remove pushed checkpoint no restore will take", "dir", dir, "error", err)
+		return
+	}
+	_ = os.Remove(filepath.Dir(dir)) // the allocation's directory, once empty
+}
+
+// waitClaimable waits for the checkpoint record of prevID's task to be
+// ready, failed, or claimed by this allocation already: its restore was
+// interrupted (the client restarted) and starts over.
+func (d *Driver) waitClaimable(ctx context.Context, env *environment, cfg *drivers.TaskConfig, prevID string) (*catalog.Record, error) {
+	for {
+		rec, err := env.catalog.WaitState(ctx, prevID, cfg.Name, catalog.StateReady, catalog.StateFailed, catalog.StateRestoring)
+		if err != nil || rec.State != catalog.StateRestoring || rec.DestAllocID == cfg.AllocID {
+			return rec, err
+		}
+		// Another allocation restores it: wait for the outcome, which
+		// leaves this one nothing to claim.
+		if rec, err = env.catalog.WaitState(ctx, prevID, cfg.Name, catalog.StateReady, catalog.StateFailed,
+			catalog.StateRestored, catalog.StateColdStart); err != nil || rec.State == catalog.StateReady {
+			if err != nil {
+				return rec, err
+			}
+			continue
+		}
+		return rec, nil
+	}
+}
+
+// removeEarlierAttempts stops and removes the containers of cfg's task
+// that an earlier, interrupted start of this allocation left behind: Nomad
+// gives each start of a task a new ID, so they are not this task's, and
+// would otherwise run beside it until the dangling containers reconciler
+// took them.
+func (d *Driver) removeEarlierAttempts(ctx context.Context, env *environment, cfg *drivers.TaskConfig) {
+	found, err := d.findDangling(ctx, env, time.Now())
+	if err != nil {
+		d.logger.Warn("cannot look for containers of an interrupted restore", "alloc_id", cfg.AllocID, "error", err)
+		return
+	}
+	prefix := containerID(&drivers.TaskConfig{ID: cfg.AllocID + "/" + cfg.Name + "/"})
+	for _, c := range found {
+		if !strings.HasPrefix(c.id, prefix) || c.id == containerID(cfg) {
+			continue
+		}
+		release, ok := d.tracked.claim(c.id, d.tasks.ContainerIDs)
+		if !ok {
+			continue
+		}
+		logger := d.logger.With("container", c.id, "alloc_id", cfg.AllocID, "task", cfg.Name)
+		d.removeDangling(ctx, env, c, logger)
+		release()
+	}
 }
 
 // migratingPredecessor finds the allocation a replaces when Nomad did not
@@ -320,7 +401,7 @@ func (d *Driver) obtain(ctx context.Context, cfg *drivers.TaskConfig, env *envir
 	}
 	d.emit(cfg, fmt.Sprintf("Fetching checkpoint of %s from %s", shortID(rec.AllocID), rec.SourceNodeName), nil)
 	start := time.Now()
-	if _, err := transfer.Fetch(ctx, env.transfer.client, ep.Address, secret, rec.AllocID, rec.Task, rec.ManifestSHA256, dir, logger); err != nil {
+	if _, err := transfer.Fetch(ctx, env.transfer.client, ep.Address, secret, rec.AllocID, rec.Task, rec.ManifestSHA256, dir, logger, env.transfer.limits); err != nil {
 		return "", nil, nil, err
 	}
 	m, err = checkpoint.Open(dir, rec.ManifestSHA256, false)

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -146,24 +148,31 @@ func TestExecTTY(t *testing.T) {
 	})
 	t.Run("first size sent late", func(t *testing.T) {
 		// As `nomad alloc exec -t` does: the size arrives on its own stream,
-		// possibly after the exec began; the command runs at once.
+		// after the exec began. The command, which may run what was typed
+		// ahead at once, starts only once the size is there: it prints
+		// the machine's uptime when it starts, after the size was sent.
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		var stdout syncBuffer
 		ch := make(chan TerminalSize, 1)
 		pr, pw := io.Pipe()
 		defer pw.Close()
+		sent := make(chan float64, 1)
 		go func() {
 			time.Sleep(150 * time.Millisecond)
+			sent <- uptime(t)
 			ch <- TerminalSize{Width: 120, Height: 40}
 		}()
 		code, err := r.Exec(ctx, id, ExecOptions{
-			Process: specs.Process{Args: []string{"/bin/sh", "-c", "stty size"}},
+			Process: specs.Process{Args: []string{"/bin/cat", "/proc/uptime"}},
 			Stdin:   pr, Stdout: &stdout, Tty: true, Resize: ch,
 		})
 		must.NoError(t, err)
 		must.Eq(t, 0, code)
-		must.Eq(t, "40 120\r\n", stdout.String())
+		var started float64
+		_, err = fmt.Sscan(stdout.String(), &started)
+		must.NoError(t, err)
+		must.GreaterEq(t, <-sent, started)
 	})
 	t.Run("tty", func(t *testing.T) {
 		res := runExec(t, r, id, "tty", true, "")
@@ -222,4 +231,15 @@ func TestExecCommandNotFound(t *testing.T) {
 	must.Error(t, err)
 	must.StrContains(t, err.Error(), "/nope")
 	t.Logf("error: %v", err)
+}
+
+// uptime is the machine's uptime in seconds, as /proc/uptime gives it
+// (a container reads the same).
+func uptime(t *testing.T) float64 {
+	data, err := os.ReadFile("/proc/uptime")
+	must.NoError(t, err)
+	var up float64
+	_, err = fmt.Sscan(string(data), &up)
+	must.NoError(t, err)
+	return up
 }

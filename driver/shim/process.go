@@ -110,6 +110,20 @@ func (p *Process) Ack() {
 	_, _ = conn.Write([]byte("ack\n"))
 }
 
+// AckAndWait acknowledges the exit status (Ack) and waits, until ctx ends,
+// for the shim to be gone, so that another may start in its directory.
+func (p *Process) AckAndWait(ctx context.Context) error {
+	p.Ack()
+	for shimAlive(p.ShimPID, p.StateDir) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("shim %d of %s still running after its acknowledgement: %w", p.ShimPID, p.StateDir, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
 func (p *Process) dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(ctx, "unix", statePath(p.StateDir, socketFile))

@@ -85,6 +85,10 @@ func (h *Handle) ExitResult() *drivers.ExitResult {
 // Release tells the shim the driver has the exit status and it may exit.
 func (h *Handle) Release() { h.proc.Ack() }
 
+// ReleaseAndWait is Release, then waits until ctx ends for the shim to be
+// gone: a task restored in place starts a new shim in the same directory.
+func (h *Handle) ReleaseAndWait(ctx context.Context) error { return h.proc.AckAndWait(ctx) }
+
 // Status is the task as InspectTask reports it.
 func (h *Handle) Status() *drivers.TaskStatus {
 	h.mu.RLock()

@@ -13,6 +13,7 @@ up_clients_arg() {
         shift 2
         ;;
       --clients=*) n=${1#*=}; shift ;;
+      --acl) shift ;; # acl_arg
       *) die "up: unknown argument $1" ;;
     esac
   done
@@ -37,10 +38,25 @@ up_hub() {
   start_hub_forwarders
   start_consul
   wait_until "Consul at $CONSUL_API" consul consul_ready
+  setup_consul_acl
   start_server
   start_registry
   wait_until "the Nomad server to elect itself leader ($NOMAD_API)" nomad-server nomad_ready
+  setup_nomad_acl
   wait_until "the registry at http://$REGISTRY_PUSH/v2/" registry registry_ready
+}
+
+# switch_acl WANT: take the cluster down if it runs with ACLs other than
+# WANT (1 on, 0 off): its agents' configs and Consul's tokens change.
+switch_acl() {
+  local want=$1 have=0
+  acl_configured && have=1
+  ((want != have)) || return 0
+  if running nomad-server >/dev/null || running consul >/dev/null || [[ -n $(running_clients) ]]; then
+    log "ACLs $( ((want)) && echo on || echo off): taking the cluster down first"
+    acl_use "$have"
+    take_down 0
+  fi
 }
 
 # up_client K: client K's namespace, certificate, config and forwarder, and
@@ -62,11 +78,14 @@ up_client() {
 }
 
 cmd_up() {
-  local n k
+  local n k acl
   local -a clients=() started=()
   n=$(up_clients_arg "$@")
+  acl=$(acl_arg "$@")
   require_root
   check_tools
+  switch_acl "$acl"
+  acl_use "$acl"
   mkdir -p "$DATA" "$DATA/bin" "$ETC" "$PLUGINS" "$RUN" "$PIDS" "$LOGS"
   install_driver
   up_hub
@@ -89,7 +108,7 @@ cmd_up() {
     run_companion
   fi
 
-  log "cluster is up with ${#clients[@]} client(s): NOMAD_ADDR=$NOMAD_API, registry $REGISTRY (push to $REGISTRY_PUSH)"
+  log "cluster is up with ${#clients[@]} client(s)$( ((ACL)) && echo ", ACLs on (tokens in $ACL_DIR)"): NOMAD_ADDR=$NOMAD_API, registry $REGISTRY (push to $REGISTRY_PUSH)"
   log "eval \"\$($0 env)\" to use it"
 }
 
@@ -102,6 +121,15 @@ export FERRY_REGISTRY_PUSH=$REGISTRY_PUSH
 export FERRY_TLS=$TLS
 export FERRY_RUN=$RUN
 EOT
+  # With ACLs, the management tokens, for the operator (and the e2e
+  # tests), and where the others are.
+  if ((ACL)); then
+    cat <<EOT
+export NOMAD_TOKEN=$(acl_secret management.nomad)
+export CONSUL_HTTP_TOKEN=$(acl_secret management.consul)
+export FERRY_ACL_DIR=$ACL_DIR
+EOT
+  fi
 }
 
 cmd_restart_client() {
@@ -132,6 +160,25 @@ cmd_restart_client() {
   start_client "$k"
   wait_client "$k"
   log "client $name restarted"
+}
+
+# cmd_kill_client K: SIGKILL client K's agent, its process group (log
+# collectors) and its driver plugin, as when the agent crashes; the tasks
+# under their shims go on. 'restart-client K' starts it again.
+cmd_kill_client() {
+  local k=${1:-} name pid
+  [[ $k =~ ^[0-9]+$ ]] || die "usage: $0 kill-client K"
+  require_root
+  name=$(client_name "$k")
+  pid=$(running "$name") || die "client $name is not running"
+  local -a procs=()
+  # Nomad starts its plugins in process groups of their own.
+  mapfile -t procs < <(comm -12 <(pids_with_cmdline "$PLUGINS/nomad-driver-ferry " | sort) \
+    <(pids_in_netns "$(client_ns "$k")" | sort))
+  log "killing $name (pid $pid), its process group and its driver plugin (${procs[*]:-none})"
+  kill -KILL -- "-$pid" "${procs[@]}" 2>/dev/null || true
+  wait_gone "$pid" 10 || die "$name (pid $pid) is still alive"
+  rm -f "$PIDS/$name.pid"
 }
 
 # status_client K: one line about client K.
@@ -262,6 +309,13 @@ cmd_down() {
     esac
   done
   require_root
+  take_down "$purge"
+}
+
+# take_down PURGE: stop everything `up` started; with PURGE=1 remove the
+# state too.
+take_down() {
+  local purge=$1
   down_clients
   down_hub
   remove_namespaces
