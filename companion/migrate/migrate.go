@@ -69,6 +69,26 @@ type Mover struct {
 	Records *Records         // its own records
 	Logger  hclog.Logger
 	Poll    time.Duration // how often to look at the replacement; default 500ms
+
+	// afterChange, when set, is called right after each change the move
+	// makes to Nomad (one of the step constants): tests stop the mover
+	// there, as if it had died.
+	afterChange func(step string)
+}
+
+// The changes a move makes to Nomad, each recorded as intended before it
+// is made (see steer).
+const (
+	stepTargetMarked     = "target_marked"
+	stepSourceIneligible = "source_ineligible"
+	stepAllocStopped     = "alloc_stopped"
+)
+
+// changed tells the test hook, if any, that step was just made.
+func (m *Mover) changed(step string) {
+	if m.afterChange != nil {
+		m.afterChange(step)
+	}
 }
 
 // Move stops the allocation so that Nomad migrates it (the driver
@@ -114,20 +134,29 @@ func (m *Mover) Move(ctx context.Context, req Request) (*Result, error) {
 		m.record(ctx, rec, ResultInProgress)
 	}
 
-	err = m.steer(ctx, rec)
+	err = m.steer(ctx, rec, req.Fence)
 	defer m.unsteer(rec) // finish undoes it; this is for a panic
 	if err != nil {
 		m.finish(ctx, rec, res, err)
 		return nil, err
 	}
-	m.record(ctx, rec, ResultInProgress) // with what to undo
 
+	// Like steering, the stop is recorded before it is made: a move
+	// abandoned without it never stopped its allocation.
+	rec.AllocStopped = true
+	if err := m.intend(ctx, rec, req.Fence); err != nil {
+		rec.AllocStopped = false
+		err = fmt.Errorf("allocation %s not stopped: %w", shortID(alloc.ID), err)
+		m.finish(ctx, rec, res, err)
+		return nil, err
+	}
 	start := time.Now()
 	if _, err := m.Nomad.Allocations().Stop(alloc, (&nomad.QueryOptions{}).WithContext(ctx)); err != nil {
 		err = fmt.Errorf("stop allocation %s: %w", shortID(alloc.ID), err)
 		m.finish(ctx, rec, res, err)
 		return nil, err
 	}
+	m.changed(stepAllocStopped)
 	m.Logger.Info("allocation stopped for migration", "alloc_id", alloc.ID, "source", alloc.NodeName, "target", rec.TargetNode)
 
 	next, err := m.follow(ctx, alloc, rec.Deadline, res)
@@ -199,10 +228,17 @@ func (m *Mover) findNode(ctx context.Context, ref string) (*nomad.Node, error) {
 	return n, nil
 }
 
-// steer marks the target with sdk.MetaMigrateTarget and makes the source ineligible, so
-// the replacement neither returns to the source nor misses the target. It
-// notes in rec what it changed, for unsteer to undo.
-func (m *Mover) steer(ctx context.Context, rec *Record) error {
+// steer marks the target with sdk.MetaMigrateTarget and makes the source
+// ineligible, so the replacement neither returns to the source nor misses
+// the target. Each change is first noted in rec and recorded in Consul
+// (under fence when not nil), and only made once that record is written: a
+// mover that dies at any point leaves a record naming every change it may
+// have made, for Abandon to undo. When a record cannot be written, the
+// change is not made and steer fails. A change noted but not made (its
+// call failed, or the mover died before it) is harmless to undo: the mark
+// is removed where it may be missing, and the source, made ineligible only
+// when it was eligible, is made eligible again.
+func (m *Mover) steer(ctx context.Context, rec *Record, fence *Fence) error {
 	ctx, cancel := context.WithTimeout(ctx, nodeCallTimeout)
 	defer cancel()
 	q, w := (&nomad.QueryOptions{}).WithContext(ctx), (&nomad.WriteOptions{}).WithContext(ctx)
@@ -211,17 +247,41 @@ func (m *Mover) steer(ctx context.Context, rec *Record) error {
 		return fmt.Errorf("read source node: %w", err)
 	}
 	if rec.TargetNodeID != "" {
-		yes := "true"
 		rec.TargetMarked = true
+		if err := m.intend(ctx, rec, fence); err != nil {
+			rec.TargetMarked = false
+			return fmt.Errorf("target %s not marked: %w", rec.TargetNode, err)
+		}
+		yes := "true"
 		if err := SetNodeMeta(ctx, m.Nomad, rec.TargetNodeID, sdk.MetaMigrateTarget, &yes); err != nil {
 			return fmt.Errorf("mark target %s: %w", rec.TargetNode, err)
 		}
+		m.changed(stepTargetMarked)
 	}
 	if src.SchedulingEligibility == nomad.NodeSchedulingEligible {
+		rec.SourceMadeIneligible = true
+		if err := m.intend(ctx, rec, fence); err != nil {
+			rec.SourceMadeIneligible = false
+			return fmt.Errorf("source %s not made ineligible: %w", src.Name, err)
+		}
 		if _, err := m.Nomad.Nodes().ToggleEligibility(src.ID, false, w); err != nil {
 			return fmt.Errorf("make source %s ineligible: %w", src.Name, err)
 		}
-		rec.SourceMadeIneligible = true
+		m.changed(stepSourceIneligible)
+	}
+	return nil
+}
+
+// intend records rec, still in progress, with a change it is about to
+// make to Nomad, under fence when not nil. Without records (nothing to
+// record in) it does nothing.
+func (m *Mover) intend(ctx context.Context, rec *Record, fence *Fence) error {
+	if m.Records == nil {
+		return nil
+	}
+	rec.Result = ResultInProgress
+	if err := m.Records.Put(ctx, rec, fence); err != nil {
+		return fmt.Errorf("record the intent first: %w", err)
 	}
 	return nil
 }
@@ -267,12 +327,26 @@ func Abandoned(rec *Record, now time.Time) bool {
 const abandonGrace = time.Minute
 
 // Abandon closes the record of a move whose mover died: it undoes the
-// steering the mover left behind and records the move as abandoned.
+// steering the record names (every change the mover may have made, since
+// each was recorded before it was made) and records the move as
+// abandoned, saying whether the allocation had been stopped. When some of
+// the steering cannot be undone yet (Nomad unreachable), the record stays
+// in progress with what remains, for the next call to finish.
 func (m *Mover) Abandon(ctx context.Context, rec *Record) {
 	m.unsteer(rec)
+	if rec.SourceMadeIneligible || rec.TargetMarked {
+		m.Logger.Warn("abandoned move: steering not undone yet, trying again later", "migration_id", rec.ID, "alloc_id", rec.AllocID,
+			"source_ineligible", rec.SourceMadeIneligible, "target_marked", rec.TargetMarked)
+		m.record(ctx, rec, ResultInProgress)
+		return
+	}
 	rec.FinishedAt = time.Now()
-	rec.Reason = "abandoned: its mover stopped before the move finished; the steering of the nodes was undone"
-	m.Logger.Warn("abandoned move closed", "migration_id", rec.ID, "alloc_id", rec.AllocID, "source", rec.SourceNode, "target", rec.TargetNode)
+	if rec.AllocStopped {
+		rec.Reason = "abandoned: its mover stopped after stopping the allocation, before the replacement ran; the steering of the nodes was undone"
+	} else {
+		rec.Reason = "abandoned: its mover stopped before stopping the allocation, which still runs on " + rec.SourceNode + "; the steering of the nodes was undone"
+	}
+	m.Logger.Warn("abandoned move closed", "migration_id", rec.ID, "alloc_id", rec.AllocID, "source", rec.SourceNode, "target", rec.TargetNode, "alloc_stopped", rec.AllocStopped)
 	m.recordFinal(ctx, rec, ResultAbandoned)
 }
 

@@ -38,9 +38,14 @@ type Record struct {
 	Deadline time.Time `json:"deadline,omitempty"`
 	// What the mover changed to steer the replacement, and must undo:
 	// the source made ineligible, the target given the steering metadata.
-	SourceMadeIneligible bool   `json:"source_made_ineligible,omitempty"`
-	TargetMarked         bool   `json:"target_marked,omitempty"`
-	NewAllocID           string `json:"new_alloc_id,omitempty"`
+	// Each is recorded before the change is made, so a record may name a
+	// change its mover died before making; undoing it is harmless.
+	SourceMadeIneligible bool `json:"source_made_ineligible,omitempty"`
+	TargetMarked         bool `json:"target_marked,omitempty"`
+	// AllocStopped is recorded before the mover stops the allocation: a
+	// move abandoned without it left the allocation running on its source.
+	AllocStopped bool   `json:"alloc_stopped,omitempty"`
+	NewAllocID   string `json:"new_alloc_id,omitempty"`
 	// Result is ResultInProgress while the migration runs.
 	Result     string        `json:"result,omitempty"`
 	Reason     string        `json:"reason,omitempty"`

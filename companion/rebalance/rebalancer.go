@@ -67,8 +67,9 @@ func (r *Rebalancer) Last() *RoundReport {
 
 // Lead plans a round every interval until ctx ends (the lock was lost or
 // the agent stops), and sizes the pools with a capacity policy alongside
-// (capacity.go) and releases the network leases no allocation will take
-// over (leases.go), then waits for the moves it started. Those run under
+// (capacity.go), releases the network leases no allocation will take
+// over (leases.go) and reaps the checkpoint records of gone nodes
+// (checkpoints.go), then waits for the moves it started. Those run under
 // agentCtx: a move that started under the lock is followed to its end even
 // after the lock is lost, and is only cut short when the agent stops.
 func (r *Rebalancer) Lead(agentCtx, ctx context.Context, fence *migrate.Fence) {
@@ -84,6 +85,7 @@ func (r *Rebalancer) Lead(agentCtx, ctx context.Context, fence *migrate.Fence) {
 	var side sync.WaitGroup
 	defer side.Wait()
 	side.Go(func() { r.sweepLeases(ctx) })
+	side.Go(func() { r.sweepCheckpoints(ctx) })
 	if len(r.Config.Capacity) > 0 {
 		side.Go(func() { r.size(agentCtx, ctx, fence, &moves) })
 	}

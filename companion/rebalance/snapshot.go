@@ -92,7 +92,9 @@ func (in *Inputs) Snapshot() planner.Snapshot {
 	}
 	for _, r := range in.Records {
 		stub, ok := stubs[r.NodeID]
-		if !ok {
+		// A stale record's agent stopped publishing: its node is neither
+		// measured nor a destination until it publishes again.
+		if !ok || r.Stale(in.Now) {
 			continue
 		}
 		snap.Nodes = append(snap.Nodes, nodeOf(stub, &r))

@@ -24,7 +24,7 @@ func TestSnapshot(t *testing.T) {
 			{ID: "n1", Name: "a", Datacenter: "dc1", NodePool: "default", Status: "ready", SchedulingEligibility: "eligible", Drivers: ferry("linux/amd64")},
 			{ID: "n2", Name: "b", Datacenter: "dc1", NodePool: "default", Status: "ready", SchedulingEligibility: "ineligible", Drain: true,
 				Drivers: map[string]*nomad.DriverInfo{"ferry": {Detected: true, Healthy: false}}},
-			{ID: "n3", Name: "c", Status: "ready"}, // no node record: left out
+			{ID: "n3", Name: "c", Status: "ready"}, // its record is stale: left out
 		},
 		Records: []load.Record{
 			{NodeID: "n1", Capacity: load.Resources{CPU: 4000, MemoryMB: 8000}, Online: load.Resources{CPU: 3000}, Offline: load.Resources{CPU: 500},
@@ -35,6 +35,8 @@ func TestSnapshot(t *testing.T) {
 				}},
 			{NodeID: "n2", Allocs: []load.Alloc{{ID: "w2", JobID: "web", Group: "g", JobType: "service", MinHealthy: 1}}},
 			{NodeID: "gone"}, // a node Nomad no longer knows
+			// An agent that stopped publishing three heartbeats ago.
+			{NodeID: "n3", Heartbeat: "1m0s", SampledAt: now.Add(-3 * time.Minute)},
 		},
 		Migrations: []*migrate.Record{
 			// In flight, and abandoned long ago.

@@ -11,7 +11,8 @@ import (
 )
 
 // Status is the rebalancer as the cluster sees it: who plans, every node's
-// smoothed load, the moves in flight and the last moves. `ferry-companion
+// smoothed load, the moves in flight and the last moves, the checkpoint
+// records and their reaping. `ferry-companion
 // status` prints it; the agents serve it at /v1/status.
 type Status struct {
 	Leader   *Holder           `json:"leader"`
@@ -21,6 +22,9 @@ type Status struct {
 	// Capacity is the pools' sizing as its last round saved it, if any
 	// pool has a policy.
 	Capacity *SavedCapacity `json:"capacity,omitempty"`
+	// Checkpoints counts the drivers' checkpoint records by state, those
+	// due for reaping and those reaped lately.
+	Checkpoints *CheckpointStatus `json:"checkpoints,omitempty"`
 	// Set by an agent serving /v1/status: itself, and its last round
 	// when it is the planner.
 	Self      *load.Record `json:"self,omitempty"`
@@ -51,6 +55,9 @@ func ReadStatus(ctx context.Context, c *consul.Client, lockKey, nodesPrefix stri
 	}
 	if len(sized.Pools) > 0 {
 		st.Capacity = &sized
+	}
+	if st.Checkpoints, err = ReadCheckpointStatus(ctx, c, time.Now()); err != nil {
+		return nil, err
 	}
 	for _, m := range slices.Backward(migrations) {
 		if m.Result == migrate.ResultInProgress {

@@ -23,6 +23,7 @@
 //	ferry/net/<network>/...              the Ferry CNI plugin: address leases (driver/lease)
 //	ferry/nodes/<node ID>                companion agent: the node's load record, held by a session
 //	ferry/migrations/<ID>                companion: a live migration, requested or done
+//	ferry/reaped/<node ID>|planner       driver, companion planner: what each reaped in the last 24h
 //	ferry/leader                         companion: the rebalancer's lock
 //	ferry/planner/state                  companion: the rebalancer's saved state
 //	ferry/capacity/state                 companion: the pool capacity rounds' saved state
@@ -106,6 +107,7 @@ const (
 	PrefixNetworks    = "ferry/net/"
 	PrefixNodes       = "ferry/nodes/"
 	PrefixMigrations  = "ferry/migrations/"
+	PrefixReaped      = "ferry/reaped/"
 	KeyLeader         = "ferry/leader"
 	KeyPlannerState   = "ferry/planner/state"
 	KeyCapacityState  = "ferry/capacity/state"
@@ -114,4 +116,4 @@ const (
 // FixedPrefixes are the KV prefixes no setting moves: keys an operator
 // configures (the companion's sample.prefix, lock_key, state_key) must stay
 // out of them.
-var FixedPrefixes = []string{PrefixCheckpoints, PrefixDrivers, PrefixNetworks, PrefixMigrations}
+var FixedPrefixes = []string{PrefixCheckpoints, PrefixDrivers, PrefixNetworks, PrefixMigrations, PrefixReaped}

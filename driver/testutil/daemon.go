@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
+	"testing"
 )
 
 // Daemon is a server process a test runs (a registry, a Consul agent): its
@@ -90,4 +93,42 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Binary returns the daemon binary a test runs: def, or the path in the
+// environment variable env when set. Without it the test is skipped,
+// unless the CI environment variable is set, in which case it fails.
+func Binary(t testing.TB, def, env string) string {
+	t.Helper()
+	bin := def
+	if v := os.Getenv(env); v != "" {
+		bin = v
+	}
+	if _, err := os.Stat(bin); err != nil {
+		msg := fmt.Sprintf("%s binary %s not found (scripts/deps.sh installs it): %v", filepath.Base(def), bin, err)
+		if os.Getenv("CI") == "" {
+			t.Skip(msg)
+		}
+		t.Fatal(msg)
+	}
+	return bin
+}
+
+// StartDaemonRetry runs start up to three times, as a free port may be
+// taken between probing and binding, and stops what it started when the
+// test ends.
+func StartDaemonRetry[D interface{ Stop() }](t testing.TB, what string, start func(attempt int) (D, error)) D {
+	t.Helper()
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		d, err := start(attempt)
+		if err == nil {
+			t.Cleanup(d.Stop)
+			return d
+		}
+		lastErr = err
+	}
+	t.Fatalf("start %s: %v", what, lastErr)
+	var zero D
+	return zero
 }

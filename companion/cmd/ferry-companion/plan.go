@@ -5,6 +5,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/ferry-nomad/ferry/companion/load"
 	"github.com/ferry-nomad/ferry/companion/planner"
 	"github.com/ferry-nomad/ferry/companion/rebalance"
+	"github.com/ferry-nomad/ferry/driver/catalog"
 )
 
 // printPlan writes one planning round as tables: each node's smoothed load
@@ -117,6 +119,9 @@ func printStatus(w io.Writer, st *rebalance.Status, now time.Time) {
 		fmt.Fprintf(w, "\nCapacity (last round %s ago by %s%s):", rebalance.Age(now, st.Capacity.At), orDash(st.Capacity.By), how)
 		printPools(w, sortedPools(st.Capacity.Pools))
 	}
+	if st.Checkpoints != nil {
+		printCheckpoints(w, st.Checkpoints)
+	}
 	fmt.Fprintf(w, "\nLast moves (%d):\n", len(st.Last))
 	if len(st.Last) > 0 {
 		fmt.Fprintln(tw, "ALLOC\tJOB\tFROM\tTO\tRESULT\tDOWNTIME\tFINISHED\tREASON")
@@ -126,6 +131,54 @@ func printStatus(w io.Writer, st *rebalance.Status, now time.Time) {
 		}
 		tw.Flush()
 	}
+}
+
+// printCheckpoints writes the checkpoint records by state, with those due
+// for reaping, and what was reaped lately, e.g.
+//
+//	Checkpoints (4 records):
+//	  3 ready (1 older than 24h: reaped at next pass)
+//	  1 failed (kept 7d for the operator)
+//	Reaped in the last 24h: 2 (1 checkpointing, 1 ready)
+func printCheckpoints(w io.Writer, c *rebalance.CheckpointStatus) {
+	fmt.Fprintf(w, "\nCheckpoints (%d records):\n", c.Total)
+	for _, s := range c.States {
+		if s.Count == 0 {
+			continue
+		}
+		line := fmt.Sprintf("  %d %s", s.Count, s.State)
+		switch {
+		case s.Due > 0 && s.Age == 0:
+			line += fmt.Sprintf(" (%d to remove: reaped at next pass)", s.Due)
+		case s.Due > 0:
+			line += fmt.Sprintf(" (%d older than %s: reaped at next pass)", s.Due, humanAge(s.Age))
+		case s.State == catalog.StateFailed:
+			line += fmt.Sprintf(" (kept %s for the operator)", humanAge(s.Age))
+		}
+		fmt.Fprintln(w, line)
+	}
+	fmt.Fprintf(w, "Reaped in the last %s: %d", humanAge(c.Window), c.ReapedTotal)
+	if c.ReapedTotal > 0 {
+		var parts []string
+		for _, s := range slices.Sorted(maps.Keys(c.Reaped)) {
+			parts = append(parts, fmt.Sprintf("%d %s", c.Reaped[s], s))
+		}
+		fmt.Fprintf(w, " (%s)", strings.Join(parts, ", "))
+	}
+	fmt.Fprintln(w)
+}
+
+// humanAge writes d in whole days, hours or minutes when it is one.
+func humanAge(d time.Duration) string {
+	switch {
+	case d >= 48*time.Hour && d%(24*time.Hour) == 0:
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	case d >= time.Hour && d%time.Hour == 0:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d >= time.Minute && d%time.Minute == 0:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	}
+	return d.String()
 }
 
 // printPools writes the pools' sizing: the algorithm's figures, what the

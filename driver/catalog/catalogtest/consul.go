@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -63,30 +62,9 @@ type ConsulOptions struct {
 // RunConsulWith is RunConsul with options, e.g. ACLs.
 func RunConsulWith(t testing.TB, opts ConsulOptions) *Agent {
 	t.Helper()
-	bin := ConsulBinary
-	if env := os.Getenv("FERRY_CONSUL_BIN"); env != "" {
-		bin = env
-	}
-	if _, err := os.Stat(bin); err != nil {
-		msg := fmt.Sprintf("consul binary %s not found (scripts/deps.sh installs it): %v", bin, err)
-		if os.Getenv("CI") == "" {
-			t.Skip(msg)
-		}
-		t.Fatal(msg)
-	}
+	bin := testutil.Binary(t, ConsulBinary, "FERRY_CONSUL_BIN")
 	dir := t.TempDir()
-	var lastErr error
-	// A free port may be taken between probing and binding: retry.
-	for attempt := 0; attempt < 3; attempt++ {
-		a, err := startAgent(bin, dir, opts)
-		if err == nil {
-			t.Cleanup(a.Stop)
-			return a
-		}
-		lastErr = err
-	}
-	t.Fatalf("start consul: %v", lastErr)
-	return nil
+	return testutil.StartDaemonRetry(t, "consul", func(int) (*Agent, error) { return startAgent(bin, dir, opts) })
 }
 
 func startAgent(bin, dir string, opts ConsulOptions) (*Agent, error) {
