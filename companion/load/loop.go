@@ -13,19 +13,22 @@ const closeTimeout = 10 * time.Second
 // however short the interval.
 const minRoundTimeout = 5 * time.Second
 
-// Run samples the node at once and then every interval, publishes each
-// record, and hands it to onRecord (which may be nil), e.g. for metrics or
-// a status page. onRecord sees every record sampled, published or not. A
-// failed round is logged and the next one tried; when ctx ends, Run closes
-// the publisher, which deletes the record, and returns nil, or the error of
-// closing.
+// Run samples the node at once and then every interval, offers each record
+// to the publisher, which writes it after its policy (on a change beyond
+// the dead band, and at every heartbeat: see Publisher.Offer), and hands it
+// to onRecord (which may be nil), e.g. for metrics or a status page.
+// onRecord sees every record sampled, written or not. A failed round is
+// logged and the next one tried; when ctx ends, Run closes the publisher,
+// which deletes the record, and returns nil, or the error of closing.
 func Run(ctx context.Context, s *Sampler, p *Publisher, interval time.Duration, onRecord func(Record)) error {
 	if interval <= 0 {
 		return fmt.Errorf("load: sample interval %s must be positive", interval)
 	}
 	logger := s.logger.With("node_id", s.cfg.NodeID)
+	pol := p.Policy()
 	logger.Info("publishing node load", "interval", interval, "window", s.cfg.Window,
-		"source", s.cfg.Source, "key", p.Key(s.cfg.NodeID))
+		"source", s.cfg.Source, "key", p.Key(s.cfg.NodeID),
+		"heartbeat", pol.Heartbeat, "dead_band", pol.DeadBand, "session_ttl", p.ttl)
 
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
@@ -56,7 +59,7 @@ func Run(ctx context.Context, s *Sampler, p *Publisher, interval time.Duration, 
 	}
 }
 
-// round takes one sample and publishes it, within timeout.
+// round takes one sample and offers it to the publisher, within timeout.
 func round(ctx context.Context, s *Sampler, p *Publisher, timeout time.Duration, onRecord func(Record)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -64,7 +67,10 @@ func round(ctx context.Context, s *Sampler, p *Publisher, timeout time.Duration,
 	if err != nil {
 		return err
 	}
-	perr := p.Publish(ctx, rec)
+	why, perr := p.Offer(ctx, rec)
+	if why != WroteNothing {
+		s.logger.Trace("node load written", "node_id", rec.NodeID, "why", why)
+	}
 	if onRecord != nil {
 		onRecord(rec)
 	}

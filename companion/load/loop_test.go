@@ -57,10 +57,26 @@ func TestRun(t *testing.T) {
 	must.Eq(t, "node-1-id", got.NodeID)
 	must.Eq(t, Resources{CPU: 600, MemoryMB: 1024}, got.Offline)
 
+	// The first record is written at once; a later one only when the load
+	// moves beyond the dead band (a heartbeat, a minute away, never comes
+	// in this test): a new allocation and its usage are written.
 	must.Wait(t, wait.InitialSuccess(
 		wait.BoolFunc(func() bool {
 			recs, _, err := List(ctx, consul, "")
-			return err == nil && len(recs) == 1 && recs[0].NodeID == "node-1-id" && recs[0].Samples > 1
+			return err == nil && len(recs) == 1 && recs[0].NodeID == "node-1-id"
+		}),
+		wait.Timeout(10*time.Second),
+		wait.Gap(interval),
+	))
+	fake.set(func(f *fakeNomad) {
+		f.allocs = append(f.allocs, runningAlloc("web1-id", "web1", "service", 50))
+		f.stats["web1-id"] = usageStats(2000, 2048)
+	})
+	must.Wait(t, wait.InitialSuccess(
+		wait.BoolFunc(func() bool {
+			recs, _, err := List(ctx, consul, "")
+			return err == nil && len(recs) == 1 && len(recs[0].Allocs) == 2 && recs[0].Online.CPU > 0 &&
+				recs[0].Heartbeat == DefaultHeartbeat.String()
 		}),
 		wait.Timeout(10*time.Second),
 		wait.Gap(interval),

@@ -38,6 +38,12 @@ func testRecord(nodeID, nodeName string, cpu float64) Record {
 	}
 }
 
+// stamped is r as p writes it: with p's heartbeat.
+func stamped(p *Publisher, r Record) Record {
+	r.Heartbeat = p.Policy().Heartbeat.String()
+	return r
+}
+
 // holder returns the session holding key, "" if none, and whether the key
 // exists.
 func holder(t *testing.T, consul *consulapi.Client, key string) (string, bool) {
@@ -60,6 +66,10 @@ func TestPublisher(t *testing.T) {
 	must.Eq(t, "ferry/nodes/node-1-id", p1.Key("node-1-id"))
 	must.Eq(t, "ferry/nodes/node-2-id", p2.Key("node-2-id"))
 	must.Eq(t, 10*time.Second, p2.ttl)
+	// The heartbeat is half the TTL, at most DefaultHeartbeat.
+	must.Eq(t, 7500*time.Millisecond, p1.Policy().Heartbeat)
+	must.Eq(t, 5*time.Second, p2.Policy().Heartbeat)
+	must.Eq(t, DefaultDeadBand, p1.Policy().DeadBand)
 
 	recs, _, err := List(ctx, consul, sdk.PrefixNodes)
 	must.NoError(t, err)
@@ -85,7 +95,7 @@ func TestPublisher(t *testing.T) {
 	recs, index, err := List(ctx, consul, sdk.PrefixNodes)
 	must.NoError(t, err)
 	must.Positive(t, index)
-	must.Eq(t, []Record{r2, r1}, recs) // by node name
+	must.Eq(t, []Record{stamped(p2, r2), stamped(p1, r1)}, recs) // by node name
 
 	// Republishing renews the session and replaces the record.
 	r1.Online.CPU = 150
@@ -103,7 +113,7 @@ func TestPublisher(t *testing.T) {
 	must.False(t, ok)
 	recs, _, err = List(ctx, consul, "")
 	must.NoError(t, err)
-	must.Eq(t, []Record{r1}, recs)
+	must.Eq(t, []Record{stamped(p1, r1)}, recs)
 }
 
 func TestPublisher_SessionLost(t *testing.T) {
@@ -134,7 +144,7 @@ func TestPublisher_SessionLost(t *testing.T) {
 	must.NotEq(t, session1, session2)
 	recs, _, err = List(ctx, consul, "")
 	must.NoError(t, err)
-	must.Eq(t, []Record{r}, recs)
+	must.Eq(t, []Record{stamped(p, r)}, recs)
 
 	must.NoError(t, p.Close(ctx))
 	_, ok = holder(t, consul, key)
@@ -167,7 +177,7 @@ func TestPublisher_TakeOver(t *testing.T) {
 	must.Nil(t, info)
 	recs, _, err := List(ctx, consul, "")
 	must.NoError(t, err)
-	must.Eq(t, []Record{r}, recs)
+	must.Eq(t, []Record{stamped(p, r)}, recs)
 }
 
 func TestList_SkipsWhatIsNoRecord(t *testing.T) {
@@ -192,7 +202,7 @@ func TestList_SkipsWhatIsNoRecord(t *testing.T) {
 	must.NoError(t, err)
 	must.SliceLen(t, 2, recs)
 	must.Eq(t, "node-0-empty", recs[0].NodeID)
-	must.Eq(t, r, recs[1])
+	must.Eq(t, stamped(p, r), recs[1])
 
 	err = p.Publish(ctx, testRecord("a/b", "x", 1))
 	must.ErrorContains(t, err, `node ID "a/b" is not a single key segment`)

@@ -4,6 +4,21 @@
 // publishes one record per node in Consul KV, tied to a session so that the
 // record of a dead agent disappears. The planner reads every record in one
 // query (List).
+//
+// The record of node ID is the JSON of Record at the key
+// <prefix><node ID> (prefix sdk.PrefixNodes, "ferry/nodes/", by default),
+// acquired by a TTL session named "ferry-load-<node ID>" whose invalidation
+// deletes it (behavior "delete", no lock delay). The agent samples every
+// interval but writes (Publisher.Offer, after Policy) only when a value the
+// planner reads moved beyond the dead band (DefaultDeadBand: 5 points of a
+// usage fraction of the node's capacity), when its allocations or capacity
+// changed, and at every heartbeat (DefaultHeartbeat: 60s), which renews the
+// session too; the session TTL is two heartbeats. A record's sampled_at is
+// thus at most a heartbeat and a sample interval old while its agent runs,
+// and its heartbeat field says how long that is (Record.Stale). A dead
+// agent's record is deleted by Consul three to four heartbeats after the
+// agent died (Policy.SessionTTL); one that stops cleanly deletes it at
+// once (Publisher.Close).
 package load
 
 import "time"
@@ -32,6 +47,11 @@ type Record struct {
 	Source    string    `json:"source"`  // SourceAllocations or SourceHost
 	Samples   int       `json:"samples"` // samples in the smoothing window
 	Window    string    `json:"window"`  // e.g. "30s"
+	// Heartbeat is the publisher's heartbeat, e.g. "1m0s": the record is
+	// written again within a heartbeat and a sample interval while its
+	// agent runs (see Stale). Empty in records of agents that wrote every
+	// sample.
+	Heartbeat string `json:"heartbeat,omitempty"`
 
 	// Capacity is the node's, as Nomad fingerprinted it, less what the
 	// client reserves for the system.
@@ -43,6 +63,24 @@ type Record struct {
 	Offline Resources `json:"offline"`
 
 	Allocs []Alloc `json:"allocs"`
+}
+
+// staleAfter is the age, in heartbeats, past which a record is stale: one
+// heartbeat late, whatever the sample interval (at most a heartbeat).
+const staleAfter = 2
+
+// Stale reports whether r should have been written again by now: its
+// SampledAt is more than two heartbeats before now. Its agent has stopped
+// (or cannot reach Consul), though its session, and so the record, may
+// live on for up to two more heartbeats. A record without a heartbeat is
+// never stale. SampledAt is the agent's clock and now the reader's: a
+// clock skew of a fraction of the heartbeat does not matter.
+func (r Record) Stale(now time.Time) bool {
+	hb, err := time.ParseDuration(r.Heartbeat)
+	if err != nil || hb <= 0 || r.SampledAt.IsZero() {
+		return false
+	}
+	return now.Sub(r.SampledAt) > staleAfter*hb
 }
 
 // Alloc is one running allocation on the node, with what the planner needs
