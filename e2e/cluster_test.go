@@ -1,6 +1,11 @@
 // Package e2e runs Ferry on a real Nomad cluster: scripts/cluster.sh starts a
 // Consul agent, a Nomad server and Nomad clients, each in its own network
 // namespace, with the freshly built driver.
+//
+// With FERRY_E2E_ACL=1 the cluster runs with Nomad's and Consul's ACLs on
+// (scripts/cluster.sh up --acl): the driver and the companion hold tokens
+// made from the policies in jobspecs/acl/, and the tests act as the
+// operator, with the management tokens.
 package e2e
 
 import (
@@ -29,6 +34,7 @@ type cluster struct {
 	api      *nomad.Client
 	registry string // as clients reach it
 	push     string // as this process reaches it
+	acl      bool   // Nomad's and Consul's ACLs are on (FERRY_E2E_ACL=1)
 }
 
 var dev *cluster
@@ -58,6 +64,13 @@ func startCluster() (*cluster, error) {
 	if clients == "" {
 		clients = "3"
 	}
+	// Every `up` of the tests keeps the mode: the script reads FERRY_ACL.
+	acl := os.Getenv("FERRY_E2E_ACL") == "1"
+	if acl {
+		os.Setenv("FERRY_ACL", "1")
+	} else {
+		os.Setenv("FERRY_ACL", "0")
+	}
 	up := exec.Command("bash", filepath.Join(root, "scripts/cluster.sh"), "up", "--clients", clients)
 	up.Stdout, up.Stderr = os.Stdout, os.Stderr
 	if err := up.Run(); err != nil {
@@ -75,13 +88,22 @@ func startCluster() (*cluster, error) {
 			env[k] = strings.Trim(v, `"'`)
 		}
 	}
+	// The tests' own API clients, as the CLIs they run, take the tokens
+	// (the management tokens, with ACLs) from this process's environment.
+	for _, k := range []string{"NOMAD_TOKEN", "CONSUL_HTTP_TOKEN"} {
+		if v, ok := env[k]; ok {
+			os.Setenv(k, v)
+		} else {
+			os.Unsetenv(k)
+		}
+	}
 	cfg := nomad.DefaultConfig()
 	cfg.Address = env["NOMAD_ADDR"]
 	api, err := nomad.NewClient(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &cluster{root: root, env: env, api: api, registry: env["FERRY_REGISTRY"], push: env["FERRY_REGISTRY_PUSH"]}, nil
+	return &cluster{root: root, env: env, api: api, registry: env["FERRY_REGISTRY"], push: env["FERRY_REGISTRY_PUSH"], acl: acl}, nil
 }
 
 // nomadCLI runs the nomad command against the dev cluster.

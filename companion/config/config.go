@@ -6,8 +6,13 @@
 //
 //  1. the defaults (Default),
 //  2. the file named by -config, if any,
-//  3. the environment: NOMAD_ADDR_http, NOMAD_ADDR, CONSUL_HTTP_ADDR,
+//  3. the environment: NOMAD_ADDR_http, NOMAD_ADDR, NOMAD_TOKEN,
+//     CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE,
 //  4. the flags given on the command line.
+//
+// With ACLs on, nomad.token and consul.token (or the files token_file
+// names, read when no token is given) are the agent's and the operator
+// commands' ACL tokens; jobspecs/acl/ has the policies they need.
 package config
 
 import (
@@ -16,11 +21,13 @@ import (
 	"maps"
 	"net"
 	"net/url"
+	"os"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/ferry-nomad/ferry/companion/capacity"
 	"github.com/ferry-nomad/ferry/companion/config/field"
@@ -35,7 +42,10 @@ import (
 // environment sets too. Every attribute and block may be left out, keeping
 // its default.
 type Config struct {
-	Listen    string `hcl:"listen,optional"`    // host:port to serve /metrics and /v1/status on
+	// Listen is the host:port to serve /metrics and /v1/status on. They
+	// answer without a token, so by default only on the node itself; the
+	// operator chooses a wider address (the system job: the node's).
+	Listen    string `hcl:"listen,optional"`
 	Advertise string `hcl:"advertise,optional"` // host:port other nodes reach this agent at
 	NodeID    string `hcl:"node_id,optional"`   // this Nomad node's ID
 	NodeName  string `hcl:"node_name,optional"` // this Nomad node's name
@@ -58,11 +68,19 @@ type Config struct {
 // Nomad is how the companion reaches the local Nomad agent.
 type Nomad struct {
 	Address string `hcl:"address,optional"` // an http:// or https:// URL
+	// Token is the ACL token's secret ID, when Nomad's ACLs are on.
+	Token string `hcl:"token,optional"`
+	// TokenFile is a file holding the token, read when Token is empty.
+	TokenFile string `hcl:"token_file,optional"`
 }
 
 // Consul is how the companion reaches the local Consul agent.
 type Consul struct {
 	Address string `hcl:"address,optional"` // host:port, or an http:// or https:// URL
+	// Token is the ACL token's secret ID, when Consul's ACLs are on.
+	Token string `hcl:"token,optional"`
+	// TokenFile is a file holding the token, read when Token is empty.
+	TokenFile string `hcl:"token_file,optional"`
 }
 
 // Sample is how the companion measures its node's load.
@@ -71,6 +89,16 @@ type Sample struct {
 	Window   time.Duration `hcl:"window,optional"`   // samples are averaged over this window
 	Source   string        `hcl:"source,optional"`   // load.SourceAllocations or load.SourceHost
 	Prefix   string        `hcl:"prefix,optional"`   // Consul KV prefix of the node load records
+
+	// When the record is written: at a change beyond the dead band, and
+	// at least every heartbeat (load.Policy).
+	Heartbeat time.Duration `hcl:"heartbeat,optional"`
+	DeadBand  float64       `hcl:"dead_band,optional"`
+}
+
+// Publish is the load records' publishing policy.
+func (s Sample) Publish() load.Policy {
+	return load.Policy{Heartbeat: s.Heartbeat, DeadBand: s.DeadBand}
 }
 
 // Rebalance is the rebalancer: which node leads it, how often it plans, and
@@ -93,7 +121,7 @@ type Rebalance struct {
 // Defaults of the fields no other package has one for; the keys are those
 // driver/sdk names.
 const (
-	DefaultListen        = ":4700"
+	DefaultListen        = "127.0.0.1:4700"
 	DefaultNomadAddress  = "http://127.0.0.1:4646"
 	DefaultConsulAddress = "127.0.0.1:8500"
 	DefaultLockKey       = sdk.KeyLeader
@@ -108,10 +136,12 @@ func Default() Config {
 		Nomad:  Nomad{Address: DefaultNomadAddress},
 		Consul: Consul{Address: DefaultConsulAddress},
 		Sample: Sample{
-			Interval: 5 * time.Second,
-			Window:   30 * time.Second,
-			Source:   load.SourceAllocations,
-			Prefix:   sdk.PrefixNodes,
+			Interval:  5 * time.Second,
+			Window:    30 * time.Second,
+			Source:    load.SourceAllocations,
+			Prefix:    sdk.PrefixNodes,
+			Heartbeat: load.DefaultHeartbeat,
+			DeadBand:  load.DefaultDeadBand,
 		},
 		Rebalance: Rebalance{
 			Enabled:     true,
@@ -154,6 +184,12 @@ func (c *Config) validate(agent bool) []error {
 	errs = append(errs, c.Sample.validate("sample")...)
 	errs = append(errs, c.Rebalance.validate("rebalance", c.Sample)...)
 	errs = append(errs, validateCapacity("capacity", c.Capacity)...)
+	return annotate(errs, agent)
+}
+
+// annotate names in each field error what else sets its field: the flags
+// of the command, and the environment.
+func annotate(errs []error, agent bool) []error {
 	for _, err := range errs {
 		var fe *field.Error
 		if errors.As(err, &fe) {
@@ -167,9 +203,9 @@ func (c *Config) validate(agent bool) []error {
 func (c *Config) validateAgent() []error {
 	var errs []error
 	if c.Listen == "" {
-		errs = append(errs, field.Errorf("listen", `required: the host:port to serve /metrics and /v1/status on, e.g. ":4700"`))
+		errs = append(errs, field.Errorf("listen", `required: the host:port to serve /metrics and /v1/status on, e.g. %q`, DefaultListen))
 	} else if err := checkHostPort(c.Listen, false); err != nil {
-		errs = append(errs, field.Errorf("listen", `%q %v, e.g. ":4700"`, c.Listen, err))
+		errs = append(errs, field.Errorf("listen", `%q %v, e.g. %q`, c.Listen, err, DefaultListen))
 	}
 	if c.Advertise == "" {
 		errs = append(errs, field.Errorf("advertise", "required: the host:port other nodes reach this agent at"))
@@ -183,20 +219,22 @@ func (c *Config) validateAgent() []error {
 }
 
 func (n Nomad) validate(path field.Path) []error {
+	errs := checkToken(path, n.Token)
 	address := path.Child("address")
 	if n.Address == "" {
-		return []error{field.Errorf(address, "required, e.g. %q", DefaultNomadAddress)}
+		return append(errs, field.Errorf(address, "required, e.g. %q", DefaultNomadAddress))
 	}
 	if err := checkURL(n.Address); err != nil {
-		return []error{field.Errorf(address, "%q %v, e.g. %q", n.Address, err, DefaultNomadAddress)}
+		return append(errs, field.Errorf(address, "%q %v, e.g. %q", n.Address, err, DefaultNomadAddress))
 	}
-	return nil
+	return errs
 }
 
 func (c Consul) validate(path field.Path) []error {
+	errs := checkToken(path, c.Token)
 	address := path.Child("address")
 	if c.Address == "" {
-		return []error{field.Errorf(address, "required, e.g. %q", DefaultConsulAddress)}
+		return append(errs, field.Errorf(address, "required, e.g. %q", DefaultConsulAddress))
 	}
 	var err error
 	if strings.Contains(c.Address, "://") {
@@ -205,9 +243,47 @@ func (c Consul) validate(path field.Path) []error {
 		err = fmt.Errorf("%v, or an http:// or https:// URL", err)
 	}
 	if err != nil {
-		return []error{field.Errorf(address, "%q %v, e.g. %q", c.Address, err, DefaultConsulAddress)}
+		return append(errs, field.Errorf(address, "%q %v, e.g. %q", c.Address, err, DefaultConsulAddress))
+	}
+	return errs
+}
+
+// checkToken checks the token of the block at path (nomad or consul), as
+// given or as read from its token_file: an HTTP header carries it, so it
+// has no blanks. The token itself is never shown.
+func checkToken(path field.Path, token string) []error {
+	if strings.ContainsFunc(token, unicode.IsSpace) {
+		return []error{field.Errorf(path.Child("token"), "has blanks inside: it is an ACL token's secret ID, e.g. from `nomad acl token create` or `consul acl token create`")}
 	}
 	return nil
+}
+
+// readTokenFiles reads the token of each of nomad and consul from its
+// token_file when no token is given, so that a token set anywhere
+// (file, environment, flag) wins over a token_file.
+func (c *Config) readTokenFiles() []error {
+	var errs []error
+	for _, t := range []struct {
+		path        field.Path
+		token, file *string
+	}{
+		{"nomad", &c.Nomad.Token, &c.Nomad.TokenFile},
+		{"consul", &c.Consul.Token, &c.Consul.TokenFile},
+	} {
+		if *t.token != "" || *t.file == "" {
+			continue
+		}
+		at := t.path.Child("token_file")
+		b, err := os.ReadFile(*t.file)
+		if err != nil {
+			errs = append(errs, field.Errorf(at, "%v: the file holding the %s ACL token", err, t.path))
+			continue
+		}
+		if *t.token = strings.TrimSpace(string(b)); *t.token == "" {
+			errs = append(errs, field.Errorf(at, "%q is empty: it must hold the %s ACL token", *t.file, t.path))
+		}
+	}
+	return errs
 }
 
 func (s Sample) validate(path field.Path) []error {
@@ -222,6 +298,13 @@ func (s Sample) validate(path field.Path) []error {
 	}
 	if s.Source != load.SourceAllocations && s.Source != load.SourceHost {
 		add("source", `%q must be %q (the allocations' own usage) or %q (whole-host usage)`, s.Source, load.SourceAllocations, load.SourceHost)
+	}
+	if err := s.Publish().Validate(s.Interval); err != nil {
+		for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+			if pe, ok := e.(*load.PolicyError); ok {
+				add(pe.Field, "%s", pe.Detail)
+			}
+		}
 	}
 	if err := checkKey(s.Prefix); err != nil {
 		add("prefix", "%v, e.g. %q", err, sdk.PrefixNodes)

@@ -48,11 +48,12 @@ func writeFile(t *testing.T, src string) string {
 
 func TestDefault(t *testing.T) {
 	c := Default()
-	must.Eq(t, ":4700", c.Listen)
+	must.Eq(t, "127.0.0.1:4700", c.Listen)
 	must.Eq(t, "", c.Advertise)
 	must.Eq(t, "http://127.0.0.1:4646", c.Nomad.Address)
 	must.Eq(t, "127.0.0.1:8500", c.Consul.Address)
-	must.Eq(t, Sample{Interval: 5 * time.Second, Window: 30 * time.Second, Source: load.SourceAllocations, Prefix: sdk.PrefixNodes}, c.Sample)
+	must.Eq(t, Sample{Interval: 5 * time.Second, Window: 30 * time.Second, Source: load.SourceAllocations, Prefix: sdk.PrefixNodes,
+		Heartbeat: time.Minute, DeadBand: 0.05}, c.Sample)
 	must.Eq(t, Rebalance{
 		Enabled: true, Interval: 30 * time.Second, MoveTimeout: 10 * time.Minute,
 		LockKey: "ferry/leader", StateKey: "ferry/planner/state",
@@ -220,13 +221,23 @@ listen    = "127.0.0.1:4800"
 advertise = "10.0.0.2:4800"
 node_id   = "file-node"
 node_name = "file-name"
-nomad  { address = "https://nomad.service:4646" }
-consul { address = "https://consul.service:8501" }
+nomad {
+  address    = "https://nomad.service:4646"
+  token      = "file-nomad-token"
+  token_file = "/etc/ferry/nomad.token"
+}
+consul {
+  address    = "https://consul.service:8501"
+  token      = "file-consul-token"
+  token_file = "/etc/ferry/consul.token"
+}
 sample {
-  interval = "2s"
-  window   = "1m"
-  source   = "host"
-  prefix   = "cluster/nodes/"
+  interval  = "2s"
+  window    = "1m"
+  source    = "host"
+  prefix    = "cluster/nodes/"
+  heartbeat = "2m"
+  dead_band = 0.1
 }
 rebalance {
   enabled         = false
@@ -313,6 +324,9 @@ func TestEveryField(t *testing.T) {
 	// Each flag and environment variable, given a value other than the
 	// file's, sets its field to it.
 	base := withRequired()
+	// Values other than the file's; with a token, no token_file is read.
+	base.Nomad.Token, base.Consul.Token = "flag-nomad-token", "flag-consul-token"
+	base.Nomad.TokenFile, base.Consul.TokenFile = "/run/nomad.token", "/run/consul.token"
 	values := base.fields()
 	for _, o := range overrides {
 		must.True(t, schema[o.field], must.Sprintf("%+v sets no field of the file", o))
@@ -336,9 +350,10 @@ func TestPrecedence(t *testing.T) {
 	fromFile := Config{
 		Listen: "127.0.0.1:4800", Advertise: "10.0.0.2:4800",
 		NodeID: "file-node", NodeName: "file-name",
-		Nomad:  Nomad{Address: "https://nomad.service:4646"},
-		Consul: Consul{Address: "https://consul.service:8501"},
-		Sample: Sample{Interval: 2 * time.Second, Window: time.Minute, Source: load.SourceHost, Prefix: "cluster/nodes/"},
+		Nomad:  Nomad{Address: "https://nomad.service:4646", Token: "file-nomad-token", TokenFile: "/etc/ferry/nomad.token"},
+		Consul: Consul{Address: "https://consul.service:8501", Token: "file-consul-token", TokenFile: "/etc/ferry/consul.token"},
+		Sample: Sample{Interval: 2 * time.Second, Window: time.Minute, Source: load.SourceHost, Prefix: "cluster/nodes/",
+			Heartbeat: 2 * time.Minute, DeadBand: 0.1},
 		Rebalance: Rebalance{
 			Enabled: false, DryRun: true, Interval: time.Minute, MoveTimeout: 15 * time.Minute,
 			LockKey: "cluster/leader", StateKey: "cluster/state",
@@ -547,6 +562,10 @@ func TestValidation(t *testing.T) {
 			want: []string{`sample.window (-sample-window): "3s" must be at least sample.interval ("5s")`}},
 		{name: "sample source", args: []string{"-sample-source", "cgroups"},
 			want: []string{`sample.source (-sample-source): "cgroups" must be "allocations" (the allocations' own usage) or "host"`}},
+		{name: "sample heartbeat below the interval", file: "sample {\n  heartbeat = \"6s\"\n  interval = \"10s\"\n  window = \"30s\"\n}",
+			want: []string{`sample.heartbeat (-sample-heartbeat): 6s must be at least the sample interval 10s`}},
+		{name: "sample dead band whole", file: `sample { dead_band = 1 }`,
+			want: []string{`sample.dead_band: 1 must be a fraction of the node's capacity, at least 0 and below 1`}},
 		{name: "sample prefix required", file: `sample { prefix = "" }`,
 			want: []string{`sample.prefix: required`}},
 		{name: "sample prefix leading slash", file: `sample { prefix = "/ferry/nodes/" }`,
@@ -931,6 +950,57 @@ func TestPolicyErrorUnwraps(t *testing.T) {
 	var fe *field.Error
 	must.True(t, errors.As(err, &fe))
 	must.Eq(t, "rebalance.consecutive: 0 must be at least 1 (rounds over the high threshold before a node is hot)", fe.Error())
+}
+
+// TestTokens checks where the ACL tokens come from: a token given anywhere
+// wins over a token_file, which is read only without one.
+func TestTokens(t *testing.T) {
+	dir := t.TempDir()
+	nomadFile, consulFile := filepath.Join(dir, "nomad.token"), filepath.Join(dir, "consul.token")
+	must.NoError(t, os.WriteFile(nomadFile, []byte("nomad-from-file\n"), 0o600))
+	must.NoError(t, os.WriteFile(consulFile, []byte("consul-from-file\n"), 0o600))
+	file := writeFile(t, fmt.Sprintf("nomad {\n  token_file = %q\n}\nconsul {\n  token_file = %q\n}\n", nomadFile, consulFile))
+
+	cfg, err := LoadTool("status", []string{"-config", file}, env(nil))
+	must.NoError(t, err)
+	must.Eq(t, "nomad-from-file", cfg.Nomad.Token)
+	must.Eq(t, "consul-from-file", cfg.Consul.Token)
+
+	cfg, err = LoadTool("status", []string{"-config", file, "-nomad-token", "nomad-flag"},
+		env(map[string]string{EnvConsulToken: "consul-env"}))
+	must.NoError(t, err)
+	must.Eq(t, "nomad-flag", cfg.Nomad.Token)
+	must.Eq(t, "consul-env", cfg.Consul.Token)
+
+	cfg, err = LoadTool("status", nil, env(map[string]string{EnvConsulTokenFile: consulFile, EnvNomadToken: "nomad-env"}))
+	must.NoError(t, err)
+	must.Eq(t, "nomad-env", cfg.Nomad.Token)
+	must.Eq(t, "consul-from-file", cfg.Consul.Token)
+
+	empty := filepath.Join(dir, "empty")
+	must.NoError(t, os.WriteFile(empty, []byte("\n"), 0o600))
+	_, err = LoadTool("status", []string{"-nomad-token-file", filepath.Join(dir, "missing"), "-consul-token-file", empty}, env(nil))
+	must.ErrorContains(t, err, "nomad.token_file (-nomad-token-file): open "+filepath.Join(dir, "missing"))
+	must.ErrorContains(t, err, "the file holding the nomad ACL token")
+	must.ErrorContains(t, err, fmt.Sprintf("consul.token_file (-consul-token-file, CONSUL_HTTP_TOKEN_FILE): %q is empty", empty))
+
+	_, err = LoadTool("status", []string{"-nomad-token", "a b"}, env(nil))
+	must.ErrorContains(t, err, "nomad.token (-nomad-token, NOMAD_TOKEN): has blanks inside")
+	must.StrNotContains(t, err.Error(), "a b")
+
+	must.Eq(t, "consul.token (-consul-token, CONSUL_HTTP_TOKEN)", Setting("consul.token"))
+}
+
+// TestLoadCommand checks a command's own flags and arguments beside the
+// configuration's, in any order.
+func TestLoadCommand(t *testing.T) {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	node := fs.String("node", "", "")
+	cfg, rest, err := LoadCommand(fs, []string{"-nomad-token", "t", "alloc-1", "-node", "n2"}, env(nil))
+	must.NoError(t, err)
+	must.Eq(t, []string{"alloc-1"}, rest)
+	must.Eq(t, "n2", *node)
+	must.Eq(t, "t", cfg.Nomad.Token)
 }
 
 func TestLoadTool(t *testing.T) {

@@ -4,12 +4,15 @@
 #   ferry-companion agent -config /etc/ferry/companion.hcl
 #
 # Any field left out keeps its default. The environment overrides this file
-# (NOMAD_ADDR_http, NOMAD_ADDR, CONSUL_HTTP_ADDR), and the flags given on
-# the command line override both. Durations are strings such as "30s", "10m"
+# (NOMAD_ADDR_http, NOMAD_ADDR, NOMAD_TOKEN, CONSUL_HTTP_ADDR,
+# CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE), and the flags given on the
+# command line override both. Durations are strings such as "30s", "10m"
 # or "1h30m".
 
-# The host:port to serve /metrics and /v1/status on. Flag -listen.
-listen = ":4700"
+# The host:port to serve /metrics and /v1/status on. They answer without a
+# token, so by default only on this node's loopback; the system job serves
+# them on the node's address, for Prometheus. Flag -listen.
+listen = "127.0.0.1:4700"
 
 # The host:port other nodes reach this agent at. Required; there is no
 # default. The system job passes its "http" port, NOMAD_ADDR_http, which
@@ -23,14 +26,29 @@ node_name = ""
 
 # The local Nomad agent, as an http:// or https:// URL.
 # Environment NOMAD_ADDR, flag -nomad.
+#
+# With Nomad's ACLs on, token is the ACL token's secret ID (environment
+# NOMAD_TOKEN, flag -nomad-token), or token_file a file holding it, read
+# when no token is given anywhere (flag -nomad-token-file). The token needs
+# the policy in jobspecs/acl/companion.nomad.hcl.
 nomad {
-  address = "http://127.0.0.1:4646"
+  address    = "http://127.0.0.1:4646"
+  token      = ""
+  token_file = ""
 }
 
 # The local Consul agent, as host:port or an http:// or https:// URL.
 # Environment CONSUL_HTTP_ADDR, flag -consul.
+#
+# With Consul's ACLs on, token is the ACL token's secret ID (environment
+# CONSUL_HTTP_TOKEN, flag -consul-token), or token_file a file holding it,
+# read when no token is given anywhere (environment CONSUL_HTTP_TOKEN_FILE,
+# flag -consul-token-file). The token needs the policy in
+# jobspecs/acl/companion.consul.hcl.
 consul {
-  address = "127.0.0.1:8500"
+  address    = "127.0.0.1:8500"
+  token      = ""
+  token_file = ""
 }
 
 # How this node's load is measured and published.
@@ -49,6 +67,15 @@ sample {
 
   # Consul KV prefix under which each node publishes its load record.
   prefix = "ferry/nodes/"
+
+  # The record is written when a usage (online, offline, or one
+  # allocation's, CPU or memory, as a fraction of the node's capacity)
+  # moved by at least dead_band since the last write, at once when the
+  # allocations change, and at least every heartbeat, which also renews its
+  # session (TTL two heartbeats: a dead agent's record goes 3 to 4
+  # heartbeats after it died). Flag -sample-heartbeat.
+  heartbeat = "1m0s"
+  dead_band = 0.05
 }
 
 # The rebalancer: one agent at a time, holding lock_key, moves work off hot

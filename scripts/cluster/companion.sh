@@ -15,8 +15,13 @@ run_companion() {
   [[ -x $COMPANION_BIN ]] || die "$COMPANION_BIN not found: run 'make build' first"
   install -m 0755 "$COMPANION_BIN" "$DATA/bin/ferry-companion.new"
   mv -f "$DATA/bin/ferry-companion.new" "$DATA/bin/ferry-companion"
-  log "running the ferry-companion system job"
-  NOMAD_ADDR=$NOMAD_API "$NOMAD_BIN" job run -detach \
+  log "running the ferry-companion system job$( ((ACL)) && echo ', its tokens in the Nomad variable nomad/jobs/ferry-companion')"
+  local -a acl=()
+  if ((ACL)); then
+    put_companion_tokens
+    acl=(-var acl=true)
+  fi
+  NOMAD_ADDR=$NOMAD_API "$NOMAD_BIN" job run -detach "${acl[@]}" \
     -var "binary=$DATA/bin/ferry-companion" \
     -var "consul=$HUB_IP:8500" \
     -var "build=$(sha256sum "$DATA/bin/ferry-companion" | cut -c1-16)" \
@@ -33,8 +38,8 @@ wait_companion() {
   local deadline=$((SECONDS + TIMEOUT)) want have version
   want=$(schedulable_clients | wc -l)
   while :; do
-    version=$(curl -sf -m 3 "$NOMAD_API/v1/job/ferry-companion" 2>/dev/null | jq '.Version' 2>/dev/null || echo -1)
-    have=$(curl -sf -m 3 "$NOMAD_API/v1/job/ferry-companion/allocations" 2>/dev/null |
+    version=$(curl -sf -m 3 "${NOMAD_AUTH[@]}" "$NOMAD_API/v1/job/ferry-companion" 2>/dev/null | jq '.Version' 2>/dev/null || echo -1)
+    have=$(curl -sf -m 3 "${NOMAD_AUTH[@]}" "$NOMAD_API/v1/job/ferry-companion/allocations" 2>/dev/null |
       jq --argjson v "$version" '
         if any(.[]; .DesiredStatus != "run" and (.ClientStatus == "running" or .ClientStatus == "pending")) then 0
         else [.[] | select(.ClientStatus == "running" and .DesiredStatus == "run" and .JobVersion == $v)] | length end' 2>/dev/null || echo 0)

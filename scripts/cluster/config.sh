@@ -58,7 +58,8 @@ write_config() {
 }
 
 write_server_config() {
-  write_config "$ETC/server.hcl" server.hcl data="$DATA" hub_ip="$HUB_IP" log_level="$LOG_LEVEL"
+  write_config "$ETC/server.hcl" server.hcl data="$DATA" hub_ip="$HUB_IP" log_level="$LOG_LEVEL" \
+    acl_block="$(acl_block)" consul_token_line="$(acl_token_line "" management.consul)"
 }
 
 write_registry_config() {
@@ -73,19 +74,23 @@ client_config() {
     data="$DATA" run="$RUN" hub_ip="$HUB_IP" log_level="$LOG_LEVEL")
   render_template client.hcl "${shared[@]}" plugins="$PLUGINS" \
     http_port="$(client_http_port "$k")" fingerprint_denylist="$FINGERPRINT_DENYLIST" \
-    net="$NET" cni_plugins="$CNI_PLUGINS" cni_config_dir="$ETC/cni-c$k"
+    net="$NET" cni_plugins="$CNI_PLUGINS" cni_config_dir="$ETC/cni-c$k" \
+    acl_block="$(acl_block)" consul_token_line="$(acl_token_line "" management.consul)"
   if plugin_enabled; then
     echo
     render_template client-plugins.hcl "${shared[@]}" registry="$REGISTRY" tls="$TLS" \
       transfer_port="$TRANSFER_PORT" checkpoint_dir_line="$(checkpoint_dir_line)" \
-      platform_line="$(platform_line "$k")" permissions_lines="$(permissions_lines)"
+      platform_line="$(platform_line "$k")" permissions_lines="$(permissions_lines)" \
+      nomad_token_line="$(acl_token_line "    " driver.nomad)" \
+      consul_token_line="$(acl_token_line "    " driver.consul)"
   fi
 }
 
 write_client_config() {
   local text
   mkdir -p "$ETC/cni-c$1"
-  write_config "$ETC/cni-c$1/ferry.conflist" ferry.conflist net="$NET" hub_ip="$HUB_IP" ip="$(client_ip "$1")"
+  write_config "$ETC/cni-c$1/ferry.conflist" ferry.conflist net="$NET" hub_ip="$HUB_IP" ip="$(client_ip "$1")" \
+    consul_token="$(acl_token_json driver.consul)" nomad_token="$(acl_token_json driver.nomad)"
   text=$(client_config "$1")
   write_if_changed "$ETC/c$1.hcl" <<<"$text"
 }

@@ -44,7 +44,8 @@ start_client_forwarder() {
 start_consul() {
   running consul >/dev/null && return 0
   start_daemon consul nsenter --net="$NETNS_DIR/$HUB_NS" "$CONSUL_BIN" agent -dev \
-    -node=ferry-hub -bind="$HUB_IP" -client="$HUB_IP" -hcl='disable_update_check = true'
+    -node=ferry-hub -bind="$HUB_IP" -client="$HUB_IP" -hcl='disable_update_check = true' \
+    -hcl="$(consul_acl_hcl)"
 }
 
 start_server() {

@@ -12,7 +12,7 @@ node_id() { cat "$DATA/c$1/client/client-id" 2>/dev/null; }
 node_info() {
   local id
   id=$(node_id "$1") || return 1
-  curl -sf -m 3 "$NOMAD_API/v1/node/$id" 2>/dev/null | jq -r '[.Status,
+  curl -sf -m 3 "${NOMAD_AUTH[@]}" "$NOMAD_API/v1/node/$id" 2>/dev/null | jq -r '[.Status,
       (.Drivers.ferry.Detected // false), (.Drivers.ferry.Healthy // false),
       (.Drivers.ferry.HealthDescription // ""), (.Drivers.ferry.UpdateTime // "")] | @tsv'
 }
@@ -53,8 +53,8 @@ purge_stale_nodes() {
   while IFS=$'\t' read -r id name status; do
     [[ $name =~ ^ferry-c[0-9]+$ && $status != down && -z ${live[$id]:-} ]] || continue
     log "purging node $name ($id) from the server: its client is not running"
-    curl -sf -m 10 -X PUT "$NOMAD_API/v1/node/$id/purge" >/dev/null || warn "could not purge node $name"
-  done < <(curl -sf -m 5 "$NOMAD_API/v1/nodes" | jq -r '.[] | [.ID, .Name, .Status] | @tsv')
+    curl -sf -m 10 -X PUT "${NOMAD_AUTH[@]}" "$NOMAD_API/v1/node/$id/purge" >/dev/null || warn "could not purge node $name"
+  done < <(curl -sf -m 5 "${NOMAD_AUTH[@]}" "$NOMAD_API/v1/nodes" | jq -r '.[] | [.ID, .Name, .Status] | @tsv')
 }
 
 # unschedulable K: what keeps client K's node from taking new allocations,
@@ -63,7 +63,7 @@ purge_stale_nodes() {
 unschedulable() {
   local id info eligibility draining
   id=$(node_id "$1") || return 1
-  info=$(curl -sf -m 3 "$NOMAD_API/v1/node/$id" 2>/dev/null |
+  info=$(curl -sf -m 3 "${NOMAD_AUTH[@]}" "$NOMAD_API/v1/node/$id" 2>/dev/null |
     jq -r '[.SchedulingEligibility, (.DrainStrategy != null)] | @tsv') || return 1
   IFS=$'\t' read -r eligibility draining <<<"$info"
   if [[ $draining == true ]]; then

@@ -30,6 +30,7 @@ import (
 	"github.com/ferry-nomad/ferry/companion/rebalance"
 	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/sdk"
+	consul "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	nomad "github.com/hashicorp/nomad/api"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -50,8 +51,10 @@ commands:
   version   print the version
 
 Nomad and Consul are found as their CLIs find them: NOMAD_ADDR, NOMAD_TOKEN,
-CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN. agent, plan and status read the same
--config FILE (companion/config/example.hcl).
+CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN (or CONSUL_HTTP_TOKEN_FILE). Every command
+reads the same -config FILE (companion/config/example.hcl), whose nomad and
+consul blocks hold the addresses and ACL tokens; -h lists each command's flags.
+The tokens' policies are in jobspecs/acl/.
 `
 
 func main() {
@@ -88,7 +91,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return 0 // the flags were printed
 	case err != nil:
-		fmt.Fprintln(stderr, "error:", err)
+		fmt.Fprintln(stderr, "error:", explainDenied(err))
 		return 1
 	}
 	return 0
@@ -106,13 +109,12 @@ func runAgent(ctx context.Context, args []string, logger hclog.Logger) error {
 	if err != nil {
 		return err
 	}
-	nomadClient, err := newNomad(cfg)
+	nomadClient, cat, err := newClients(cfg, logger)
 	if err != nil {
 		return err
 	}
-	cat, err := catalog.NewFromConfig(cfg.Consul.Address, "", logger.Named("catalog"))
-	if err != nil {
-		return err
+	if err := checkAccess(ctx, cfg, nomadClient, cat.Client()); err != nil {
+		return fmt.Errorf("checking the agent's access to Nomad and Consul: %w", err)
 	}
 	metrics := rebalance.NewMetrics()
 	var self atomic.Pointer[load.Record]
@@ -123,7 +125,11 @@ func runAgent(ctx context.Context, args []string, logger hclog.Logger) error {
 		Window: cfg.Sample.Window, Source: cfg.Sample.Source,
 		OnlinePriority: cfg.Rebalance.Policy.OnlinePriority,
 	}, loadLogger)
-	publisher := load.NewPublisher(cat.Client(), cfg.Sample.Prefix, load.SessionTTL(cfg.Sample.Interval), loadLogger)
+	publish := cfg.Sample.Publish()
+	publisher := load.NewPublisher(cat.Client(), cfg.Sample.Prefix, publish.SessionTTL(), loadLogger)
+	if err := publisher.SetPolicy(publish); err != nil {
+		return fmt.Errorf("sample: %w", err)
+	}
 	rebalancer := &rebalance.Rebalancer{
 		Config: rebalance.Config{
 			Rebalance: cfg.Rebalance.Enabled, Capacity: cfg.Capacity,
@@ -186,11 +192,7 @@ func runPlan(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	nomadClient, err := newNomad(cfg)
-	if err != nil {
-		return err
-	}
-	cat, err := catalog.NewFromConfig(cfg.Consul.Address, "", hclog.NewNullLogger())
+	nomadClient, cat, err := newClients(cfg, hclog.NewNullLogger())
 	if err != nil {
 		return err
 	}
@@ -247,7 +249,7 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cat, err := catalog.NewFromConfig(cfg.Consul.Address, "", hclog.NewNullLogger())
+	_, cat, err := newClients(cfg, hclog.NewNullLogger())
 	if err != nil {
 		return err
 	}
@@ -259,14 +261,24 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	return nil
 }
 
-func newNomad(cfg *config.Config) (*nomad.Client, error) {
+// newClients are the Nomad client and the Consul catalogue of every
+// command, with the configuration's addresses and tokens. The
+// configuration has already taken in the environment the API clients
+// read, so they are given exactly its values.
+func newClients(cfg *config.Config, logger hclog.Logger) (*nomad.Client, *catalog.Catalog, error) {
 	nc := nomad.DefaultConfig()
-	nc.Address = cfg.Nomad.Address
-	client, err := nomad.NewClient(nc)
+	nc.Address, nc.SecretID = cfg.Nomad.Address, cfg.Nomad.Token
+	nomadClient, err := nomad.NewClient(nc)
 	if err != nil {
-		return nil, fmt.Errorf("nomad client for %s: %w", cfg.Nomad.Address, err)
+		return nil, nil, fmt.Errorf("nomad client for %s: %w", cfg.Nomad.Address, err)
 	}
-	return client, nil
+	cc := consul.DefaultConfig()
+	cc.Address, cc.Token, cc.TokenFile = cfg.Consul.Address, cfg.Consul.Token, ""
+	consulClient, err := consul.NewClient(cc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("consul client for %s: %w", cfg.Consul.Address, err)
+	}
+	return nomadClient, catalog.New(consulClient, "", logger.Named("catalog")), nil
 }
 
 func sources(cfg *config.Config, nomadClient *nomad.Client, cat *catalog.Catalog) *rebalance.Sources {
@@ -291,27 +303,18 @@ func runMigrate(ctx context.Context, args []string, stdout io.Writer, logger hcl
 	node := fs.String("node", "", "destination node (name or ID); default: Nomad chooses")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to wait for the replacement to run")
 	// Flags may follow the allocation ID.
-	var alloc string
-	for len(args) > 0 {
-		if err := fs.Parse(args); err != nil {
-			return err
-		}
-		args = fs.Args()
-		if len(args) > 0 {
-			if alloc != "" {
-				return fmt.Errorf("migrate takes one allocation, got %q and %q", alloc, args[0])
-			}
-			alloc, args = args[0], args[1:]
-		}
-	}
-	if alloc == "" {
-		return fmt.Errorf("usage: ferry-companion migrate ALLOC [--node NODE] [--timeout 5m]")
-	}
-	client, err := nomad.NewClient(nomad.DefaultConfig())
+	cfg, rest, err := config.LoadCommand(fs, args, os.Getenv)
 	if err != nil {
 		return err
 	}
-	cat, err := catalog.NewFromConfig("", "", logger.Named("catalog"))
+	switch {
+	case len(rest) > 1:
+		return fmt.Errorf("migrate takes one allocation, got %q and %q", rest[0], rest[1])
+	case len(rest) == 0:
+		return fmt.Errorf("usage: ferry-companion migrate ALLOC [--node NODE] [--timeout 5m] [-config FILE]")
+	}
+	alloc := rest[0]
+	client, cat, err := newClients(cfg, logger)
 	if err != nil {
 		return err
 	}

@@ -17,11 +17,14 @@ plugin "nomad-driver-ferry" {
     # 127.0.0.1 in this namespace reaches neither this client's agent (it
     # binds @ip@) nor Consul, so the API clients' defaults would not do. The
     # driver asks its own agent which node it is.
+    # With ACLs (up --acl), tokens made from jobspecs/acl/driver.*.hcl.
     nomad {
       address = "http://@ip@:4646"
+@nomad_token_line@
     }
     consul {
       address = "@hub_ip@:8500"
+@consul_token_line@
     }
     # Checkpoints move between the clients' drivers over mutual TLS, with
     # certificates from the cluster's CA (made by `nomad tls`).

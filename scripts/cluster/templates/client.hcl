@@ -48,4 +48,6 @@ client {
 
 consul {
   address = "@hub_ip@:8500"
+@consul_token_line@
 }
+@acl_block@

@@ -16,4 +16,6 @@ client {
 
 consul {
   address = "@hub_ip@:8500"
+@consul_token_line@
 }
+@acl_block@
