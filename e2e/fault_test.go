@@ -165,21 +165,38 @@ func TestFaultConsulOutageMidMove(t *testing.T) {
 }
 
 // The destination's Nomad client is killed and started again while it
-// receives the task's checkpoint (the source's uplink slowed so that the window is seconds
-// long): the restarted client starts the task again, which takes up the
-// interrupted restore (fetching what the push did not bring), resumes the
-// count, and runs one container.
+// fetches the task's checkpoint (pushes to it refused, the source's uplink
+// slowed so that the fetch takes seconds): the restarted client starts the task again, which takes
+// up the interrupted restore, resumes the count, and runs one container;
+// the move's steering is undone though its target restarted.
 func TestFaultDestinationRestartMidRestore(t *testing.T) {
 	image := dev.pushBusybox(t, "ferry/busybox:fault")
-	// About 100 MB of memory to move.
 	script := `x=$(yes aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa | head -c 100000000); ` + gracefulCounter(0)
-	dev.runJob(t, checkpointedService("fault-restart", image, fmt.Sprintf("command = \"/bin/sh\"\n        args    = [\"-c\", %q]", script), "enabled = true", 400))
+	job := checkpointedService("fault-restart", image, fmt.Sprintf("command = \"/bin/sh\"\n        args    = [\"-c\", %q]", script), "enabled = true", 400)
+	job = strings.Replace(job, `type        = "service"`, `type        = "batch"`, 1)
+	job = strings.Replace(job, `group "g" {`, `group "g" {
+    reschedule {
+      attempts       = 0
+      unlimited      = true
+      delay          = "5s"
+      delay_function = "constant"
+    }`, 1)
+	dev.runJob(t, job)
 	t.Cleanup(func() { dev.purge(t, "fault-restart") })
 	a := dev.waitAlloc(t, "fault-restart", 2*time.Minute, running)
 	dev.waitLogs(t, a.ID, "counter", 2*time.Minute, func(s string) bool { return lastCount(s) >= 10 })
 	src := dev.clientIndex(t, a.NodeID)
 	target := dev.otherNode(t, a.NodeID)
-
+	var dst string
+	for _, n := range dev.readyNodes(t) {
+		if n.Name == target {
+			dst = dev.clientIndex(t, n.ID)
+		}
+	}
+	// No push to the destination: it fetches the checkpoint once it
+	// claimed it, slowly.
+	firewall(t, src, "OUTPUT", "-p", "tcp", "-d", fmt.Sprintf("10.97.0.%d", 10+atoi(t, dst)), "--dport", "4701",
+		"-j", "REJECT", "--reject-with", "tcp-reset")
 	unshape := shape(t, src, "50mbit")
 	cat := dev.catalog(t)
 	restoring := make(chan *catalog.Record, 1)
@@ -195,20 +212,20 @@ func TestFaultDestinationRestartMidRestore(t *testing.T) {
 	if r == nil || r.State != catalog.StateRestoring {
 		t.Fatalf("record never seen restoring: %+v", r)
 	}
+	// A few seconds into the fetch.
+	time.Sleep(3 * time.Second)
 	// Killed, not stopped: a Nomad client stopped gracefully waits for
 	// the task's start, restore included, to return.
 	k := dev.clientIndex(t, r.DestNodeID)
 	if out, err := runScript(t, dev.root, "kill-client", k); err != nil {
 		t.Fatalf("kill-client %s: %v\n%s", k, err, out)
 	}
+	unshape()
 	if out, err := runScript(t, dev.root, "restart-client", k); err != nil {
 		t.Fatalf("restart-client %s: %v\n%s", k, err, out)
 	}
-	unshape()
 	t.Logf("ferry-companion migrate:\n%s", <-done)
-	next := dev.waitAlloc(t, "fault-restart", 3*time.Minute, func(s *nomad.AllocationListStub) bool {
-		return s.ID != a.ID && s.ClientStatus == nomad.AllocClientStatusRunning
-	})
+	next := dev.replacement(t, "fault-restart", a)
 	dev.assertResumed(t, a.ID, next.ID)
 	events := dev.events(t, next.ID)
 	if e := events.find("Resuming the interrupted restore"); e == nil {
@@ -218,6 +235,7 @@ func TestFaultDestinationRestartMidRestore(t *testing.T) {
 		t.Fatalf("containers of %s on ferry-c%s: %v, want one", next.ID, k, ids)
 	}
 	dev.waitRecordGone(t, a.ID)
+	dev.assertMoveEnded(t, "fault-restart", a)
 }
 
 // shape slows client K's uplink to rate until the returned function (also

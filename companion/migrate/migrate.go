@@ -289,6 +289,28 @@ func (m *Mover) intend(ctx context.Context, rec *Record, fence *Fence) error {
 // unsteer undoes what steer noted in rec, whatever became of the move's
 // context.
 func (m *Mover) unsteer(rec *Record) {
+	deadline := time.Now().Add(unsteerTimeout)
+	for wait := time.Second; ; wait = min(2*wait, 5*time.Second) {
+		m.unsteerOnce(rec)
+		if !rec.SourceMadeIneligible && !rec.TargetMarked {
+			return
+		}
+		// The node's own agent applies its metadata: a client restarting
+		// is back within seconds.
+		if time.Now().Add(wait).After(deadline) {
+			m.Logger.Error("steering of a move not undone", "migration_id", rec.ID,
+				"source_ineligible", rec.SourceMadeIneligible, "target_marked", rec.TargetMarked)
+			return
+		}
+		time.Sleep(wait)
+	}
+}
+
+// unsteerTimeout bounds the attempts to undo a move's steering.
+const unsteerTimeout = 2 * time.Minute
+
+// unsteerOnce tries once to undo each change still noted in rec.
+func (m *Mover) unsteerOnce(rec *Record) {
 	ctx, cancel := context.WithTimeout(context.Background(), nodeCallTimeout)
 	defer cancel()
 	w := (&nomad.WriteOptions{}).WithContext(ctx)

@@ -159,6 +159,7 @@ func TestExecTTY(t *testing.T) {
 		defer pw.Close()
 		sent := make(chan float64, 1)
 		go func() {
+			ch <- TerminalSize{} // no size yet: waited past
 			time.Sleep(150 * time.Millisecond)
 			sent <- uptime(t)
 			ch <- TerminalSize{Width: 120, Height: 40}

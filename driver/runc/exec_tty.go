@@ -124,26 +124,34 @@ func openPty() (master, slave *os.File, err error) {
 }
 
 // firstSize waits up to firstSizeWait for a size on ch and returns the
-// latest one queued by then, or def.
+// latest one queued by then, or def; a zero size does not count.
 func firstSize(ctx context.Context, ch <-chan TerminalSize, def TerminalSize) TerminalSize {
 	if ch == nil {
 		return def
 	}
 	timer := time.NewTimer(firstSizeWait)
 	defer timer.Stop()
-	select {
-	case sz, ok := <-ch:
-		if !ok {
+	for {
+		select {
+		case sz, ok := <-ch:
+			if !ok {
+				return def
+			}
+			if sz.Width != 0 && sz.Height != 0 {
+				return latestSize(ch, sz)
+			}
+			// A size of nothing (Nomad's plugin layer may forward one
+			// before the terminal's) is no size: wait on.
+		case <-timer.C:
+			return def
+		case <-ctx.Done():
 			return def
 		}
-		return latestSize(ch, sz)
-	case <-timer.C:
-	case <-ctx.Done():
 	}
-	return def
 }
 
-// latestSize returns the last size already queued on ch, or def.
+// latestSize returns the last size already queued on ch, or def; a zero
+// size does not count.
 func latestSize(ch <-chan TerminalSize, def TerminalSize) TerminalSize {
 	if ch == nil {
 		return def
@@ -154,7 +162,9 @@ func latestSize(ch <-chan TerminalSize, def TerminalSize) TerminalSize {
 			if !ok {
 				return def
 			}
-			def = sz
+			if sz.Width != 0 && sz.Height != 0 {
+				def = sz
+			}
 		default:
 			return def
 		}
