@@ -3,7 +3,6 @@ package load
 import (
 	"context"
 	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -119,44 +118,12 @@ func TestRecord_Stale(t *testing.T) {
 	must.False(t, r.Stale(r.SampledAt.Add(time.Hour)))
 }
 
-// writeCounter counts the writes a Consul client sends, by kind: "kv",
-// "session/create", "session/renew", "session/destroy".
-type writeCounter struct {
-	base http.RoundTripper
-	mu   sync.Mutex
-	n    map[string]int
-}
-
-func (c *writeCounter) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.Method == http.MethodPut {
-		kind, _ := strings.CutPrefix(req.URL.Path, "/v1/")
-		if k, _, ok := strings.Cut(kind, "/"); ok && k == "kv" {
-			kind = k
-		} else if parts := strings.SplitN(kind, "/", 3); len(parts) >= 2 {
-			kind = parts[0] + "/" + parts[1]
-		}
-		c.mu.Lock()
-		c.n[kind]++
-		c.mu.Unlock()
-	}
-	return c.base.RoundTrip(req)
-}
-
-// take returns the counts so far and starts again from zero.
-func (c *writeCounter) take() map[string]int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := c.n
-	c.n = map[string]int{}
-	return n
-}
-
 // countedConsul starts a Consul agent and returns a client of it whose
 // writes are counted.
-func countedConsul(t *testing.T) (*consulapi.Client, *writeCounter) {
+func countedConsul(t *testing.T) (*consulapi.Client, *WriteCounter) {
 	t.Helper()
 	addr := catalogtest.StartConsul(t)
-	wc := &writeCounter{base: http.DefaultTransport, n: map[string]int{}}
+	wc := NewWriteCounter(http.DefaultTransport)
 	client, err := consulapi.NewClient(&consulapi.Config{Address: addr, HttpClient: &http.Client{Transport: wc}})
 	must.NoError(t, err)
 	return client, wc
@@ -225,20 +192,20 @@ func TestOffer_SteadyLoad(t *testing.T) {
 
 	// The first record creates the session and is written.
 	must.Eq(t, []string{WroteFirst}, offerSteady(ctx, t, p, clock, 1000, 5*time.Second))
-	must.Eq(t, map[string]int{"session/create": 1, "kv": 1}, writes.take())
+	must.Eq(t, map[string]int{"session/create": 1, "kv": 1}, writes.Take())
 	first := modifyIndex(t, consul, key)
 	must.Positive(t, first)
 
 	// The first heartbeat comes in the second half of the first minute:
 	// nothing is written before.
 	must.SliceEmpty(t, offerSteady(ctx, t, p, clock, 1000, 25*time.Second))
-	must.MapEmpty(t, writes.take())
+	must.MapEmpty(t, writes.Take())
 	must.Eq(t, first, modifyIndex(t, consul, key))
 
 	// By a minute, the heartbeat wrote the record and renewed the session,
 	// once.
 	must.Eq(t, []string{WroteHeartbeat}, offerSteady(ctx, t, p, clock, 1000, 30*time.Second))
-	must.Eq(t, map[string]int{"session/renew": 1, "kv": 1}, writes.take())
+	must.Eq(t, map[string]int{"session/renew": 1, "kv": 1}, writes.Take())
 	beat := modifyIndex(t, consul, key)
 	must.Greater(t, first, beat)
 
@@ -249,7 +216,7 @@ func TestOffer_SteadyLoad(t *testing.T) {
 	for _, why := range wrote {
 		must.Eq(t, WroteHeartbeat, why)
 	}
-	must.Eq(t, map[string]int{"session/renew": 10, "kv": 10}, writes.take())
+	must.Eq(t, map[string]int{"session/renew": 10, "kv": 10}, writes.Take())
 
 	// The record read back carries the heartbeat and a recent sample.
 	recs, _, err := List(ctx, consul, "")
@@ -275,7 +242,7 @@ func TestOffer_Change(t *testing.T) {
 	why, err := p.Offer(ctx, r)
 	must.NoError(t, err)
 	must.Eq(t, WroteFirst, why)
-	writes.take()
+	writes.Take()
 
 	// 150 MHz more is within 5% of 4000 MHz: not written.
 	clock.advance(5 * time.Second)
@@ -283,7 +250,7 @@ func TestOffer_Change(t *testing.T) {
 	why, err = p.Offer(ctx, r)
 	must.NoError(t, err)
 	must.Eq(t, WroteNothing, why)
-	must.MapEmpty(t, writes.take())
+	must.MapEmpty(t, writes.Take())
 
 	// The node turns hot: 1000 MHz more is written at once, and the
 	// record in Consul shows it.
@@ -293,7 +260,7 @@ func TestOffer_Change(t *testing.T) {
 	why, err = p.Offer(ctx, r)
 	must.NoError(t, err)
 	must.Eq(t, WroteChange, why)
-	must.Eq(t, map[string]int{"kv": 1}, writes.take())
+	must.Eq(t, map[string]int{"kv": 1}, writes.Take())
 	must.Greater(t, before, modifyIndex(t, consul, key))
 	recs, _, err := List(ctx, consul, "")
 	must.NoError(t, err)
@@ -326,7 +293,7 @@ func TestOffer_Change(t *testing.T) {
 	session, _ := holder(t, consul, key)
 	_, err = consul.Session().Destroy(session, nil)
 	must.NoError(t, err)
-	writes.take()
+	writes.Take()
 	clock.advance(5 * time.Second)
 	r.Online.CPU = 3000
 	why, err = p.Offer(ctx, r)
@@ -335,7 +302,7 @@ func TestOffer_Change(t *testing.T) {
 	newSession, ok := holder(t, consul, key)
 	must.True(t, ok)
 	must.NotEq(t, session, newSession)
-	must.Eq(t, map[string]int{"kv": 2, "session/create": 1}, writes.take())
+	must.Eq(t, map[string]int{"kv": 2, "session/create": 1}, writes.Take())
 }
 
 // TestOffer_SessionExpires: the record of an agent that stops writing

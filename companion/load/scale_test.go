@@ -84,11 +84,11 @@ func BenchmarkScale(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	writes := &putCounter{base: &http.Transport{
+	writes := load.NewWriteCounter(&http.Transport{
 		MaxConnsPerHost:     simMaxConns,
 		MaxIdleConnsPerHost: simMaxConns,
 		IdleConnTimeout:     time.Minute,
-	}, n: map[string]int{}}
+	})
 	client, err := consulapi.NewClient(&consulapi.Config{Address: consul.Addr, HttpClient: &http.Client{Transport: writes}})
 	if err != nil {
 		b.Fatal(err)
@@ -125,7 +125,7 @@ func BenchmarkScale(b *testing.B) {
 type simulation struct {
 	consul    *consulapi.Client
 	consulPID int
-	writes    *putCounter
+	writes    *load.WriteCounter
 	metrics   *consulMetrics
 
 	agents   int
@@ -214,7 +214,7 @@ func (s *simulation) run(ctx context.Context, prefix string, everySample bool, d
 	// Measure.
 	why.Range(func(k, v any) bool { v.(*atomic.Int64).Store(0); return true })
 	errs.Store(0)
-	s.writes.take()
+	s.writes.Take()
 	cpu0, self0 := cpuTicks(s.consulPID), cpuTicks(os.Getpid())
 	start := time.Now()
 	end := start.Add(d)
@@ -234,7 +234,7 @@ func (s *simulation) run(ctx context.Context, prefix string, everySample bool, d
 	}
 	elapsed := time.Since(start)
 	cpu1, self1 := cpuTicks(s.consulPID), cpuTicks(os.Getpid())
-	ph.client = s.writes.take()
+	ph.client = s.writes.Take()
 	ph.errors = errs.Load()
 	ph.why = map[string]int{}
 	why.Range(func(k, v any) bool { ph.why[k.(string)] = int(v.(*atomic.Int64).Load()); return true })
@@ -607,38 +607,6 @@ func nodeStubs(n int) []*nomad.NodeListStub {
 		}
 	}
 	return stubs
-}
-
-// putCounter counts the PUT requests of a Consul client by kind: "kv",
-// "session/create", "session/renew", "session/destroy".
-type putCounter struct {
-	base http.RoundTripper
-	mu   sync.Mutex
-	n    map[string]int
-}
-
-func (c *putCounter) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.Method == http.MethodPut {
-		kind, _ := strings.CutPrefix(req.URL.Path, "/v1/")
-		if strings.HasPrefix(kind, "kv/") {
-			kind = "kv"
-		} else if parts := strings.SplitN(kind, "/", 3); len(parts) >= 2 {
-			kind = parts[0] + "/" + parts[1]
-		}
-		c.mu.Lock()
-		c.n[kind]++
-		c.mu.Unlock()
-	}
-	return c.base.RoundTrip(req)
-}
-
-// take returns the counts so far and starts again from zero.
-func (c *putCounter) take() map[string]int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := c.n
-	c.n = map[string]int{}
-	return n
 }
 
 // consulMetrics keeps the counts of Consul's finished metrics intervals:
