@@ -6,7 +6,10 @@
 #                                         --acl: with Nomad's and Consul's ACLs on
 #   scripts/cluster.sh env                print the environment for talking to it
 #   scripts/cluster.sh status             short summary
-#   scripts/cluster.sh restart-client K   SIGTERM client K (no drain) and start it again
+#   scripts/cluster.sh restart-client K [--config]
+#                                         SIGTERM client K (no drain) and start it again;
+#                                         --config: first write its config again from the
+#                                         environment (as up does)
 #   scripts/cluster.sh kill-client K      SIGKILL client K's agent and plugins (tasks go on)
 #   scripts/cluster.sh companion          resubmit the ferry-companion system job
 #   scripts/cluster.sh down [--purge]     stop everything `up` started; --purge also
@@ -65,13 +68,17 @@
 #   FERRY_COMPANION_BIN      ferry-companion binary (default <repo>/bin/ferry-companion)
 #   FERRY_CHECKPOINT_DIR     a checkpoint_dir every client shares (default: none, checkpoints are served)
 #   FERRY_PLATFORM_C<K>      platform client K chooses images for, e.g. linux/arm64
+#   FERRY_GC_C<K>, FERRY_TRANSFER_C<K>, FERRY_IMAGES_C<K>
+#                            HCL added to the driver's gc, transfer and images blocks
+#                            of client K, e.g. FERRY_GC_C2='checkpoints { failed = "1m" }'
 #   FERRY_OPEN_PERMISSIONS   1 = tasks may bind host paths and add any capability
 #   FERRY_ACL                1 = `up` as with --acl. ACLs stay as the last `up` set
 #                            them for the other commands; `up` switching them on or
 #                            off takes the cluster down first
 #   FERRY_COMPANION_CONFIG   HCL file with the companion's configuration (default:
 #                            none, the shipped defaults); read by `up` and `companion`
-# `up` writes these into the clients' configs; `restart-client K` applies them.
+# `up` writes these into the clients' configs (`restart-client K` applies them);
+# `restart-client K --config` writes client K's.
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 

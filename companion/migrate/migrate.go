@@ -364,12 +364,34 @@ func (m *Mover) Abandon(ctx context.Context, rec *Record) {
 	}
 	rec.FinishedAt = time.Now()
 	if rec.AllocStopped {
-		rec.Reason = "abandoned: its mover stopped after stopping the allocation, before the replacement ran; the steering of the nodes was undone"
+		rec.Reason = "abandoned: its mover stopped after stopping the allocation; " + m.replacementOutcome(ctx, rec) + "; the steering of the nodes was undone"
 	} else {
 		rec.Reason = "abandoned: its mover stopped before stopping the allocation, which still runs on " + rec.SourceNode + "; the steering of the nodes was undone"
 	}
 	m.Logger.Warn("abandoned move closed", "migration_id", rec.ID, "alloc_id", rec.AllocID, "source", rec.SourceNode, "target", rec.TargetNode, "alloc_stopped", rec.AllocStopped)
 	m.recordFinal(ctx, rec, ResultAbandoned)
+}
+
+// replacementOutcome says what became of the stopped allocation of an
+// abandoned move, and records its replacement in rec when one ran: the
+// drivers move the task without the mover, and the planner's cooldown
+// then covers the replacement too.
+func (m *Mover) replacementOutcome(ctx context.Context, rec *Record) string {
+	next, done, err := m.replacement(ctx, rec.AllocID)
+	switch {
+	case err != nil:
+		return err.Error()
+	case !done:
+		return "no replacement runs yet"
+	}
+	rec.NewAllocID = next.ID
+	var res Result
+	m.outcome(next, &res)
+	how := "restored from its checkpoint"
+	if !res.Restored {
+		how = "started fresh: " + res.Reason
+	}
+	return fmt.Sprintf("its replacement %s runs on %s, %s", shortID(next.ID), next.NodeName, how)
 }
 
 // follow waits for the allocation that replaces old to run, and notes the

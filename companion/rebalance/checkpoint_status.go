@@ -9,7 +9,7 @@ import (
 )
 
 // CheckpointStatus counts the drivers' checkpoint records by state, those
-// due for reaping (catalog.DefaultReapPolicy), and what the reapers (every
+// due for reaping (by the ages each carries), and what the reapers (every
 // node's driver, and the planner) reaped within catalog.ReapedWindow.
 type CheckpointStatus struct {
 	States []CheckpointState `json:"states"` // in the order of a move's life
@@ -25,8 +25,10 @@ type CheckpointStatus struct {
 type CheckpointState struct {
 	State catalog.State `json:"state"`
 	Count int           `json:"count"`
-	// Due are reaped at the next pass of their reaper: older than Age
-	// since their last change.
+	// Due are reaped at the next pass of their reaper: older than their
+	// age since their last change. Age is how long the records in this
+	// state are kept (the longest, when their sources' ages differ; the
+	// default without records).
 	Due int           `json:"due"`
 	Age time.Duration `json:"age"`
 }
@@ -47,19 +49,21 @@ func ReadCheckpointStatus(ctx context.Context, c *consul.Client, now time.Time) 
 	if err != nil {
 		return nil, err
 	}
-	return summarizeCheckpoints(recs, logs, catalog.DefaultReapPolicy(), now), nil
+	return summarizeCheckpoints(recs, logs, now), nil
 }
 
 // summarizeCheckpoints counts recs by state and what logs reaped within
 // the window.
-func summarizeCheckpoints(recs []*catalog.Record, logs []catalog.ReapLog, policy catalog.ReapPolicy, now time.Time) *CheckpointStatus {
+func summarizeCheckpoints(recs []*catalog.Record, logs []catalog.ReapLog, now time.Time) *CheckpointStatus {
 	st := &CheckpointStatus{Reaped: map[catalog.State]int{}, Window: catalog.ReapedWindow}
 	index := map[catalog.State]int{}
+	defaults := catalog.DefaultReapPolicy()
 	for _, s := range checkpointStates {
-		age, _ := policy.Age(s)
+		age, _ := defaults.Age(s)
 		index[s] = len(st.States)
 		st.States = append(st.States, CheckpointState{State: s, Age: age})
 	}
+	seen := map[catalog.State]bool{}
 	for _, r := range recs {
 		i, ok := index[r.State]
 		if !ok {
@@ -69,7 +73,11 @@ func summarizeCheckpoints(recs []*catalog.Record, logs []catalog.ReapLog, policy
 		}
 		st.States[i].Count++
 		st.Total++
-		if policy.Due(r, now) {
+		if age, ok := r.ReapPolicy().Age(r.State); ok && (!seen[r.State] || age > st.States[i].Age) {
+			st.States[i].Age = age
+			seen[r.State] = true
+		}
+		if r.Due(now) {
 			st.States[i].Due++
 		}
 	}

@@ -31,7 +31,8 @@ func (r *Rebalancer) sweepCheckpoints(ctx context.Context) {
 }
 
 // reapOrphanedCheckpoints removes the checkpoint records due for reaping
-// (catalog.DefaultReapPolicy, by state and age) whose source node is gone:
+// (by state and age, with the ages each record carries) whose source node
+// is gone:
 // down, or no longer known to Nomad (garbage-collected or purged). A live
 // source reaps its own records with its checkpoints; a gone one never
 // will. Its checkpoint goes with the node, or, on a shared checkpoint_dir,
@@ -44,10 +45,9 @@ func (r *Rebalancer) reapOrphanedCheckpoints(ctx context.Context, now time.Time)
 	if err != nil {
 		return nil, err
 	}
-	policy := catalog.DefaultReapPolicy()
 	var due []*catalog.Record
 	for _, rec := range recs {
-		if policy.Due(rec, now) {
+		if rec.Due(now) {
 			due = append(due, rec)
 		}
 	}
@@ -73,7 +73,7 @@ func (r *Rebalancer) reapOrphanedCheckpoints(ctx context.Context, now time.Time)
 		if !known {
 			why = "source node unknown to Nomad"
 		}
-		age, _ := policy.Age(rec.State)
+		age, _ := rec.ReapPolicy().Age(rec.State)
 		why = fmt.Sprintf("%s, %s for over %s", why, rec.State, age)
 		log := r.Logger.With("alloc_id", rec.AllocID, "task", rec.Task, "state", rec.State, "source", rec.SourceNodeName, "why", why)
 		if r.Config.DryRun {

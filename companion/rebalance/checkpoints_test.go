@@ -18,11 +18,18 @@ import (
 // putCheckpointRecord writes a checkpoint record of state from source,
 // last changed age ago (the catalogue's Put would stamp it now).
 func putCheckpointRecord(t *testing.T, c *api.Client, n int, source string, state catalog.State, age time.Duration) *catalog.Record {
+	return putCheckpointRecordReaped(t, c, n, source, state, age, nil)
+}
+
+// putCheckpointRecordReaped is putCheckpointRecord with the reap ages its
+// source wrote into it.
+func putCheckpointRecordReaped(t *testing.T, c *api.Client, n int, source string, state catalog.State, age time.Duration, reap *catalog.ReapPolicy) *catalog.Record {
 	t.Helper()
 	changed := time.Now().Add(-age).UTC()
 	r := &catalog.Record{
 		AllocID: fmt.Sprintf("%08x-0000-4000-8000-000000000000", n), Task: "work",
 		SourceNodeID: source, SourceNodeName: "node-" + source[:4], State: state, CreatedAt: changed, UpdatedAt: changed,
+		Reap: reap,
 	}
 	value, err := json.Marshal(r)
 	must.NoError(t, err)
@@ -54,10 +61,17 @@ func TestReapOrphanedCheckpoints(t *testing.T) {
 		{gone, catalog.StateFailed, 8 * 24 * time.Hour, true},
 		{gone, catalog.StateFailed, 24 * time.Hour, false}, // kept for the operator
 		{gone, catalog.StateRestoring, 2 * time.Hour, true},
+		// By the ages its source wrote into it: stale after 10 minutes.
+		{gone, catalog.StateCheckpointing, 20 * time.Minute, true},
 	}
+	short := &catalog.ReapPolicy{Stale: 10 * time.Minute, Unclaimed: time.Hour, Retention: time.Hour}
 	recs := make([]*catalog.Record, len(cases))
 	for i, k := range cases {
-		recs[i] = putCheckpointRecord(t, c, i+1, k.source, k.state, k.age)
+		var reap *catalog.ReapPolicy
+		if k.state == catalog.StateCheckpointing {
+			reap = short
+		}
+		recs[i] = putCheckpointRecordReaped(t, c, i+1, k.source, k.state, k.age, reap)
 	}
 	r := &Rebalancer{
 		Config:  Config{Node: "planner-node"},
@@ -65,16 +79,19 @@ func TestReapOrphanedCheckpoints(t *testing.T) {
 		Logger:  testutil.Logger(t, hclog.Debug),
 	}
 
-	// Before: every record counted, three due.
+	// Before: every record counted, four due.
 	st, err := ReadCheckpointStatus(ctx, c, time.Now())
 	must.NoError(t, err)
-	must.Eq(t, 6, st.Total)
+	must.Eq(t, 7, st.Total)
 	must.Eq(t, 0, st.ReapedTotal)
 	due := 0
 	for _, s := range st.States {
 		due += s.Due
+		if s.State == catalog.StateCheckpointing {
+			must.Eq(t, 10*time.Minute, s.Age, must.Sprint("the status shows the records' own ages"))
+		}
 	}
-	must.Eq(t, 4, due) // with the live node's, which its driver reaps
+	must.Eq(t, 5, due) // with the live node's, which its driver reaps
 
 	// A dry run reaps nothing.
 	r.Config.DryRun = true
@@ -85,7 +102,7 @@ func TestReapOrphanedCheckpoints(t *testing.T) {
 	r.Config.DryRun = false
 	reaped, err = r.reapOrphanedCheckpoints(ctx, time.Now())
 	must.NoError(t, err)
-	must.Len(t, 3, reaped)
+	must.Len(t, 4, reaped)
 	cat := catalog.New(c, "", nil)
 	for i, k := range cases {
 		_, err := cat.Get(ctx, recs[i].AllocID, recs[i].Task)
@@ -99,8 +116,8 @@ func TestReapOrphanedCheckpoints(t *testing.T) {
 	st, err = ReadCheckpointStatus(ctx, c, time.Now())
 	must.NoError(t, err)
 	must.Eq(t, 3, st.Total)
-	must.Eq(t, 3, st.ReapedTotal)
-	must.Eq(t, map[catalog.State]int{catalog.StateReady: 1, catalog.StateFailed: 1, catalog.StateRestoring: 1}, st.Reaped)
+	must.Eq(t, 4, st.ReapedTotal)
+	must.Eq(t, map[catalog.State]int{catalog.StateReady: 1, catalog.StateFailed: 1, catalog.StateRestoring: 1, catalog.StateCheckpointing: 1}, st.Reaped)
 	for _, s := range st.States {
 		switch s.State {
 		case catalog.StateReady:

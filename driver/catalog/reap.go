@@ -33,11 +33,14 @@ const (
 // ReapPolicy says, by state, how long after its last change (UpdatedAt)
 // a checkpoint record is reaped with its checkpoint. The source node reaps
 // its own records and checkpoints; the companion's planner reaps the
-// records whose source node is gone.
+// records whose source node is gone. Each record carries the policy of its
+// source's driver when it was written (Record.Reap, its plugin options gc
+// { checkpoints { ... } }): every reaper, and the companion's status, reads
+// the ages there. In JSON the ages are nanoseconds.
 type ReapPolicy struct {
-	Stale     time.Duration // checkpointing, restoring
-	Unclaimed time.Duration // ready
-	Retention time.Duration // failed
+	Stale     time.Duration `json:"stale"`     // checkpointing, restoring
+	Unclaimed time.Duration `json:"unclaimed"` // ready
+	Retention time.Duration `json:"failed"`    // failed
 }
 
 // DefaultReapPolicy is the policy with the default ages.
@@ -62,13 +65,29 @@ func (p ReapPolicy) Age(s State) (age time.Duration, ok bool) {
 	return 0, false
 }
 
-// Due reports whether r is due for reaping at now.
-func (p ReapPolicy) Due(r *Record, now time.Time) bool {
-	age, ok := p.Age(r.State)
-	if !ok {
-		return false
+// ReapPolicy is the policy r is reaped by: the one its source recorded,
+// or the defaults for a record written without one.
+func (r *Record) ReapPolicy() ReapPolicy {
+	if r.Reap != nil {
+		return *r.Reap
 	}
-	return now.Sub(r.Changed()) >= age
+	return DefaultReapPolicy()
+}
+
+// ReapAt is when r is due for reaping, by its own policy (ok is false for
+// a state never reaped).
+func (r *Record) ReapAt() (at time.Time, ok bool) {
+	age, ok := r.ReapPolicy().Age(r.State)
+	if !ok {
+		return time.Time{}, false
+	}
+	return r.Changed().Add(age), true
+}
+
+// Due reports whether r is due for reaping at now, by its own policy.
+func (r *Record) Due(now time.Time) bool {
+	at, ok := r.ReapAt()
+	return ok && !now.Before(at)
 }
 
 // Changed is when r last changed: UpdatedAt, or CreatedAt for a record

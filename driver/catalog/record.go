@@ -129,6 +129,9 @@ type Record struct {
 
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// Reap is how long the record is kept in each state, as its source's
+	// driver was configured when it wrote it; nil is DefaultReapPolicy.
+	Reap *ReapPolicy `json:"reap,omitempty"`
 
 	// ModifyIndex is Consul's modify index of the entry this record was
 	// read from (or last written as); it is not stored.
@@ -144,6 +147,10 @@ func (r *Record) Clone() *Record {
 	if r.Push != nil {
 		g := *r.Push
 		c.Push = &g
+	}
+	if r.Reap != nil {
+		p := *r.Reap
+		c.Reap = &p
 	}
 	if r.Fetch != nil {
 		g := *r.Fetch

@@ -73,6 +73,7 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 	if err != nil {
 		logger.Warn("network configuration incomplete in the checkpoint record", "error", err)
 	}
+	reap := conf.GC.Checkpoints.reap.ReapPolicy
 	rec := &catalog.Record{
 		AllocID:        cfg.AllocID,
 		Task:           cfg.Name,
@@ -86,6 +87,7 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 		Platform:       h.State.Platform,
 		Shared:         env.shared,
 		Network:        network,
+		Reap:           &reap,
 	}
 	dest, secret := d.pushTarget(ctx, env, cfg.NodeID, alloc, rec, logger)
 	// Consul unreachable for a while is retried, up to recordTimeout: the

@@ -32,7 +32,9 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"image_delay": hclspec.NewDefault(hclspec.NewAttr("image_delay", "string", false), hclspec.NewLiteral(`"3m"`)),
 		"dangling_containers": hclspec.NewDefault(hclspec.NewBlock("dangling_containers", false, danglingContainersSpec),
 			hclspec.NewLiteral(danglingContainersDefault)),
-	})), hclspec.NewLiteral(`{ image = true, image_delay = "3m", dangling_containers = `+danglingContainersDefault+` }`)),
+		"checkpoints": hclspec.NewDefault(hclspec.NewBlock("checkpoints", false, checkpointsGCSpec),
+			hclspec.NewLiteral(checkpointsGCDefault)),
+	})), hclspec.NewLiteral(`{ image = true, image_delay = "3m", dangling_containers = `+danglingContainersDefault+`, checkpoints = `+checkpointsGCDefault+` }`)),
 	"nomad": hclspec.NewBlock("nomad", false, hclspec.NewObject(map[string]*hclspec.Spec{
 		"address": hclspec.NewAttr("address", "string", false),
 		"token":   hclspec.NewAttr("token", "string", false),
@@ -235,6 +237,7 @@ type GCConfig struct {
 	Image              bool           `codec:"image"`
 	ImageDelay         string         `codec:"image_delay"`
 	DanglingContainers DanglingConfig `codec:"dangling_containers"`
+	Checkpoints        CheckpointsGC  `codec:"checkpoints"`
 
 	imageDelay time.Duration
 }
@@ -299,6 +302,7 @@ func (c *Config) validate() error {
 		c.GC.imageDelay = d
 	}
 	errs = append(errs, c.GC.DanglingContainers.validate()...)
+	errs = append(errs, c.GC.Checkpoints.validate()...)
 	for _, r := range c.InsecureRegistries {
 		if r == "" || strings.Contains(r, "/") {
 			errs = append(errs, fmt.Errorf("insecure_registries: %q must be a registry host[:port] such as \"10.0.0.1:5000\"", r))

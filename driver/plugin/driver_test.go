@@ -163,6 +163,10 @@ func TestDriver_Fingerprint(t *testing.T) {
 	must.Eq(t, "linux/amd64", p)
 	_, ok = fp.Attributes[sdk.AttrCheckpoint].GetBool()
 	must.True(t, ok)
+	// Whether lazy migration works here depends on fs.pipe-max-size
+	// (checkpoint.TestLazySupport); the attribute is always there.
+	_, ok = fp.Attributes[sdk.AttrCheckpointLazy].GetBool()
+	must.True(t, ok)
 }
 
 func TestDriver_FingerprintRuncMissing(t *testing.T) {

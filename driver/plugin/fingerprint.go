@@ -17,7 +17,8 @@ import (
 
 const fingerprintPeriod = 30 * time.Second
 
-// criuProbe caches the result of `criu check`, which is slow to repeat.
+// criuProbe caches the result of `criu check`, which is slow to repeat,
+// and whether lazy (post-copy) migration works here.
 type criuProbe struct {
 	mu      sync.Mutex
 	path    string
@@ -25,6 +26,18 @@ type criuProbe struct {
 	version string
 	ok      bool
 	reason  string
+	// lazy: CRIU can migrate lazily here (checkpoint.LazySupport); when
+	// not, lazyReason says why.
+	lazy       bool
+	lazyReason string
+}
+
+// lazySupport reports, from the last get, whether lazy migration works
+// here, and why not.
+func (p *criuProbe) lazySupport() (bool, string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lazy, p.lazyReason
 }
 
 func (p *criuProbe) get(ctx context.Context, path string) (version string, ok bool, reason string) {
@@ -35,6 +48,7 @@ func (p *criuProbe) get(ctx context.Context, path string) (version string, ok bo
 	}
 	p.path, p.at = path, time.Now()
 	p.version, p.ok, p.reason = "", false, ""
+	p.lazy, p.lazyReason = false, "checkpointing is not available here"
 	version, err := checkpoint.CriuVersion(ctx, path)
 	if err != nil {
 		p.reason = fmt.Sprintf("criu not usable: %v; install CRIU >= 4.2 or set criu_path", err)
@@ -47,6 +61,7 @@ func (p *criuProbe) get(ctx context.Context, path string) (version string, ok bo
 		return p.version, p.ok, p.reason
 	}
 	p.ok = true
+	p.lazy, p.lazyReason = checkpoint.LazySupport(ctx, path)
 	return p.version, p.ok, p.reason
 }
 
@@ -109,6 +124,11 @@ func (d *Driver) fingerprint(ctx context.Context) *drivers.Fingerprint {
 	attrs[sdk.AttrCheckpoint] = pstructs.NewBoolAttribute(criuOK)
 	if !criuOK {
 		d.logger.Debug("checkpointing unavailable", "reason", criuReason)
+	}
+	lazy, lazyReason := env.criu.lazySupport()
+	attrs[sdk.AttrCheckpointLazy] = pstructs.NewBoolAttribute(lazy)
+	if !lazy {
+		d.logger.Debug("lazy migration unavailable", "reason", lazyReason)
 	}
 
 	if os.Geteuid() != 0 {

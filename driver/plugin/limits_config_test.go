@@ -2,7 +2,9 @@ package plugin
 
 import (
 	"testing"
+	"time"
 
+	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/transfer"
 	"github.com/hashicorp/nomad/helper/pluginutils/hclutils"
 	"github.com/shoenig/test/must"
@@ -43,6 +45,43 @@ func TestLimitsConfig(t *testing.T) {
 		{`transfer { min_free_space = "0" }`, `transfer.min_free_space: "0" is not a size`},
 		{`images { max_layer_size = "8 gigs" }`, `images.max_layer_size: "8 gigs" is not a size`},
 		{`images { min_free_space = "-5MiB" }`, `images.min_free_space: "-5MiB" is not a size`},
+	} {
+		var bad Config
+		hclutils.NewConfigParser(configSpec).ParseHCL(t, "config {\n"+tc.block+"\n}", &bad)
+		must.ErrorContains(t, bad.validate(), tc.want)
+	}
+}
+
+// gc.checkpoints sets the ages this node's checkpoint records carry and
+// how long an orphaned checkpoint directory is kept; each bad value is
+// refused naming its field.
+func TestCheckpointsGCConfig(t *testing.T) {
+	var c Config
+	hclutils.NewConfigParser(configSpec).ParseHCL(t, `config {
+  gc {
+    checkpoints {
+      stale     = "30m"
+      unclaimed = "2h"
+      failed    = "48h"
+      orphan    = "10m"
+    }
+  }
+}`, &c)
+	must.NoError(t, c.validate())
+	must.Eq(t, catalog.ReapPolicy{Stale: 30 * time.Minute, Unclaimed: 2 * time.Hour, Retention: 48 * time.Hour}, c.GC.Checkpoints.reap.ReapPolicy)
+	must.Eq(t, 10*time.Minute, c.GC.Checkpoints.reap.OrphanGrace)
+	must.True(t, c.GC.Image, must.Sprint("the other gc options keep their defaults"))
+
+	var defaults Config
+	hclutils.NewConfigParser(configSpec).ParseHCL(t, `config {}`, &defaults)
+	must.NoError(t, defaults.validate())
+	must.Eq(t, defaultCheckpointReap(), defaults.GC.Checkpoints.reap)
+
+	for _, tc := range []struct{ block, want string }{
+		{`gc { checkpoints { stale = "an hour" } }`, `gc.checkpoints.stale: "an hour" is not a duration`},
+		{`gc { checkpoints { unclaimed = "0s" } }`, `gc.checkpoints.unclaimed: "0s" must be positive`},
+		{`gc { checkpoints { failed = "-1h" } }`, `gc.checkpoints.failed: "-1h" must be positive`},
+		{`gc { checkpoints { orphan = "x" } }`, `gc.checkpoints.orphan: "x" is not a duration`},
 	} {
 		var bad Config
 		hclutils.NewConfigParser(configSpec).ParseHCL(t, "config {\n"+tc.block+"\n}", &bad)

@@ -15,13 +15,22 @@ import (
 
 // reap removes, until ctx ends, what live moves leave on this node once no
 // restore needs it. It runs a reapPass at start (what a crash left behind
-// goes then), on every change of the catalogue, and at least every few
-// minutes (Consul's blocking wait), so that records age out on time.
-func (d *Driver) reap(ctx context.Context, env *environment, logger hclog.Logger) {
-	policy := defaultCheckpointReap()
+// goes then), on every change of the catalogue, when the next record is
+// due, and at least every few minutes (Consul's blocking wait).
+func (d *Driver) reap(ctx context.Context, env *environment, policy checkpointReap, logger hclog.Logger) {
 	var index uint64
+	var next time.Time // when the next record is due; zero: none is
 	for ctx.Err() == nil {
-		recs, next, err := env.catalog.ListWait(ctx, index)
+		wctx, cancel := ctx, context.CancelFunc(func() {})
+		if !next.IsZero() {
+			wctx, cancel = context.WithDeadline(ctx, next)
+		}
+		recs, nextIndex, err := env.catalog.ListWait(wctx, index)
+		cancel()
+		if err != nil && ctx.Err() == nil && wctx.Err() != nil {
+			// The next record is due: list again without waiting.
+			recs, nextIndex, err = env.catalog.ListWait(ctx, 0)
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				logger.Debug("list checkpoint records", "error", err)
@@ -33,9 +42,23 @@ func (d *Driver) reap(ctx context.Context, env *environment, logger hclog.Logger
 			}
 			continue
 		}
-		index = next
-		d.reapPass(ctx, env, policy, recs, time.Now(), logger)
+		index = nextIndex
+		now := time.Now()
+		d.reapPass(ctx, env, policy, recs, now, logger)
+		next = nextDue(recs, now)
 	}
+}
+
+// nextDue is when the first of recs not due at now becomes due; zero when
+// none will.
+func nextDue(recs []*catalog.Record, now time.Time) time.Time {
+	var first time.Time
+	for _, r := range recs {
+		if at, ok := r.ReapAt(); ok && at.After(now) && (first.IsZero() || at.Before(first)) {
+			first = at
+		}
+	}
+	return first
 }
 
 // reapPass reaps, given every checkpoint record, what this node owns and
@@ -73,14 +96,14 @@ func (d *Driver) reapPass(ctx context.Context, env *environment, policy checkpoi
 		case mine && (r.State == catalog.StateRestored || r.State == catalog.StateColdStart):
 			d.removeCheckpoint(ctx, env, r, logger)
 			continue
-		case mine && policy.Due(r, now):
-			if why, ok := d.reapByAge(ctx, env, policy.ReapPolicy, r, now, logger); ok {
+		case mine && r.Due(now):
+			if why, ok := d.reapByAge(ctx, env, r, now, logger); ok {
 				reaped = append(reaped, catalog.Reaped{AllocID: r.AllocID, Task: r.Task, State: r.State, SourceNode: r.SourceNodeName, Why: why, At: now.UTC()})
 			}
 			continue
 		}
 		claimedElsewhere := r.State == catalog.StateRestoring && r.DestNodeID != "" && r.DestNodeID != self
-		if !r.State.Terminal() && !policy.Due(r, now) && !claimedElsewhere {
+		if !r.State.Terminal() && !r.Due(now) && !claimedElsewhere {
 			live[key] = true
 		}
 	}
@@ -122,8 +145,8 @@ func (d *Driver) removeCheckpoint(ctx context.Context, env *environment, r *cata
 // read: a destination claiming it meanwhile keeps both. A checkpoint left
 // behind by a failed removal has no record any more; sweepOwn removes it
 // later. It reports why r was reaped, and whether it was.
-func (d *Driver) reapByAge(ctx context.Context, env *environment, policy catalog.ReapPolicy, r *catalog.Record, now time.Time, logger hclog.Logger) (string, bool) {
-	age, _ := policy.Age(r.State)
+func (d *Driver) reapByAge(ctx context.Context, env *environment, r *catalog.Record, now time.Time, logger hclog.Logger) (string, bool) {
+	age, _ := r.ReapPolicy().Age(r.State)
 	why := reapReason(r.State, age)
 	logger = logger.With("alloc_id", r.AllocID, "task", r.Task, "state", r.State, "changed", r.Changed().Format(time.RFC3339))
 	removed, err := env.catalog.DeleteUnchanged(ctx, r)

@@ -229,3 +229,46 @@ func TestReapRecordChangedMeanwhile(t *testing.T) {
 	must.True(t, w.exists(t, r))
 	must.True(t, present(dir))
 }
+
+// TestReapByRecordsOwnAges: each record is reaped by the ages its source
+// wrote into it (gc.checkpoints when it was made), not by the defaults;
+// and the reaper wakes when the first record falls due, not at its next
+// blocking wait minutes later.
+func TestReapByRecordsOwnAges(t *testing.T) {
+	w := newReapWorld(t)
+	short := &catalog.ReapPolicy{Stale: 3 * time.Second, Unclaimed: 3 * time.Second, Retention: 3 * time.Second}
+	put := func(r *catalog.Record) {
+		value, err := json.Marshal(r)
+		must.NoError(t, err)
+		_, err = w.client.KV().Put(&consul.KVPair{Key: w.env.catalog.Key(r.AllocID, r.Task), Value: value}, nil)
+		must.NoError(t, err)
+	}
+	// A ready record an hour old: kept by the defaults (a day), reaped by
+	// its own ages.
+	own := w.record(t, reapSelf, catalog.StateReady, time.Hour)
+	own.Reap = short
+	put(own)
+	dflt := w.record(t, reapSelf, catalog.StateReady, time.Hour)
+	ownDir := checkpointAt(t, w.env.checkpoints, own, true, time.Hour)
+	dfltDir := checkpointAt(t, w.env.checkpoints, dflt, true, time.Hour)
+	// A failed record changed just now, due in three seconds.
+	fresh := w.record(t, reapSelf, catalog.StateFailed, 0)
+	fresh.Reap = short
+	put(fresh)
+	freshDir := checkpointAt(t, w.env.checkpoints, fresh, true, 0)
+
+	ctx, cancel := context.WithCancel(w.ctx)
+	defer cancel()
+	go (&Driver{}).reap(ctx, w.env, defaultCheckpointReap(), testutil.Logger(t, hclog.Debug))
+
+	deadline := time.Now().Add(20 * time.Second)
+	for (w.exists(t, own) || w.exists(t, fresh)) && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	must.False(t, w.exists(t, own), must.Sprint("reaped by its own ages"))
+	must.False(t, present(ownDir))
+	must.False(t, w.exists(t, fresh), must.Sprint("reaped once due, without waiting for a change"))
+	must.False(t, present(freshDir))
+	must.True(t, w.exists(t, dflt), must.Sprint("kept by the default ages"))
+	must.True(t, present(dfltDir))
+}

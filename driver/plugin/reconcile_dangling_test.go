@@ -203,17 +203,18 @@ func TestTracking(t *testing.T) {
 
 func TestDanglingConfigDefaults(t *testing.T) {
 	dangling := DanglingConfig{Enabled: true, Period: "5m", CreationGrace: "5m"}
+	checkpoints := CheckpointsGC{Stale: "1h", Unclaimed: "24h", Failed: "168h", Orphan: "1h"}
 	cases := []struct {
 		config string
 		want   GCConfig
 	}{
-		{`{}`, GCConfig{Image: true, ImageDelay: "3m", DanglingContainers: dangling}},
-		{`{ gc { image = false } }`, GCConfig{ImageDelay: "3m", DanglingContainers: dangling}},
-		{`{ gc { dangling_containers {} } }`, GCConfig{Image: true, ImageDelay: "3m", DanglingContainers: dangling}},
+		{`{}`, GCConfig{Image: true, ImageDelay: "3m", DanglingContainers: dangling, Checkpoints: checkpoints}},
+		{`{ gc { image = false } }`, GCConfig{ImageDelay: "3m", DanglingContainers: dangling, Checkpoints: checkpoints}},
+		{`{ gc { dangling_containers {} } }`, GCConfig{Image: true, ImageDelay: "3m", DanglingContainers: dangling, Checkpoints: checkpoints}},
 		{`{ gc { dangling_containers { dry_run = true } } }`, GCConfig{Image: true, ImageDelay: "3m",
-			DanglingContainers: DanglingConfig{Enabled: true, Period: "5m", CreationGrace: "5m", DryRun: true}}},
+			DanglingContainers: DanglingConfig{Enabled: true, Period: "5m", CreationGrace: "5m", DryRun: true}, Checkpoints: checkpoints}},
 		{`{ gc { dangling_containers { enabled = false, period = "1m", creation_grace = "10m" } } }`, GCConfig{Image: true, ImageDelay: "3m",
-			DanglingContainers: DanglingConfig{Period: "1m", CreationGrace: "10m"}}},
+			DanglingContainers: DanglingConfig{Period: "1m", CreationGrace: "10m"}, Checkpoints: checkpoints}},
 	}
 	for _, c := range cases {
 		var conf Config

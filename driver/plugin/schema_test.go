@@ -90,6 +90,12 @@ const everyPluginField = `config {
       creation_grace = "2m"
       dry_run        = true
     }
+    checkpoints {
+      stale     = "30m"
+      unclaimed = "12h"
+      failed    = "72h"
+      orphan    = "2h"
+    }
   }
   nomad {
     address = "http://127.0.0.1:4646"

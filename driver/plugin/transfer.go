@@ -114,7 +114,7 @@ func (d *Driver) startNode(ctx context.Context, conf *Config, env *environment) 
 		if env.transfer != nil {
 			go d.serveTransfer(ctx, conf, env, logger)
 		}
-		d.reap(ctx, env, logger.Named("reap"))
+		d.reap(ctx, env, conf.GC.Checkpoints.reap, logger.Named("reap"))
 	}()
 }
 

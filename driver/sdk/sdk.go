@@ -34,13 +34,17 @@ const DriverName = "ferry"
 
 // Node attributes the driver fingerprints.
 const (
-	AttrDriver        = "driver.ferry"                // true when the driver is detected
-	AttrVersion       = "driver.ferry.version"        // the driver's version
-	AttrPlatform      = "driver.ferry.platform"       // os/arch[/variant] images are chosen for
-	AttrCheckpoint    = "driver.ferry.checkpoint"     // true when CRIU can checkpoint here
-	AttrCheckpointDir = "driver.ferry.checkpoint_dir" // where checkpoints kept for later are stored
-	AttrCriuVersion   = "driver.ferry.criu.version"   // CRIU's version, when found
-	AttrRuncVersion   = "driver.ferry.runc.version"   // runc's version
+	AttrDriver     = "driver.ferry"            // true when the driver is detected
+	AttrVersion    = "driver.ferry.version"    // the driver's version
+	AttrPlatform   = "driver.ferry.platform"   // os/arch[/variant] images are chosen for
+	AttrCheckpoint = "driver.ferry.checkpoint" // true when CRIU can checkpoint here
+	// AttrCheckpointLazy is true when a lazy (post-copy) migration works
+	// here: CRIU's lazy pages (userfaultfd) and pipes large enough for its
+	// page transfer (fs.pipe-max-size >= 4 MiB, or CAP_SYS_RESOURCE).
+	AttrCheckpointLazy = "driver.ferry.checkpoint.lazy"
+	AttrCheckpointDir  = "driver.ferry.checkpoint_dir" // where checkpoints kept for later are stored
+	AttrCriuVersion    = "driver.ferry.criu.version"   // CRIU's version, when found
+	AttrRuncVersion    = "driver.ferry.runc.version"   // runc's version
 )
 
 // Meta keys.

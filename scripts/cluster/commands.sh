@@ -133,19 +133,28 @@ EOT
 }
 
 cmd_restart_client() {
-  local k=${1:-} name
+  local k=${1:-} name rewrite=0
   local -a procs=()
-  [[ $k =~ ^[0-9]+$ ]] || die "usage: $0 restart-client K"
+  [[ $k =~ ^[0-9]+$ ]] || die "usage: $0 restart-client K [--config]"
+  [[ ${2:-} == --config ]] && rewrite=1
   require_root
   name=$(client_name "$k")
   [[ -f $ETC/c$k.hcl ]] || die "client $name was never started (no $ETC/c$k.hcl)"
   running nomad-server >/dev/null || die "the Nomad server is not running; use '$0 up'"
   ns_exists "$(client_ns "$k")" || die "namespace $(client_ns "$k") is missing; use '$0 up'"
-  # Same config; a rebuilt driver binary is picked up (all clients load it on
-  # their next start).
-  if grep -q '^plugin "nomad-driver-ferry"' "$ETC/c$k.hcl" && [[ -x $DRIVER_BIN ]] &&
-    { [[ $SKIP_DRIVER_CHECK != 1 ]] || is_nomad_plugin "$DRIVER_BIN"; }; then
-    copy_driver "other running clients load it on their restart"
+  # The same config unless --config; a rebuilt driver binary is picked up
+  # (all clients load it on their next start).
+  if grep -q '^plugin "nomad-driver-ferry"' "$ETC/c$k.hcl"; then
+    if [[ -x $DRIVER_BIN ]] && { [[ $SKIP_DRIVER_CHECK != 1 ]] || is_nomad_plugin "$DRIVER_BIN"; }; then
+      copy_driver "other running clients load it on their restart"
+    fi
+  else
+    # shellcheck disable=SC2034 # read by client_config (driver.sh)
+    WITH_PLUGIN=0
+  fi
+  if ((rewrite)); then
+    write_client_config "$k"
+    config_changed && log "config of client $name written again from the environment"
   fi
   start_client_forwarder "$k"
   record_driver_seen "$k"

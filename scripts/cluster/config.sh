@@ -81,6 +81,8 @@ client_config() {
     render_template client-plugins.hcl "${shared[@]}" registry="$REGISTRY" tls="$TLS" \
       transfer_port="$TRANSFER_PORT" checkpoint_dir_line="$(checkpoint_dir_line)" \
       platform_line="$(platform_line "$k")" permissions_lines="$(permissions_lines)" \
+      gc_lines="$(client_lines GC "$k")" transfer_lines="$(client_lines TRANSFER "$k")" \
+      images_block="$(images_block "$k")" \
       nomad_token_line="$(acl_token_line "    " driver.nomad)" \
       consul_token_line="$(acl_token_line "    " driver.consul)"
   fi
@@ -113,6 +115,29 @@ permissions_lines() {
 
 # platform_line K: with FERRY_PLATFORM_C<K> set (e.g. linux/arm64), client K
 # chooses images for that platform, as a node of that architecture would.
+# client_lines NAME K: FERRY_<NAME>_C<K>, HCL for a block of client K's
+# driver config, indented.
+client_lines() {
+  local var="FERRY_$1_C$2" body
+  body=${!var:-}
+  if [[ -n $body ]]; then
+    printf '      %s\n' "${body//$'\n'/$'\n'      }"
+  fi
+}
+
+# images_block K: the driver's images block of client K, when
+# FERRY_IMAGES_C<K> gives it a body.
+images_block() {
+  local body
+  body=$(client_lines IMAGES "$1")
+  if [[ -n $body ]]; then
+    printf '    images {
+%s
+    }
+' "$body"
+  fi
+}
+
 platform_line() {
   local var="FERRY_PLATFORM_C$1"
   if [[ -n ${!var:-} ]]; then

@@ -13,7 +13,9 @@ plugin "nomad-driver-ferry" {
     gc {
       image       = true
       image_delay = "2m"
+@gc_lines@
     }
+@images_block@
     # 127.0.0.1 in this namespace reaches neither this client's agent (it
     # binds @ip@) nor Consul, so the API clients' defaults would not do. The
     # driver asks its own agent which node it is.
@@ -33,6 +35,7 @@ plugin "nomad-driver-ferry" {
       ca_file   = "@tls@/nomad-agent-ca.pem"
       cert_file = "@tls@/c@k@/global-client-nomad.pem"
       key_file  = "@tls@/c@k@/global-client-nomad-key.pem"
+@transfer_lines@
     }
   }
 }
