@@ -16,14 +16,9 @@ import (
 )
 
 // putCheckpointRecord writes a checkpoint record of state from source,
-// last changed age ago (the catalogue's Put would stamp it now).
-func putCheckpointRecord(t *testing.T, c *api.Client, n int, source string, state catalog.State, age time.Duration) *catalog.Record {
-	return putCheckpointRecordReaped(t, c, n, source, state, age, nil)
-}
-
-// putCheckpointRecordReaped is putCheckpointRecord with the reap ages its
-// source wrote into it.
-func putCheckpointRecordReaped(t *testing.T, c *api.Client, n int, source string, state catalog.State, age time.Duration, reap *catalog.ReapPolicy) *catalog.Record {
+// last changed age ago (the catalogue's Put would stamp it now), with the
+// reap ages its source wrote into it (nil: none, the defaults).
+func putCheckpointRecord(t *testing.T, c *api.Client, n int, source string, state catalog.State, age time.Duration, reap *catalog.ReapPolicy) *catalog.Record {
 	t.Helper()
 	changed := time.Now().Add(-age).UTC()
 	r := &catalog.Record{
@@ -71,7 +66,7 @@ func TestReapOrphanedCheckpoints(t *testing.T) {
 		if k.state == catalog.StateCheckpointing {
 			reap = short
 		}
-		recs[i] = putCheckpointRecordReaped(t, c, i+1, k.source, k.state, k.age, reap)
+		recs[i] = putCheckpointRecord(t, c, i+1, k.source, k.state, k.age, reap)
 	}
 	r := &Rebalancer{
 		Config:  Config{Node: "planner-node"},
