@@ -70,6 +70,10 @@ type RestoreOptions struct {
 	// ManageCgroupsMode is "" (runc's default, soft) or one of "soft",
 	// "full", "strict" and "ignore".
 	ManageCgroupsMode string
+	// LazyPages restores a lazy dump (see StartLazyCheckpoint): the
+	// task's memory comes from a `criu lazy-pages` daemon already
+	// listening in the restore's work directory.
+	LazyPages bool
 }
 
 // Checkpoint dumps container id with CRIU through `runc checkpoint`. Unless
@@ -150,6 +154,9 @@ func RestoreArgs(opts RestoreOptions) []string {
 	}
 	if opts.ManageCgroupsMode != "" {
 		args = append(args, "--manage-cgroups-mode", opts.ManageCgroupsMode)
+	}
+	if opts.LazyPages {
+		args = append(args, "--lazy-pages")
 	}
 	return args
 }

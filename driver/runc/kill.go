@@ -36,3 +36,21 @@ func (r *Runc) Delete(ctx context.Context, id string, force bool) error {
 	}
 	return err
 }
+
+// Pause freezes every process of container id (its freezer cgroup). A
+// source serving its memory lazily is paused once its page server is
+// ready: if the transfer then fails, CRIU's resuming of the task leaves it
+// frozen, never running beside its copy; and CRIU ends a successful
+// transfer only once the container is resumed.
+func (r *Runc) Pause(ctx context.Context, id string) error {
+	r.logger().Debug("pausing container", "id", id)
+	_, err := r.output(ctx, "pause "+id, "pause", id)
+	return err
+}
+
+// Resume thaws the processes of container id that Pause froze.
+func (r *Runc) Resume(ctx context.Context, id string) error {
+	r.logger().Debug("resuming container", "id", id)
+	_, err := r.output(ctx, "resume "+id, "resume", id)
+	return err
+}

@@ -1,0 +1,292 @@
+package checkpoint
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferry-nomad/ferry/driver/runc"
+	"github.com/ferry-nomad/ferry/driver/runc/runctest"
+	"github.com/shoenig/test/must"
+)
+
+// memoryScript holds 32 MiB of text in the shell's memory, prints its
+// md5 once ("start SUM"), again on SIGUSR1 ("check SUM"), and counts every
+// 200 ms, all into /out.log.
+const memoryScript = `exec >/out.log 2>&1
+x=$(yes 0123456789abcdef | head -c 33554432 | tr -d '\n')
+echo "start $(echo "$x" | md5sum)"
+trap 'echo "check $(echo "$x" | md5sum)"' USR1
+i=0; while true; do i=$((i+1)); echo "count $i"; sleep 0.2; done`
+
+// lazyWorld is a source container holding memory, and the directories of
+// both halves of a lazy migration on this machine.
+type lazyWorld struct {
+	r                    *runc.Runc
+	src                  *runctest.Bundle
+	dstBundle, dstID     string
+	srcImages, srcWork   string
+	dstImages, dstWork   string
+	pageServer, startSum string
+	ctx                  context.Context
+}
+
+// lazyPipes sets fs.pipe-max-size to what CRIU's lazy page transfer needs
+// for the test, and back after it.
+func lazyPipes(t *testing.T) {
+	const sysctl = "/proc/sys/fs/pipe-max-size"
+	orig, err := os.ReadFile(sysctl)
+	must.NoError(t, err)
+	must.NoError(t, os.WriteFile(sysctl, []byte("4194304"), 0o644))
+	t.Cleanup(func() { _ = os.WriteFile(sysctl, orig, 0o644) })
+}
+
+func newLazyWorld(t *testing.T) *lazyWorld {
+	t.Helper()
+	requireCriu(t)
+	lazyPipes(t)
+	b := runctest.NewBundle(t, "/bin/sh", "-c", memoryScript)
+	for _, a := range []string{"yes", "md5sum"} {
+		must.NoError(t, os.Symlink("busybox", filepath.Join(b.Dir, "rootfs", "bin", a)))
+	}
+	root := t.TempDir()
+	runctest.RunDetached(t, root, b)
+	w := &lazyWorld{
+		r: &runc.Runc{Path: runctest.RuncPath(), Root: root}, src: b,
+		srcImages: t.TempDir(), srcWork: t.TempDir(), dstImages: t.TempDir(), dstWork: t.TempDir(),
+		pageServer: freePort(t),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	w.ctx = ctx
+	w.startSum = waitLine(t, w.srcLog(), regexp.MustCompile(`start (\w+)`), 30*time.Second)
+
+	// The destination's container: another ID and cgroup over the same
+	// rootfs (the source's stays until its memory is all served).
+	w.dstID = runctest.RandomID("ferry-test-dst-")
+	spec := runctest.Spec(b.Spec.Process.Args, "/ferry-test/"+w.dstID)
+	spec.Root.Path = filepath.Join(b.Dir, "rootfs")
+	w.dstBundle = t.TempDir()
+	(&runctest.Bundle{Dir: w.dstBundle, ID: w.dstID, Spec: spec}).Write(t)
+	runctest.Cleanup(t, root, w.dstID)
+	return w
+}
+
+func (w *lazyWorld) srcLog() string { return filepath.Join(w.src.Dir, "rootfs", "out.log") }
+
+// dump starts the lazy dump and waits for its page server, then copies
+// its images to the destination's directory.
+func (w *lazyWorld) dump(t *testing.T) *runc.LazyCheckpoint {
+	t.Helper()
+	start := time.Now()
+	l, err := w.r.StartLazyCheckpoint(w.ctx, w.src.ID, runc.CheckpointOptions{
+		ImagePath: w.srcImages, WorkPath: w.srcWork, ManageCgroupsMode: "ignore",
+	}, w.pageServer)
+	must.NoError(t, err)
+	t.Cleanup(l.Stop)
+	must.NoError(t, <-l.Ready())
+	t.Logf("page server ready after %s", time.Since(start).Round(time.Millisecond))
+	// Frozen from now on: CRIU resuming it on a failure cannot make it
+	// run beside its copy.
+	must.NoError(t, w.r.Pause(w.ctx, w.src.ID))
+	out, err := exec.Command("cp", "-a", w.srcImages+"/.", w.dstImages).CombinedOutput()
+	must.NoError(t, err, must.Sprint(string(out)))
+	return l
+}
+
+// restore starts the lazy-pages daemon and restores the destination's
+// container with it; it returns the daemon and the restore's error.
+func (w *lazyWorld) restore(t *testing.T) (*LazyPages, error) {
+	t.Helper()
+	d, err := StartLazyPages(w.ctx, LazyPagesOptions{CriuPath: "criu", ImagesDir: w.dstImages, WorkDir: w.dstWork, Source: w.pageServer})
+	must.NoError(t, err)
+	t.Cleanup(d.Stop)
+	args := append(w.r.GlobalArgs(), "restore", "--detach", "--bundle", w.dstBundle, "--image-path", w.dstImages, "--work-path", w.dstWork)
+	args = append(args, runc.RestoreArgs(runc.RestoreOptions{ManageCgroupsMode: "ignore", LazyPages: true})...)
+	start := time.Now()
+	out, err := exec.CommandContext(w.ctx, w.r.Path, append(args, w.dstID)...).CombinedOutput()
+	if err != nil {
+		return d, fmt.Errorf("runc restore: %v: %s; %s", err, out, runc.CriuLogTail(filepath.Join(w.dstWork, runc.RestoreLog)))
+	}
+	t.Logf("restored in %s", time.Since(start).Round(time.Millisecond))
+	return d, nil
+}
+
+// The whole lazy migration on one machine: the source's page server is
+// ready, the restored task runs before its memory arrived, the daemon
+// reports every page transferred (some on demand, the rest in the
+// background), the source's container is then gone, and the restored
+// task's memory is what it was.
+func TestLazyMigration(t *testing.T) {
+	w := newLazyWorld(t)
+	l := w.dump(t)
+	d, err := w.restore(t)
+	must.NoError(t, err)
+
+	p, err := d.Result()
+	must.NoError(t, err)
+	t.Logf("progress: %+v", p)
+	must.True(t, p.Complete())
+	must.Greater(t, int64(6000), p.Pages) // the 32 MiB of text, and more
+	must.Positive(t, p.Faults)
+	must.Less(t, p.Pages, p.OnDemand)
+
+	// CRIU ends the dump once the source is thawed: it then kills it.
+	select {
+	case <-l.Done():
+		t.Fatal("the dump ended while its container was frozen")
+	case <-time.After(500 * time.Millisecond):
+	}
+	must.NoError(t, w.r.Resume(w.ctx, w.src.ID))
+	select {
+	case <-l.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the source's dump did not end after every page was served")
+	}
+	must.NoError(t, l.Err())
+	_, err = w.r.State(w.ctx, w.src.ID)
+	must.ErrorIs(t, err, runc.ErrNotExist)
+
+	// The restored task counts on, and its memory is intact.
+	count := regexp.MustCompile(`count (\d+)`)
+	before, _ := strconv.Atoi(waitLine(t, w.srcLog(), count, 5*time.Second))
+	time.Sleep(time.Second)
+	after, _ := strconv.Atoi(waitLine(t, w.srcLog(), count, 5*time.Second))
+	must.Greater(t, before, after)
+	must.NoError(t, w.r.Kill(w.ctx, w.dstID, syscall.SIGUSR1, false))
+	must.Eq(t, w.startSum, waitLine(t, w.srcLog(), regexp.MustCompile(`check (\w+)`), 30*time.Second))
+	t.Logf("restored task at count %d, memory intact (%s)", after, w.startSum)
+}
+
+// The source's CRIU is lost while the destination fetches the memory
+// (stopped before the restore, so that the copy is held mid-way, then
+// killed): the daemon's result is an error, never a success; the source's
+// task, which CRIU resumes, stays frozen (it never runs beside its copy)
+// until thawed, and then runs on with its memory.
+func TestLazyMigrationSourceLost(t *testing.T) {
+	w := newLazyWorld(t)
+	l := w.dump(t)
+	// The source's CRIU gets 1% of a CPU: the copy takes many seconds.
+	throttle(t, l.CriuPid())
+	d, err := w.restore(t)
+	must.NoError(t, err)
+	waitFor(t, 30*time.Second, "the background copy to begin", func() bool {
+		p, _ := d.Progress()
+		return p.Read > 0
+	})
+	p, _ := d.Progress()
+	must.False(t, p.Complete(), must.Sprintf("copy complete already: %+v", p))
+	l.Stop()
+	must.Error(t, l.Err())
+
+	p, err = d.Result()
+	t.Logf("progress: %+v, error: %v", p, err)
+	must.Error(t, err)
+	must.False(t, p.Complete())
+	must.NoError(t, w.r.Delete(w.ctx, w.dstID, true))
+
+	st, err := w.r.State(w.ctx, w.src.ID)
+	must.NoError(t, err)
+	must.Eq(t, runc.StatusPaused, st.Status)
+	must.NoError(t, w.r.Resume(w.ctx, w.src.ID))
+	must.NoError(t, w.r.Kill(w.ctx, w.src.ID, syscall.SIGUSR1, false))
+	must.Eq(t, w.startSum, waitLine(t, w.srcLog(), regexp.MustCompile(`check (\w+)`), 30*time.Second))
+}
+
+// The destination's daemon dies mid-copy while the driver holds copies of
+// its userfaultfds (Guard): the restored task, touching its missing
+// memory, waits instead of reading zeros (it never prints a checksum of
+// memory with holes), and is then killed.
+func TestLazyMigrationGuarded(t *testing.T) {
+	w := newLazyWorld(t)
+	l := w.dump(t)
+	throttle(t, l.CriuPid())
+	d, err := w.restore(t)
+	must.NoError(t, err)
+	n, err := d.Guard()
+	must.NoError(t, err)
+	must.Positive(t, n)
+	t.Cleanup(d.Release)
+	waitFor(t, 30*time.Second, "the background copy to begin", func() bool {
+		p, _ := d.Progress()
+		return p.Read > 0
+	})
+	d.Stop()
+	p, err := d.Result()
+	t.Logf("progress: %+v, error: %v", p, err)
+	must.Error(t, err)
+
+	must.NoError(t, w.r.Kill(w.ctx, w.dstID, syscall.SIGUSR1, false))
+	time.Sleep(3 * time.Second)
+	out, _ := os.ReadFile(w.srcLog())
+	must.StrNotContains(t, string(out), "check ", must.Sprint("the restored task read memory it never received"))
+	must.NoError(t, w.r.Kill(w.ctx, w.dstID, syscall.SIGKILL, true))
+	waitFor(t, 10*time.Second, "the restored task to die", func() bool {
+		st, err := w.r.State(w.ctx, w.dstID)
+		return err == nil && st.Status == runc.StatusStopped
+	})
+}
+
+// throttle moves pid into a CPU cgroup (v1) of its own limited to 1% of
+// a CPU, for the rest of the test.
+func throttle(t *testing.T, pid int) {
+	t.Helper()
+	must.Positive(t, pid)
+	dir := filepath.Join("/sys/fs/cgroup/cpu", runctest.RandomID("ferry-test-throttle-"))
+	must.NoError(t, os.Mkdir(dir, 0o755))
+	t.Cleanup(func() { _ = os.Remove(dir) })
+	must.NoError(t, os.WriteFile(filepath.Join(dir, "cpu.cfs_period_us"), []byte("100000"), 0o644))
+	must.NoError(t, os.WriteFile(filepath.Join(dir, "cpu.cfs_quota_us"), []byte("1000"), 0o644))
+	must.NoError(t, os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644))
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// freePort is a free "127.0.0.1:port".
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// waitLine waits for the last line of file that re matches, and returns
+// its first group.
+func waitLine(t *testing.T, file string, re *regexp.Regexp, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		data, _ := os.ReadFile(file)
+		if m := re.FindAllStringSubmatch(string(data), -1); m != nil {
+			return m[len(m)-1][1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no line matching %q in %s within %s:\n%s", re, file, timeout, lastLines(string(data), 10))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
