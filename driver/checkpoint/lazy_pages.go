@@ -119,9 +119,6 @@ func StartLazyPages(ctx context.Context, opts LazyPagesOptions) (*LazyPages, err
 // Pid is the daemon's process ID.
 func (l *LazyPages) Pid() int { return l.cmd.Process.Pid }
 
-// Done is closed when the daemon has exited.
-func (l *LazyPages) Done() <-chan struct{} { return l.done }
-
 // Stop kills the daemon and waits for it.
 func (l *LazyPages) Stop() {
 	l.once.Do(func() { _ = l.cmd.Process.Kill() })

@@ -308,23 +308,12 @@ func (d *Driver) launch(cfg *drivers.TaskConfig, conf *Config, env *environment,
 		}
 	}()
 
-	sc := shim.Config{
-		ID:         cid,
-		Bundle:     st.Dir,
-		RuncPath:   conf.RuncPath,
-		RuncRoot:   env.layout.runcRoot(),
-		StdoutPath: cfg.StdoutPath,
-		StderrPath: cfg.StderrPath,
-		Mode:       shim.ModeRun,
-	}
+	sc := taskShim(conf, env, cfg, st)
 	if from != nil {
 		if err := checkpoint.PrepareTaskDir(from.dir, st.Dir); err != nil {
 			return nil, fmt.Errorf("restore: %w", err)
 		}
-		sc.Mode = shim.ModeRestore
-		sc.ImagePath = filepath.Join(from.dir, "images")
-		sc.WorkPath = filepath.Join(st.Dir, "restore")
-		sc.RestoreArgs = runc.RestoreArgs(from.options)
+		sc = restoringShim(sc, from.dir, from.options)
 		st.RestoredFrom = from.record.AllocID
 	}
 	rootfs, err := mountRootfs(img.RootFS, st.Dir)

@@ -11,7 +11,33 @@ import (
 	"github.com/ferry-nomad/ferry/driver/shim"
 	"github.com/ferry-nomad/ferry/driver/task"
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/nomad/plugins/drivers"
 )
+
+// taskShim is the shim configuration that runs task cfg's container, as
+// its state st names it.
+func taskShim(conf *Config, env *environment, cfg *drivers.TaskConfig, st task.State) shim.Config {
+	return shim.Config{
+		ID:         st.ContainerID,
+		Bundle:     st.Dir,
+		RuncPath:   conf.RuncPath,
+		RuncRoot:   env.layout.runcRoot(),
+		StdoutPath: cfg.StdoutPath,
+		StderrPath: cfg.StderrPath,
+		Mode:       shim.ModeRun,
+	}
+}
+
+// restoringShim is sc restoring the container from the CRIU images of the
+// checkpoint in dir instead, with opts; CRIU's log goes to the task
+// directory's restore/.
+func restoringShim(sc shim.Config, dir string, opts runc.RestoreOptions) shim.Config {
+	sc.Mode = shim.ModeRestore
+	sc.ImagePath = checkpoint.ImagesDir(dir)
+	sc.WorkPath = filepath.Join(sc.Bundle, "restore")
+	sc.RestoreArgs = runc.RestoreArgs(opts)
+	return sc
+}
 
 // restoreInPlaceTimeout bounds bringing a dumped task back on its node.
 const restoreInPlaceTimeout = 2 * time.Minute
@@ -41,18 +67,7 @@ func (d *Driver) restoreInPlace(conf *Config, env *environment, h *task.Handle, 
 	st := h.State
 	cfg := h.Config
 	opts := runc.RestoreOptions{TCPEstablished: st.TCPEstablished, FileLocks: st.FileLocks}
-	sc := shim.Config{
-		ID:          st.ContainerID,
-		Bundle:      st.Dir,
-		RuncPath:    conf.RuncPath,
-		RuncRoot:    env.layout.runcRoot(),
-		StdoutPath:  cfg.StdoutPath,
-		StderrPath:  cfg.StderrPath,
-		Mode:        shim.ModeRestore,
-		ImagePath:   checkpoint.ImagesDir(dir),
-		WorkPath:    filepath.Join(st.Dir, "restore"),
-		RestoreArgs: runc.RestoreArgs(opts),
-	}
+	sc := restoringShim(taskShim(conf, env, cfg, st), dir, opts)
 	proc, err := shim.Start(ctx, env.self, st.ShimDir, sc)
 	if err != nil {
 		if tail := runc.CriuLogTail(filepath.Join(sc.WorkPath, runc.RestoreLog)); tail != "" {

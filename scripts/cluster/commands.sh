@@ -84,6 +84,7 @@ cmd_up() {
   acl=$(acl_arg "$@")
   require_root
   check_tools
+  tune_host
   switch_acl "$acl"
   acl_use "$acl"
   mkdir -p "$DATA" "$DATA/bin" "$ETC" "$PLUGINS" "$RUN" "$PIDS" "$LOGS"

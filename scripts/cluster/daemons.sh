@@ -3,6 +3,22 @@
 # forwarders, Consul, the Nomad server, the registry and the Nomad clients.
 
 # check_tools: the programs `up` needs.
+# LAZY_PIPE_SIZE: the fs.pipe-max-size CRIU's lazy page transfer needs
+# without CAP_SYS_RESOURCE (its pipes of 819 pages, rounded up to 4 MiB).
+LAZY_PIPE_SIZE=4194304
+
+# tune_host: let the clients' drivers migrate lazily (their fingerprint's
+# driver.ferry.checkpoint.lazy): raise fs.pipe-max-size to LAZY_PIPE_SIZE
+# when it is lower. It is the host's setting, left raised by down.
+tune_host() {
+  local cur
+  cur=$(</proc/sys/fs/pipe-max-size)
+  if ((cur < LAZY_PIPE_SIZE)); then
+    echo "$LAZY_PIPE_SIZE" >/proc/sys/fs/pipe-max-size
+    log "raised fs.pipe-max-size from $cur to $LAZY_PIPE_SIZE (lazy migration's page transfer)"
+  fi
+}
+
 check_tools() {
   local t
   for t in "$NOMAD_BIN" "$CONSUL_BIN" "$REGISTRY_BIN" socat nsenter setsid ip ss curl jq; do

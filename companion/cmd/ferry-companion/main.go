@@ -323,13 +323,12 @@ func runMigrate(ctx context.Context, args []string, stdout io.Writer, logger hcl
 	if err != nil {
 		return err
 	}
-	how := "restored from its checkpoint"
+	how := fmt.Sprintf("restored from its checkpoint; downtime %s, %s moved", res.Downtime.Round(10*time.Millisecond), humanBytes(res.Bytes))
 	if !res.Restored {
-		how = "started fresh: " + res.Reason
+		how = fmt.Sprintf("started fresh: %s; downtime %s", res.Reason, res.Downtime.Round(10*time.Millisecond))
 	}
-	fmt.Fprintf(stdout, "allocation %s moved from %s to %s as %s: %s; downtime %s, %s moved\n",
-		res.OldAlloc[:8], res.Source, res.Destination, res.NewAlloc[:8], how,
-		res.Downtime.Round(10*time.Millisecond), humanBytes(res.Bytes))
+	fmt.Fprintf(stdout, "allocation %s moved from %s to %s as %s: %s\n",
+		res.OldAlloc[:8], res.Source, res.Destination, res.NewAlloc[:8], how)
 	if res.TargetMissed {
 		fmt.Fprintf(stdout, "note: Nomad did not place it on --node %s; give the job the affinity on meta.%s\n", *node, sdk.MetaMigrateTarget)
 	}
