@@ -37,21 +37,8 @@ type LazyPagesOptions struct {
 	// Source is the source's page server, "host:port".
 	Source string
 	// TLS, when set, authenticates the page server and this client with
-	// certificates of one CA.
-	TLS *TLSFiles
-}
-
-// TLSFiles are the PEM files CRIU's TLS uses.
-type TLSFiles struct {
-	CA, Cert, Key string
-}
-
-// args are the options of CRIU's TLS, for its command line.
-func (t *TLSFiles) args() []string {
-	if t == nil {
-		return nil
-	}
-	return []string{"--tls", "--tls-cacert", t.CA, "--tls-cert", t.Cert, "--tls-key", t.Key}
+	// certificates of one CA; the source's must name the host of Source.
+	TLS *runc.CriuTLS
 }
 
 // LazyPages is a `criu lazy-pages` daemon: it hands the restored task's
@@ -91,7 +78,9 @@ func StartLazyPages(ctx context.Context, opts LazyPagesOptions) (*LazyPages, err
 	args := []string{"lazy-pages", "--page-server", "--address", host, "--port", port,
 		"--images-dir", opts.ImagesDir, "--work-dir", opts.WorkDir,
 		"--log-file", LazyPagesLog, "-v4", "--status-fd", "3"}
-	args = append(args, opts.TLS.args()...)
+	if opts.TLS != nil {
+		args = append(args, opts.TLS.Args()...)
+	}
 	l := &LazyPages{
 		cmd:     exec.CommandContext(ctx, criu, args...),
 		logPath: filepath.Join(opts.WorkDir, LazyPagesLog),

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ferry-nomad/ferry/driver/runc"
 	"github.com/ferry-nomad/ferry/driver/runc/runctest"
+	"github.com/ferry-nomad/ferry/driver/testutil"
 	"github.com/shoenig/test/must"
 )
 
@@ -50,13 +51,21 @@ func lazyPipes(t *testing.T) {
 	t.Cleanup(func() { _ = os.WriteFile(sysctl, orig, 0o644) })
 }
 
-func newLazyWorld(t *testing.T) *lazyWorld {
+// newLazyWorld runs the source container, with criuConfig as its CRIU
+// configuration file when it is not nil.
+func newLazyWorld(t *testing.T, criuConfig []byte) *lazyWorld {
 	t.Helper()
 	requireCriu(t)
 	lazyPipes(t)
 	b := runctest.NewBundle(t, "/bin/sh", "-c", memoryScript)
 	for _, a := range []string{"yes", "md5sum"} {
 		must.NoError(t, os.Symlink("busybox", filepath.Join(b.Dir, "rootfs", "bin", a)))
+	}
+	if criuConfig != nil {
+		conf := filepath.Join(b.Dir, "criu.conf")
+		must.NoError(t, os.WriteFile(conf, criuConfig, 0o600))
+		b.Spec.Annotations = map[string]string{runc.CriuConfigAnnotation: conf}
+		b.Write(t)
 	}
 	root := t.TempDir()
 	runctest.RunDetached(t, root, b)
@@ -106,15 +115,31 @@ func (w *lazyWorld) dump(t *testing.T) *runc.LazyCheckpoint {
 // restore starts the lazy-pages daemon and restores the destination's
 // container with it; it returns the daemon and the restore's error.
 func (w *lazyWorld) restore(t *testing.T) (*LazyPages, error) {
+	return w.restoreTLS(t, nil)
+}
+
+// restoreTLS is restore with the daemon's TLS.
+func (w *lazyWorld) restoreTLS(t *testing.T, tls *runc.CriuTLS) (*LazyPages, error) {
 	t.Helper()
-	d, err := StartLazyPages(w.ctx, LazyPagesOptions{CriuPath: "criu", ImagesDir: w.dstImages, WorkDir: w.dstWork, Source: w.pageServer})
+	d, err := StartLazyPages(w.ctx, LazyPagesOptions{CriuPath: "criu", ImagesDir: w.dstImages, WorkDir: w.dstWork, Source: w.pageServer, TLS: tls})
 	must.NoError(t, err)
 	t.Cleanup(d.Stop)
 	args := append(w.r.GlobalArgs(), "restore", "--detach", "--bundle", w.dstBundle, "--image-path", w.dstImages, "--work-path", w.dstWork)
 	args = append(args, runc.RestoreArgs(runc.RestoreOptions{ManageCgroupsMode: "ignore", LazyPages: true})...)
 	start := time.Now()
-	out, err := exec.CommandContext(w.ctx, w.r.Path, append(args, w.dstID)...).CombinedOutput()
+	// A restore whose daemon failed can hang in CRIU: bounded, and the
+	// container's processes are removed at the test's end.
+	ctx, cancel := context.WithTimeout(w.ctx, 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, w.r.Path, append(args, w.dstID)...)
+	// runc and the CRIU under it, killed together.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	out, err := cmd.CombinedOutput()
 	if err != nil {
+		// A killed runc leaves the rootfs it mounted for CRIU.
+		_ = syscall.Unmount(filepath.Join(w.r.Root, w.dstID, "criu-root"), syscall.MNT_DETACH)
 		return d, fmt.Errorf("runc restore: %v: %s; %s", err, out, runc.CriuLogTail(filepath.Join(w.dstWork, runc.RestoreLog)))
 	}
 	t.Logf("restored in %s", time.Since(start).Round(time.Millisecond))
@@ -127,7 +152,7 @@ func (w *lazyWorld) restore(t *testing.T) (*LazyPages, error) {
 // background), the source's container is then gone, and the restored
 // task's memory is what it was.
 func TestLazyMigration(t *testing.T) {
-	w := newLazyWorld(t)
+	w := newLazyWorld(t, nil)
 	l := w.dump(t)
 	d, err := w.restore(t)
 	must.NoError(t, err)
@@ -167,13 +192,69 @@ func TestLazyMigration(t *testing.T) {
 	t.Logf("restored task at count %d, memory intact (%s)", after, w.startSum)
 }
 
+// With TLS, both ends present certificates of the cluster's CA (the
+// source's naming its address): the memory arrives whole. A client whose
+// certificate another CA signed is refused, and the source's task, resumed
+// by CRIU, stays frozen, its memory intact.
+func TestLazyMigrationTLS(t *testing.T) {
+	ca := testutil.NewCA(t)
+	src, dst := ca.Node(t, "source", "127.0.0.1"), ca.Node(t, "destination", "127.0.0.1")
+	srcTLS := runc.CriuTLS{CA: ca.File, Cert: src.CertFile, Key: src.KeyFile}
+	dstTLS := &runc.CriuTLS{CA: ca.File, Cert: dst.CertFile, Key: dst.KeyFile}
+
+	t.Run("same CA", func(t *testing.T) {
+		w := newLazyWorld(t, srcTLS.Config())
+		l := w.dump(t)
+		d, err := w.restoreTLS(t, dstTLS)
+		must.NoError(t, err)
+		p, err := d.Result()
+		must.NoError(t, err)
+		t.Logf("progress: %+v", p)
+		must.NoError(t, w.r.Resume(w.ctx, w.src.ID))
+		<-l.Done()
+		must.NoError(t, l.Err())
+		must.StrContains(t, readFile(t, filepath.Join(w.dstWork, LazyPagesLog)), "TLS handshake completed")
+		must.NoError(t, w.r.Kill(w.ctx, w.dstID, syscall.SIGUSR1, false))
+		must.Eq(t, w.startSum, waitLine(t, w.srcLog(), regexp.MustCompile(`check (\w+)`), 30*time.Second))
+	})
+	t.Run("other CA", func(t *testing.T) {
+		other := testutil.NewCA(t)
+		intruder := other.Node(t, "destination", "127.0.0.1")
+		w := newLazyWorld(t, srcTLS.Config())
+		l := w.dump(t)
+		d, restoreErr := w.restoreTLS(t, &runc.CriuTLS{CA: ca.File, Cert: intruder.CertFile, Key: intruder.KeyFile})
+		t.Logf("restore: %v", restoreErr)
+		p, err := d.Result()
+		t.Logf("progress: %+v, error: %v", p, err)
+		must.Error(t, err)
+		<-l.Done()
+		must.Error(t, l.Err())
+		if restoreErr == nil {
+			must.NoError(t, w.r.Delete(w.ctx, w.dstID, true))
+		}
+		st, err := w.r.State(w.ctx, w.src.ID)
+		must.NoError(t, err)
+		must.Eq(t, runc.StatusPaused, st.Status)
+		must.NoError(t, w.r.Resume(w.ctx, w.src.ID))
+		must.NoError(t, w.r.Kill(w.ctx, w.src.ID, syscall.SIGUSR1, false))
+		must.Eq(t, w.startSum, waitLine(t, w.srcLog(), regexp.MustCompile(`check (\w+)`), 30*time.Second))
+	})
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	must.NoError(t, err)
+	return string(b)
+}
+
 // The source's CRIU is lost while the destination fetches the memory
 // (stopped before the restore, so that the copy is held mid-way, then
 // killed): the daemon's result is an error, never a success; the source's
 // task, which CRIU resumes, stays frozen (it never runs beside its copy)
 // until thawed, and then runs on with its memory.
 func TestLazyMigrationSourceLost(t *testing.T) {
-	w := newLazyWorld(t)
+	w := newLazyWorld(t, nil)
 	l := w.dump(t)
 	// The source's CRIU gets 1% of a CPU: the copy takes many seconds.
 	throttle(t, l.CriuPid())
@@ -207,7 +288,7 @@ func TestLazyMigrationSourceLost(t *testing.T) {
 // memory, waits instead of reading zeros (it never prints a checksum of
 // memory with holes), and is then killed.
 func TestLazyMigrationGuarded(t *testing.T) {
-	w := newLazyWorld(t)
+	w := newLazyWorld(t, nil)
 	l := w.dump(t)
 	throttle(t, l.CriuPid())
 	d, err := w.restore(t)

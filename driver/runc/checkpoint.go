@@ -171,6 +171,26 @@ func CriuConfig(opts RestoreOptions) []byte {
 	return nil
 }
 
+// CriuTLS are the PEM files of CRIU's TLS for a lazy migration's page
+// transfer: both ends present a certificate signed by CA and check the
+// other's (the page client also checks that the page server's certificate
+// names the address it dials). runc has no flag for it: the page server's
+// side goes in the container's CRIU configuration file (Config, and
+// CriuConfigAnnotation); CRIU reads the files when the client connects.
+type CriuTLS struct {
+	CA, Cert, Key string
+}
+
+// Config is the lines of a CRIU configuration file that turn TLS on.
+func (t CriuTLS) Config() []byte {
+	return fmt.Appendf(nil, "tls\ntls-cacert %s\ntls-cert %s\ntls-key %s\n", t.CA, t.Cert, t.Key)
+}
+
+// Args are CRIU's command-line flags that turn TLS on.
+func (t CriuTLS) Args() []string {
+	return []string{"--tls", "--tls-cacert", t.CA, "--tls-cert", t.Cert, "--tls-key", t.Key}
+}
+
 // checkCgroupsMode returns an error unless mode is a --manage-cgroups-mode
 // runc accepts, or empty.
 func checkCgroupsMode(mode string) error {
