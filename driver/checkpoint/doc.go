@@ -20,6 +20,15 @@
 // The manifest is written last, atomically: a directory without one is an
 // incomplete checkpoint. Directories are 0700 and files 0600.
 //
+// A lazy checkpoint (CreateLazy, Options.LazyPages in the manifest) has the
+// same files, but its images hold none of the task's anonymous memory: the
+// source's CRIU serves that from the stopped, paused task to one
+// destination's `criu lazy-pages` (StartLazyPages), working in the task
+// directory's lazy-dump/ meanwhile. The destination restores the task
+// before its memory has arrived and the daemon fetches the rest; the
+// checkpoint is whole only once the daemon reports every page received
+// (LazyPages.Result).
+//
 // On the destination the driver checks the checkpoint (Open), lays out
 // a new task directory from it (PrepareTaskDir), mounts the task's overlay
 // over the same image, points the runtime spec at the new rootfs

@@ -31,7 +31,7 @@ ln /opaque/new /opaque/hard && ln -s /data.txt /data.link || exit 1
 i=0; while true; do echo "count $i"; echo $i > /data.txt; i=$((i+1)); sleep 0.1; done`
 
 // extraApplets are linked to busybox in the image besides runctest's.
-var extraApplets = []string{"rm", "mkdir", "ln", "nc"}
+var extraApplets = []string{"rm", "mkdir", "ln", "nc", "yes", "md5sum"}
 
 func requireCriu(t *testing.T) {
 	t.Helper()
@@ -129,6 +129,12 @@ func newTask(t *testing.T, r *runc.Runc, taskDir string) *task {
 // images with extra runc restore flags.
 func (tk *task) start(images string, restoreArgs []string) {
 	tk.t.Helper()
+	tk.startIn(images, tk.t.TempDir(), restoreArgs)
+}
+
+// startIn is start with CRIU's work directory for a restore.
+func (tk *task) startIn(images, work string, restoreArgs []string) {
+	tk.t.Helper()
 	cfg := shim.Config{
 		ID:         tk.id,
 		Bundle:     tk.dir,
@@ -138,7 +144,6 @@ func (tk *task) start(images string, restoreArgs []string) {
 		StderrPath: tk.stderrFn,
 		Mode:       shim.ModeRun,
 	}
-	work := tk.t.TempDir()
 	if images != "" {
 		cfg.Mode = shim.ModeRestore
 		cfg.ImagePath = images

@@ -51,6 +51,10 @@ type Options struct {
 	TCPEstablished bool `json:"tcp_established"`
 	// FileLocks dumps file locks.
 	FileLocks bool `json:"file_locks"`
+	// LazyPages: the task's anonymous memory is not in the images; the
+	// source's CRIU serves it (CreateLazy), and the destination restores
+	// with a lazy-pages daemon (StartLazyPages, runc.RestoreOptions).
+	LazyPages bool `json:"lazy_pages,omitempty"`
 }
 
 // File is one file of a checkpoint directory.
@@ -151,6 +155,7 @@ func (m *Manifest) RestoreOptions(closeTCP bool) runc.RestoreOptions {
 		TCPEstablished: m.Options.TCPEstablished && !closeTCP,
 		TCPClose:       m.Options.TCPEstablished && closeTCP,
 		FileLocks:      m.Options.FileLocks,
+		LazyPages:      m.Options.LazyPages,
 	}
 }
 
