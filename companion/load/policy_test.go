@@ -202,9 +202,9 @@ func TestOffer_SteadyLoad(t *testing.T) {
 	must.MapEmpty(t, writes.Take())
 	must.Eq(t, first, modifyIndex(t, consul, key))
 
-	// By a minute, the heartbeat wrote the record and renewed the session,
-	// once.
-	must.Eq(t, []string{WroteHeartbeat}, offerSteady(ctx, t, p, clock, 1000, 30*time.Second))
+	// By a minute after the first write (at 5 s), the heartbeat wrote the
+	// record and renewed the session, once.
+	must.Eq(t, []string{WroteHeartbeat}, offerSteady(ctx, t, p, clock, 1000, 35*time.Second))
 	must.Eq(t, map[string]int{"session/renew": 1, "kv": 1}, writes.Take())
 	beat := modifyIndex(t, consul, key)
 	must.Greater(t, first, beat)
@@ -237,6 +237,8 @@ func TestOffer_Change(t *testing.T) {
 	p := NewPublisher(consul, "", DefaultPolicy().SessionTTL(), testutil.Logger(t, hclog.Debug))
 	p.now = clock.Now
 	key := p.Key("node-1-id")
+	// Seconds apart: the first heartbeat, at a random point of the second
+	// half of its period (30 s at least), never comes within the test.
 
 	r := testRecord("node-1-id", "node-1", 1000)
 	why, err := p.Offer(ctx, r)
@@ -245,7 +247,7 @@ func TestOffer_Change(t *testing.T) {
 	writes.Take()
 
 	// 150 MHz more is within 5% of 4000 MHz: not written.
-	clock.advance(5 * time.Second)
+	clock.advance(time.Second)
 	r = testRecord("node-1-id", "node-1", 1150)
 	why, err = p.Offer(ctx, r)
 	must.NoError(t, err)
@@ -255,7 +257,7 @@ func TestOffer_Change(t *testing.T) {
 	// The node turns hot: 1000 MHz more is written at once, and the
 	// record in Consul shows it.
 	before := modifyIndex(t, consul, key)
-	clock.advance(5 * time.Second)
+	clock.advance(time.Second)
 	r = testRecord("node-1-id", "node-1", 2000)
 	why, err = p.Offer(ctx, r)
 	must.NoError(t, err)
@@ -270,7 +272,7 @@ func TestOffer_Change(t *testing.T) {
 	// sample: three steps of 100 MHz are written at the second.
 	var wrote []string
 	for _, cpu := range []float64{2100, 2200, 2300} {
-		clock.advance(5 * time.Second)
+		clock.advance(time.Second)
 		why, err := p.Offer(ctx, testRecord("node-1-id", "node-1", cpu))
 		must.NoError(t, err)
 		wrote = append(wrote, why)
@@ -278,7 +280,7 @@ func TestOffer_Change(t *testing.T) {
 	must.Eq(t, []string{WroteNothing, WroteChange, WroteNothing}, wrote)
 
 	// A new allocation is written at once, however small.
-	clock.advance(5 * time.Second)
+	clock.advance(time.Second)
 	r = testRecord("node-1-id", "node-1", 2200)
 	r.Allocs = append(r.Allocs, Alloc{ID: "b1", Name: "batch.g[0]", JobID: "batch", Group: "g", JobType: "batch", Priority: 30})
 	why, err = p.Offer(ctx, r)
@@ -294,7 +296,7 @@ func TestOffer_Change(t *testing.T) {
 	_, err = consul.Session().Destroy(session, nil)
 	must.NoError(t, err)
 	writes.Take()
-	clock.advance(5 * time.Second)
+	clock.advance(time.Second)
 	r.Online.CPU = 3000
 	why, err = p.Offer(ctx, r)
 	must.NoError(t, err)
