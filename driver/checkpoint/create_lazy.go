@@ -2,7 +2,6 @@ package checkpoint
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -36,16 +35,17 @@ type LazyDump struct {
 // port on every address). Once the page server is ready the container is
 // paused, then the rootfs and the spec are packed and the manifest
 // (Options.LazyPages set) written. With tls, the page server takes only a
-// client with a certificate of tls.CA: tls goes into criuConfig, the CRIU
-// configuration file the container's spec names (runc.CriuConfigAnnotation),
-// which is removed once the page server is ready (the certificate files
-// must stay until the destination has connected).
+// client with a certificate of tls.CA: tls goes into the task's CRIU
+// configuration file (taskDir/criu.conf, which its spec names from its
+// creation: runc.CriuConfigAnnotation), removed once the page server is
+// ready (the certificate files must stay until the destination has
+// connected).
 //
 // When the dump fails, CRIU resumes the container, which runs on, and dir
 // is removed. A failure after the page server was ready ends the dump
 // (CRIU resumes the task, which stays paused: the caller resumes it to
 // stop it normally) and wraps ErrDumped.
-func CreateLazy(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Meta, opts Options, pageServer string, tls *runc.CriuTLS, criuConfig string, logger hclog.Logger) (*LazyDump, error) {
+func CreateLazy(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Meta, opts Options, pageServer string, tls *runc.CriuTLS, logger hclog.Logger) (*LazyDump, error) {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
@@ -72,10 +72,8 @@ func CreateLazy(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta
 		return nil, fmt.Errorf("lazy checkpoint %s: %w", id, err)
 	}
 	if tls != nil {
-		if criuConfig == "" {
-			return fail(errors.New("TLS needs the container's CRIU configuration file"))
-		}
-		if err := os.WriteFile(criuConfig, tls.Config(), 0o600); err != nil {
+		criuConfig := filepath.Join(taskDir, CriuConfigName)
+		if err := os.WriteFile(criuConfig, tls.Config(), fileMode); err != nil {
 			return fail(fmt.Errorf("write CRIU configuration: %w", err))
 		}
 		defer os.Remove(criuConfig)

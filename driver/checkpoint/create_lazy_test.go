@@ -26,7 +26,7 @@ trap 'echo "check $(echo "$x" | md5sum)"' USR1
 i=0; while true; do i=$((i+1)); echo "count $i"; sleep 0.1; done`
 
 // annotate names the CRIU configuration file conf in the task's spec, as
-// the driver does for every task.
+// the driver's spec does for every task.
 func annotate(t *testing.T, taskDir, conf string) {
 	t.Helper()
 	s := readSpec(t, taskDir)
@@ -69,7 +69,7 @@ func TestCreateLazyRoundTrip(t *testing.T) {
 	defer cancel()
 
 	taskDir := newTaskDir(t, lower, "sh", "-c", lazyCounterScript)
-	conf := filepath.Join(taskDir, "criu.conf")
+	conf := filepath.Join(taskDir, CriuConfigName)
 	annotate(t, taskDir, conf)
 	tk := newTask(t, r, taskDir)
 	tk.start("", nil)
@@ -81,7 +81,7 @@ func TestCreateLazyRoundTrip(t *testing.T) {
 	addr := freePort(t)
 	dir := filepath.Join(t.TempDir(), "ckpt")
 	ld, err := CreateLazy(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, addr,
-		&runc.CriuTLS{CA: ca.File, Cert: src.CertFile, Key: src.KeyFile}, conf, testutil.Logger(t, hclog.Debug))
+		&runc.CriuTLS{CA: ca.File, Cert: src.CertFile, Key: src.KeyFile}, testutil.Logger(t, hclog.Debug))
 	must.NoError(t, err)
 	t.Cleanup(ld.Abort)
 	m := ld.Manifest

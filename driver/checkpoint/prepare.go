@@ -18,9 +18,11 @@ import (
 const (
 	upperName  = "upper"
 	rootfsName = "rootfs"
-	// CriuConfigName is the CRIU configuration file RebaseSpec writes
-	// into the task directory when a restore needs one.
-	CriuConfigName = "criu-restore.conf"
+	// CriuConfigName is the task's CRIU configuration file in its task
+	// directory, which its spec names (runc.CriuConfigAnnotation) from
+	// its creation: written only while a restore (RebaseSpec) or a lazy
+	// dump (CreateLazy) needs options runc has no flag for.
+	CriuConfigName = "criu.conf"
 )
 
 // PrepareTaskDir lays out taskDir for restoring the checkpoint dir: it
@@ -97,15 +99,15 @@ func unpackUpper(src, upper string) error {
 }
 
 // RebaseSpec rewrites taskDir/config.json, as copied by PrepareTaskDir, for
-// a restore in taskDir: the rootfs becomes taskDir/rootfs; the rest of the
-// spec is kept. When opts need restore options that runc has no flag for
-// (TCPClose), it writes them to taskDir/criu-restore.conf and points the
-// spec's runc.CriuConfigAnnotation at it; otherwise it drops an annotation
-// that points at such a file, left by an earlier restore. Pass the same opts to runc.RestoreArgs for the shim.
+// a restore in taskDir: the rootfs becomes taskDir/rootfs, and the spec's
+// runc.CriuConfigAnnotation names taskDir/criu.conf; the rest of the spec
+// is kept. When opts need restore options that runc has no flag for
+// (TCPClose), it writes them to that file; otherwise it removes one left
+// by an earlier restore. Pass the same opts to runc.RestoreArgs for the
+// shim.
 //
-// The restored container keeps the annotation, and CRIU reads that file
-// for its next dump too: remove it once the restore is done
-// (RemoveCriuConfig).
+// CRIU reads that file for the restored container's next dump too: remove
+// it once the restore is done (RemoveCriuConfig).
 func RebaseSpec(taskDir string, opts runc.RestoreOptions) error {
 	p := filepath.Join(taskDir, SpecName)
 	data, err := os.ReadFile(p)
@@ -122,23 +124,16 @@ func RebaseSpec(taskDir string, opts runc.RestoreOptions) error {
 	s.Root.Path = filepath.Join(taskDir, rootfsName)
 
 	confPath := filepath.Join(taskDir, CriuConfigName)
+	if s.Annotations == nil {
+		s.Annotations = make(map[string]string)
+	}
+	s.Annotations[runc.CriuConfigAnnotation] = confPath
 	if conf := runc.CriuConfig(opts); conf != nil {
 		if err := atomicfile.WriteUnsynced(confPath, conf, fileMode); err != nil {
 			return fmt.Errorf("rebase spec: write %s: %w", confPath, err)
 		}
-		if s.Annotations == nil {
-			s.Annotations = make(map[string]string)
-		}
-		s.Annotations[runc.CriuConfigAnnotation] = confPath
-	} else {
-		// One written for an earlier restore of the task, here or in the
-		// task directory it came from.
-		if v, ok := s.Annotations[runc.CriuConfigAnnotation]; ok && filepath.Base(v) == CriuConfigName {
-			delete(s.Annotations, runc.CriuConfigAnnotation)
-		}
-		if err := os.Remove(confPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("rebase spec: %w", err)
-		}
+	} else if err := os.Remove(confPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("rebase spec: %w", err)
 	}
 
 	out, err := json.MarshalIndent(&s, "", "\t")

@@ -336,6 +336,7 @@ func (d *Driver) launch(cfg *drivers.TaskConfig, conf *Config, env *environment,
 		Mounts:      req.mounts,
 		Task:        cfg,
 		CgroupsPath: cgroupsPath(cfg),
+		CriuConfig:  filepath.Join(st.Dir, checkpoint.CriuConfigName),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("runtime spec: %w", err)

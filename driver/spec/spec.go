@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 
 	"github.com/ferry-nomad/ferry/driver/atomicfile"
+	"github.com/ferry-nomad/ferry/driver/runc"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/hashicorp/nomad/plugins/drivers"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -54,6 +55,11 @@ type Input struct {
 	Task        *drivers.TaskConfig // Nomad's task config
 	CgroupsPath string              // e.g. "/nomad/<allocID>.<task>"
 	Terminal    bool                // allocate a terminal (false for tasks)
+	// CriuConfig is the task's CRIU configuration file, which runc hands
+	// to CRIU for each dump and restore (runc.CriuConfigAnnotation);
+	// CRIU ignores it while it does not exist. Without it, runc would use
+	// the node-wide /etc/criu/runc.conf.
+	CriuConfig string
 }
 
 // builder holds the host paths Build consults, so tests can substitute them.
@@ -178,6 +184,9 @@ func (b *builder) build(in *Input) (*specs.Spec, error) {
 			MaskedPaths:       append([]string(nil), maskedPaths...),
 			ReadonlyPaths:     append([]string(nil), readonlyPaths...),
 		},
+	}
+	if in.CriuConfig != "" {
+		s.Annotations = map[string]string{runc.CriuConfigAnnotation: in.CriuConfig}
 	}
 	return s, nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ferry-nomad/ferry/driver/runc"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/hashicorp/nomad/nomad/structs"
 	"github.com/hashicorp/nomad/plugins/drivers"
@@ -122,6 +123,17 @@ func TestBuild_Args(t *testing.T) {
 			must.Eq(t, tc.want, s.Process.Args)
 		})
 	}
+}
+
+// The spec names the task's CRIU configuration file, so that runc hands
+// it, and not the node-wide /etc/criu/runc.conf, to CRIU.
+func TestBuild_CriuConfig(t *testing.T) {
+	e := newTestEnv(t)
+	in := e.input()
+	in.Command = "/bin/app"
+	must.MapEmpty(t, e.build(t, in).Annotations)
+	in.CriuConfig = "/var/lib/ferry/tasks/c1/criu.conf"
+	must.Eq(t, map[string]string{runc.CriuConfigAnnotation: in.CriuConfig}, e.build(t, in).Annotations)
 }
 
 func TestBuild_Env(t *testing.T) {
