@@ -43,8 +43,10 @@ func execTTY(ctx context.Context, cmd *exec.Cmd, opts ExecOptions) (int, error) 
 		}
 	}()
 
-	// Raw input without echo, so input sent before runc takes over is not
-	// echoed by this terminal; output processing stays on as runc does it.
+	// Raw, as runc makes it once it has the container's terminal: input
+	// sent before is not echoed by this terminal, and output the task
+	// writes before is not processed twice (the container's terminal
+	// turns "\n" into "\r\n" already).
 	if err := makeRaw(slave); err != nil {
 		return -1, fmt.Errorf("terminal raw mode: %w", err)
 	}
@@ -182,8 +184,8 @@ func setSize(f *os.File, sz TerminalSize) error {
 	})
 }
 
-// makeRaw puts the terminal behind f in raw mode, keeping output
-// processing (newline to CR-LF) on.
+// makeRaw puts the terminal behind f in raw mode (cfmakeraw), as runc puts
+// its own terminal.
 func makeRaw(f *os.File) error {
 	return control(f, func(fd int) error {
 		t, err := unix.IoctlGetTermios(fd, unix.TCGETS)
@@ -195,7 +197,7 @@ func makeRaw(f *os.File) error {
 		t.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
 		t.Cflag &^= unix.CSIZE | unix.PARENB
 		t.Cflag |= unix.CS8
-		t.Oflag |= unix.OPOST
+		t.Oflag &^= unix.OPOST
 		t.Cc[unix.VMIN] = 1
 		t.Cc[unix.VTIME] = 0
 		return unix.IoctlSetTermios(fd, unix.TCSETS, t)

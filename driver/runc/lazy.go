@@ -137,15 +137,19 @@ func (l *LazyCheckpoint) Pid() int { return l.cmd.Process.Pid }
 
 // CriuPid is the process ID of the CRIU runc drives (its child), which
 // serves the pages and outlives runc if runc alone is killed; 0 when it
-// is gone.
+// is gone. Any of runc's threads may have started it: each lists its own
+// children.
 func (l *LazyCheckpoint) CriuPid() int {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(l.Pid()), "task", strconv.Itoa(l.Pid()), "children"))
-	if err != nil {
-		return 0
-	}
-	for _, f := range bytes.Fields(data) {
-		if pid, err := strconv.Atoi(string(f)); err == nil {
-			return pid
+	tasks, _ := filepath.Glob(filepath.Join("/proc", strconv.Itoa(l.Pid()), "task", "*", "children"))
+	for _, t := range tasks {
+		data, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, f := range bytes.Fields(data) {
+			if pid, err := strconv.Atoi(string(f)); err == nil {
+				return pid
+			}
 		}
 	}
 	return 0
