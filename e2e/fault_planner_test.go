@@ -29,30 +29,6 @@ func plannerFaultConfig(t testing.TB) string {
 	return cfg
 }
 
-// bigBatchCounter runs job, a checkpointed batch job whose task holds
-// about 100 MB of memory and counts (bigCounter's task, rescheduled as
-// jobspecs/stateful.nomad.hcl is, so that it can be moved), and returns
-// its running allocation.
-func (c *cluster) bigBatchCounter(t testing.TB, job string) *nomad.AllocationListStub {
-	t.Helper()
-	image := c.pushBusybox(t, "ferry/busybox:fault")
-	script := `x=$(yes aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa | head -c 100000000); ` + gracefulCounter(0)
-	spec := checkpointedService(job, image, fmt.Sprintf("command = \"/bin/sh\"\n        args    = [\"-c\", %q]", script), `enabled = true; on_restore_failure = "cold_start"`, 400)
-	spec = strings.Replace(spec, `type        = "service"`, `type        = "batch"`, 1)
-	spec = strings.Replace(spec, `group "g" {`, `group "g" {
-    reschedule {
-      attempts       = 0
-      unlimited      = true
-      delay          = "5s"
-      delay_function = "constant"
-    }`, 1)
-	c.runJob(t, spec)
-	t.Cleanup(func() { c.purge(t, job) })
-	a := c.waitAlloc(t, job, 2*time.Minute, running)
-	c.waitLogs(t, a.ID, "counter", 2*time.Minute, func(s string) bool { return lastCount(s) >= 10 })
-	return a
-}
-
 // companionLines logs the lines of the companion agents' logs (every
 // allocation of ferry-companion created since since, the stopped ones
 // included) that mention one of needles.

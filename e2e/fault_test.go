@@ -170,21 +170,7 @@ func TestFaultConsulOutageMidMove(t *testing.T) {
 // up the interrupted restore, resumes the count, and runs one container;
 // the move's steering is undone though its target restarted.
 func TestFaultDestinationRestartMidRestore(t *testing.T) {
-	image := dev.pushBusybox(t, "ferry/busybox:fault")
-	script := `x=$(yes aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa | head -c 100000000); ` + gracefulCounter(0)
-	job := checkpointedService("fault-restart", image, fmt.Sprintf("command = \"/bin/sh\"\n        args    = [\"-c\", %q]", script), "enabled = true", 400)
-	job = strings.Replace(job, `type        = "service"`, `type        = "batch"`, 1)
-	job = strings.Replace(job, `group "g" {`, `group "g" {
-    reschedule {
-      attempts       = 0
-      unlimited      = true
-      delay          = "5s"
-      delay_function = "constant"
-    }`, 1)
-	dev.runJob(t, job)
-	t.Cleanup(func() { dev.purge(t, "fault-restart") })
-	a := dev.waitAlloc(t, "fault-restart", 2*time.Minute, running)
-	dev.waitLogs(t, a.ID, "counter", 2*time.Minute, func(s string) bool { return lastCount(s) >= 10 })
+	a := dev.bigBatchCounter(t, "fault-restart")
 	src := dev.clientIndex(t, a.NodeID)
 	target := dev.otherNode(t, a.NodeID)
 	var dst string
@@ -381,9 +367,39 @@ func (c *cluster) bigCounter(t testing.TB, job string) *nomad.AllocationListStub
 // bigCounterWith is bigCounter with more checkpoint settings.
 func (c *cluster) bigCounterWith(t testing.TB, job, checkpoint string) *nomad.AllocationListStub {
 	t.Helper()
+	return c.runCounting(t, job, c.bigCounterJob(t, job, checkpoint))
+}
+
+// bigBatchCounter is bigCounter as a batch job, rescheduled as
+// jobspecs/stateful.nomad.hcl is, so that it can be moved.
+func (c *cluster) bigBatchCounter(t testing.TB, job string) *nomad.AllocationListStub {
+	t.Helper()
+	spec := c.bigCounterJob(t, job, "")
+	spec = strings.Replace(spec, `type        = "service"`, `type        = "batch"`, 1)
+	spec = strings.Replace(spec, `group "g" {`, `group "g" {
+    reschedule {
+      attempts       = 0
+      unlimited      = true
+      delay          = "5s"
+      delay_function = "constant"
+    }`, 1)
+	return c.runCounting(t, job, spec)
+}
+
+// bigCounterJob is the jobspec of bigCounter's job, with more checkpoint
+// settings.
+func (c *cluster) bigCounterJob(t testing.TB, job, checkpoint string) string {
+	t.Helper()
 	image := c.pushBusybox(t, "ferry/busybox:fault")
 	script := `x=$(yes aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa | head -c 100000000); ` + gracefulCounter(0)
-	c.runJob(t, checkpointedService(job, image, fmt.Sprintf("command = \"/bin/sh\"\n        args    = [\"-c\", %q]", script), `enabled = true; on_restore_failure = "cold_start"`+checkpoint, 400))
+	return checkpointedService(job, image, fmt.Sprintf("command = \"/bin/sh\"\n        args    = [\"-c\", %q]", script), `enabled = true; on_restore_failure = "cold_start"`+checkpoint, 400)
+}
+
+// runCounting runs spec as job and returns its allocation once its task
+// counted to ten.
+func (c *cluster) runCounting(t testing.TB, job, spec string) *nomad.AllocationListStub {
+	t.Helper()
+	c.runJob(t, spec)
 	t.Cleanup(func() { c.purge(t, job) })
 	a := c.waitAlloc(t, job, 2*time.Minute, running)
 	c.waitLogs(t, a.ID, "counter", 2*time.Minute, func(s string) bool { return lastCount(s) >= 10 })

@@ -232,12 +232,7 @@ func TestLazyMigrationTLS(t *testing.T) {
 		if restoreErr == nil {
 			must.NoError(t, w.r.Delete(w.ctx, w.dstID, true))
 		}
-		st, err := w.r.State(w.ctx, w.src.ID)
-		must.NoError(t, err)
-		must.Eq(t, runc.StatusPaused, st.Status)
-		must.NoError(t, w.r.Resume(w.ctx, w.src.ID))
-		must.NoError(t, w.r.Kill(w.ctx, w.src.ID, syscall.SIGUSR1, false))
-		must.Eq(t, w.startSum, waitLine(t, w.srcLog(), regexp.MustCompile(`check (\w+)`), 30*time.Second))
+		w.sourceIntact(t)
 	})
 }
 
@@ -256,7 +251,36 @@ func readFile(t *testing.T, path string) string {
 func TestLazyMigrationSourceLost(t *testing.T) {
 	w := newLazyWorld(t, nil)
 	l := w.dump(t)
-	// The source's CRIU gets 1% of a CPU: the copy takes many seconds.
+	d := w.restoreMidCopy(t, l)
+	l.Stop()
+	must.Error(t, l.Err())
+
+	p, err := d.Result()
+	t.Logf("progress: %+v, error: %v", p, err)
+	must.Error(t, err)
+	must.False(t, p.Complete())
+	must.NoError(t, w.r.Delete(w.ctx, w.dstID, true))
+	w.sourceIntact(t)
+}
+
+// sourceIntact checks that the source's task, after a failed transfer,
+// is paused (it never ran beside its copy), and once resumed runs with its
+// memory intact.
+func (w *lazyWorld) sourceIntact(t *testing.T) {
+	t.Helper()
+	st, err := w.r.State(w.ctx, w.src.ID)
+	must.NoError(t, err)
+	must.Eq(t, runc.StatusPaused, st.Status)
+	must.NoError(t, w.r.Resume(w.ctx, w.src.ID))
+	must.NoError(t, w.r.Kill(w.ctx, w.src.ID, syscall.SIGUSR1, false))
+	must.Eq(t, w.startSum, waitLine(t, w.srcLog(), regexp.MustCompile(`check (\w+)`), 30*time.Second))
+}
+
+// restoreMidCopy restores the destination with the source's CRIU given 1%
+// of a CPU, so that the copy takes many seconds, and returns once the
+// background copy has begun.
+func (w *lazyWorld) restoreMidCopy(t *testing.T, l *runc.LazyCheckpoint) *LazyPages {
+	t.Helper()
 	throttle(t, l.CriuPid())
 	d, err := w.restore(t)
 	must.NoError(t, err)
@@ -266,21 +290,7 @@ func TestLazyMigrationSourceLost(t *testing.T) {
 	})
 	p, _ := d.Progress()
 	must.False(t, p.Complete(), must.Sprintf("copy complete already: %+v", p))
-	l.Stop()
-	must.Error(t, l.Err())
-
-	p, err = d.Result()
-	t.Logf("progress: %+v, error: %v", p, err)
-	must.Error(t, err)
-	must.False(t, p.Complete())
-	must.NoError(t, w.r.Delete(w.ctx, w.dstID, true))
-
-	st, err := w.r.State(w.ctx, w.src.ID)
-	must.NoError(t, err)
-	must.Eq(t, runc.StatusPaused, st.Status)
-	must.NoError(t, w.r.Resume(w.ctx, w.src.ID))
-	must.NoError(t, w.r.Kill(w.ctx, w.src.ID, syscall.SIGUSR1, false))
-	must.Eq(t, w.startSum, waitLine(t, w.srcLog(), regexp.MustCompile(`check (\w+)`), 30*time.Second))
+	return d
 }
 
 // The destination's daemon dies mid-copy while the driver holds copies of
@@ -289,18 +299,11 @@ func TestLazyMigrationSourceLost(t *testing.T) {
 // memory with holes), and is then killed.
 func TestLazyMigrationGuarded(t *testing.T) {
 	w := newLazyWorld(t, nil)
-	l := w.dump(t)
-	throttle(t, l.CriuPid())
-	d, err := w.restore(t)
-	must.NoError(t, err)
+	d := w.restoreMidCopy(t, w.dump(t))
 	n, err := d.Guard()
 	must.NoError(t, err)
 	must.Positive(t, n)
 	t.Cleanup(d.Release)
-	waitFor(t, 30*time.Second, "the background copy to begin", func() bool {
-		p, _ := d.Progress()
-		return p.Read > 0
-	})
 	d.Stop()
 	p, err := d.Result()
 	t.Logf("progress: %+v, error: %v", p, err)
