@@ -80,21 +80,7 @@ func TestFaultPlannerKilledMidMove(t *testing.T) {
 	nodeA := nodes[0]
 	t.Cleanup(func() { dev.deployCompanion(t, "") })
 
-	// The batch job lands on A: the other nodes are ineligible meanwhile.
-	for _, n := range nodes[1:] {
-		dev.eligible(t, n.ID, false)
-	}
-	a := dev.bigBatchCounter(t, job)
-	for _, n := range nodes[1:] {
-		dev.eligible(t, n.ID, true)
-	}
-	if a.NodeID != nodeA.ID {
-		t.Fatalf("the batch job runs on %s, not %s", a.NodeName, nodeA.Name)
-	}
-	image := dev.pushBusybox(t, "ferry/busybox:spinner")
-	dev.runJob(t, fmt.Sprintf(spinnerJob, nodeA.Name, image))
-	t.Cleanup(func() { dev.purge(t, "spinner") })
-	dev.waitAlloc(t, "spinner", 2*time.Minute, running)
+	a := dev.hotWith(t, nodes, func() *nomad.AllocationListStub { return dev.bigBatchCounter(t, job) })
 
 	// A's uplink slowed, the companion acts: its planner moves the batch
 	// job off A.

@@ -83,21 +83,7 @@ func TestRebalancer(t *testing.T) {
 	cfgFile := dev.deployCompanion(t, fmt.Sprintf(rebalanceConfig, true))
 	t.Cleanup(func() { dev.deployCompanion(t, "") })
 
-	// The batch job lands on A: the other nodes are ineligible meanwhile.
-	for _, n := range nodes[1:] {
-		dev.eligible(t, n.ID, false)
-	}
-	a := dev.statefulJob(t, "rebalanced")
-	for _, n := range nodes[1:] {
-		dev.eligible(t, n.ID, true)
-	}
-	if a.NodeID != nodeA.ID {
-		t.Fatalf("the batch job runs on %s, not %s", a.NodeName, nodeA.Name)
-	}
-	image := dev.pushBusybox(t, "ferry/busybox:spinner")
-	dev.runJob(t, fmt.Sprintf(spinnerJob, nodeA.Name, image))
-	t.Cleanup(func() { dev.purge(t, "spinner") })
-	dev.waitAlloc(t, "spinner", 2*time.Minute, running)
+	a := dev.hotWith(t, nodes, func() *nomad.AllocationListStub { return dev.statefulJob(t, "rebalanced") })
 
 	// Dry run: the plan names the move, and nothing moves.
 	plan := dev.waitPlan(t, cfgFile, 2*time.Minute, func(out string) bool {
@@ -206,6 +192,29 @@ func TestRebalancer(t *testing.T) {
 		t.Fatalf("%s left ineligible by the abandoned move: %v", other.Name, err)
 	}
 	must(t, dev.migrations(t).Delete(context.Background(), "dead-mover"))
+}
+
+// hotWith runs a batch job (run) on nodes[0], A, the other nodes
+// ineligible meanwhile, then the CPU-hungry spinner pinned to A; it
+// returns the batch job's allocation.
+func (c *cluster) hotWith(t testing.TB, nodes []*nomad.NodeListStub, run func() *nomad.AllocationListStub) *nomad.AllocationListStub {
+	t.Helper()
+	nodeA := nodes[0]
+	for _, n := range nodes[1:] {
+		c.eligible(t, n.ID, false)
+	}
+	a := run()
+	for _, n := range nodes[1:] {
+		c.eligible(t, n.ID, true)
+	}
+	if a.NodeID != nodeA.ID {
+		t.Fatalf("the batch job runs on %s, not %s", a.NodeName, nodeA.Name)
+	}
+	image := c.pushBusybox(t, "ferry/busybox:spinner")
+	c.runJob(t, fmt.Sprintf(spinnerJob, nodeA.Name, image))
+	t.Cleanup(func() { c.purge(t, "spinner") })
+	c.waitAlloc(t, "spinner", 2*time.Minute, running)
+	return a
 }
 
 func must(t testing.TB, err error) {

@@ -67,21 +67,7 @@ func Create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Met
 		}
 	}
 
-	m := &Manifest{
-		Version:     Version,
-		ContainerID: id,
-		AllocID:     meta.AllocID,
-		Task:        meta.Task,
-		NodeID:      meta.NodeID,
-		NodeName:    meta.NodeName,
-		ImageRef:    meta.ImageRef,
-		ImageDigest: meta.ImageDigest,
-		Platform:    meta.Platform,
-		RuncVersion: meta.RuncVersion,
-		CriuVersion: meta.CriuVersion,
-		Options:     opts,
-	}
-	fillVersions(ctx, r, m, logger)
+	m := newManifest(ctx, r, id, meta, opts, logger)
 
 	logger.Debug("dumping container", "tcp_established", opts.TCPEstablished, "file_locks", opts.FileLocks)
 	fw := newFollower(dir, sink, logger)
@@ -125,6 +111,27 @@ func Create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Met
 	logger.Info("checkpoint created", "files", len(m.Files), "bytes", m.Bytes,
 		"dump_duration", m.DumpDuration, "pack_duration", m.PackDuration, "streamed", sink != nil && fw.sinkErr == nil)
 	return &Created{Manifest: m, Raw: raw, Digest: Digest(raw), SinkErr: fw.sinkErr}, nil
+}
+
+// newManifest is the manifest of a checkpoint of container id being made,
+// before its files and durations are known.
+func newManifest(ctx context.Context, r *runc.Runc, id string, meta Meta, opts Options, logger hclog.Logger) *Manifest {
+	m := &Manifest{
+		Version:     Version,
+		ContainerID: id,
+		AllocID:     meta.AllocID,
+		Task:        meta.Task,
+		NodeID:      meta.NodeID,
+		NodeName:    meta.NodeName,
+		ImageRef:    meta.ImageRef,
+		ImageDigest: meta.ImageDigest,
+		Platform:    meta.Platform,
+		RuncVersion: meta.RuncVersion,
+		CriuVersion: meta.CriuVersion,
+		Options:     opts,
+	}
+	fillVersions(ctx, r, m, logger)
+	return m
 }
 
 // pack completes a checkpoint after the dump: it drops CRIU's work

@@ -79,12 +79,7 @@ func CreateLazy(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta
 		defer os.Remove(criuConfig)
 	}
 
-	m := &Manifest{
-		Version: Version, ContainerID: id, AllocID: meta.AllocID, Task: meta.Task,
-		NodeID: meta.NodeID, NodeName: meta.NodeName, ImageRef: meta.ImageRef, ImageDigest: meta.ImageDigest,
-		Platform: meta.Platform, RuncVersion: meta.RuncVersion, CriuVersion: meta.CriuVersion, Options: opts,
-	}
-	fillVersions(ctx, r, m, logger)
+	m := newManifest(ctx, r, id, meta, opts, logger)
 	logger.Debug("dumping container lazily", "tcp_established", opts.TCPEstablished, "file_locks", opts.FileLocks)
 	start := time.Now()
 	dump, err := r.StartLazyCheckpoint(ctx, id, runc.CheckpointOptions{
