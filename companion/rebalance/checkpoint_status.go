@@ -35,7 +35,7 @@ type CheckpointState struct {
 
 // checkpointStates is the order states are shown in.
 var checkpointStates = []catalog.State{
-	catalog.StateCheckpointing, catalog.StateReady, catalog.StateRestoring,
+	catalog.StateCheckpointing, catalog.StateReady, catalog.StateRestoring, catalog.StateRestoringLazy,
 	catalog.StateRestored, catalog.StateColdStart, catalog.StateFailed,
 }
 

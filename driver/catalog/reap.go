@@ -38,7 +38,7 @@ const (
 // { checkpoints { ... } }): every reaper, and the companion's status, reads
 // the ages there. In JSON the ages are nanoseconds.
 type ReapPolicy struct {
-	Stale     time.Duration `json:"stale"`     // checkpointing, restoring
+	Stale     time.Duration `json:"stale"`     // checkpointing, restoring, restoring_lazy
 	Unclaimed time.Duration `json:"unclaimed"` // ready
 	Retention time.Duration `json:"failed"`    // failed
 }
@@ -53,7 +53,7 @@ func DefaultReapPolicy() ReapPolicy {
 // them at once), and an unknown state is never reaped (ok is false).
 func (p ReapPolicy) Age(s State) (age time.Duration, ok bool) {
 	switch s {
-	case StateCheckpointing, StateRestoring:
+	case StateCheckpointing, StateRestoring, StateRestoringLazy:
 		return p.Stale, true
 	case StateReady:
 		return p.Unclaimed, true

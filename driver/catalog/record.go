@@ -18,6 +18,10 @@ const (
 	// StateRestoring: a destination has claimed the checkpoint and is
 	// restoring it.
 	StateRestoring State = "restoring"
+	// StateRestoringLazy: the destination runs the restored task while
+	// its memory still arrives from the source (a lazy move: see
+	// Record.Lazy); the source keeps serving it until StateRestored.
+	StateRestoringLazy State = "restoring_lazy"
 	// StateRestored: the destination runs the restored task.
 	StateRestored State = "restored"
 	// StateFailed: the checkpoint or the restore failed (see Reason).
@@ -30,7 +34,7 @@ const (
 // Valid reports whether s is one of the State constants.
 func (s State) Valid() bool {
 	switch s {
-	case StateCheckpointing, StateReady, StateRestoring, StateRestored, StateFailed, StateColdStart:
+	case StateCheckpointing, StateReady, StateRestoring, StateRestoringLazy, StateRestored, StateFailed, StateColdStart:
 		return true
 	}
 	return false
@@ -82,6 +86,18 @@ type Grant struct {
 	Expires time.Time `json:"expires"`
 }
 
+// LazyTransfer is where a lazy move's source serves the task's memory, and
+// how much of it the destination still lacks.
+type LazyTransfer struct {
+	// PageServer is the source's CRIU page server, "host:port" (mutual
+	// TLS with the nodes' transfer certificates).
+	PageServer string `json:"page_server"`
+	// Pages is how many pages the task's memory holds; PagesLeft how many
+	// have not arrived yet, as the destination last recorded.
+	Pages     int64 `json:"pages,omitempty"`
+	PagesLeft int64 `json:"pages_left,omitempty"`
+}
+
 // Record is the catalogue entry of one task's checkpoint. It is keyed by the
 // source allocation's ID and the task name: the replacement allocation finds
 // it through its PreviousAllocation.
@@ -121,6 +137,9 @@ type Record struct {
 	Push  *Grant `json:"push,omitempty"`
 	Fetch *Grant `json:"fetch,omitempty"`
 
+	// Lazy is set for a lazy (post-copy) move.
+	Lazy *LazyTransfer `json:"lazy,omitempty"`
+
 	Network Network `json:"network"`
 
 	DestAllocID  string `json:"dest_alloc_id,omitempty"`
@@ -151,6 +170,10 @@ func (r *Record) Clone() *Record {
 	if r.Reap != nil {
 		p := *r.Reap
 		c.Reap = &p
+	}
+	if r.Lazy != nil {
+		l := *r.Lazy
+		c.Lazy = &l
 	}
 	if r.Fetch != nil {
 		g := *r.Fetch

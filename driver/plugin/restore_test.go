@@ -31,10 +31,19 @@ func TestValidateCheckpointConfig(t *testing.T) {
 	_, err = conf.validateTask(tc, task, "linux/amd64")
 	must.ErrorContains(t, err, "checkpoint.restore_wait")
 
+	tc.Checkpoint = Checkpoint{Enabled: true, Mode: "postcopy"}
+	_, err = conf.validateTask(tc, task, "linux/amd64")
+	must.ErrorContains(t, err, `checkpoint.mode: "postcopy" is not supported; use "copy" (the default) or "lazy"`)
+
+	tc.Checkpoint = Checkpoint{Enabled: true, Mode: "lazy", LazyTimeout: "0s"}
+	_, err = conf.validateTask(tc, task, "linux/amd64")
+	must.ErrorContains(t, err, `checkpoint.lazy_timeout: "0s" is not a positive duration`)
+
 	tc.Checkpoint = Checkpoint{Enabled: true}
 	req, err := conf.validateTask(tc, task, "linux/amd64")
 	must.NoError(t, err)
 	must.Eq(t, "2m0s", req.restoreWait.String())
+	must.Eq(t, "10m0s", req.lazyTimeout.String())
 }
 
 func TestImagesMap(t *testing.T) {

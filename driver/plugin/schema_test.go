@@ -61,6 +61,8 @@ const everyTaskField = `config {
     file_locks         = true
     on_restore_failure = "fail"
     restore_wait       = "1m"
+    mode               = "lazy"
+    lazy_timeout       = "5m"
   }
 }`
 

@@ -48,6 +48,8 @@ var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"file_locks":         hclspec.NewAttr("file_locks", "bool", false),
 		"on_restore_failure": hclspec.NewDefault(hclspec.NewAttr("on_restore_failure", "string", false), hclspec.NewLiteral(`"cold_start"`)),
 		"restore_wait":       hclspec.NewDefault(hclspec.NewAttr("restore_wait", "string", false), hclspec.NewLiteral(`"2m"`)),
+		"mode":               hclspec.NewDefault(hclspec.NewAttr("mode", "string", false), hclspec.NewLiteral(`"copy"`)),
+		"lazy_timeout":       hclspec.NewDefault(hclspec.NewAttr("lazy_timeout", "string", false), hclspec.NewLiteral(`"10m"`)),
 	})),
 })
 
@@ -108,7 +110,19 @@ type Checkpoint struct {
 	FileLocks        bool   `codec:"file_locks"`
 	OnRestoreFailure string `codec:"on_restore_failure"`
 	RestoreWait      string `codec:"restore_wait"`
+	// Mode is "copy" (the task's memory moves before it runs again) or
+	// "lazy" (it runs again at once; its memory follows: post-copy).
+	Mode string `codec:"mode"`
+	// LazyTimeout bounds how long a lazy move's source keeps serving the
+	// task's memory.
+	LazyTimeout string `codec:"lazy_timeout"`
 }
+
+// Values of checkpoint.mode.
+const (
+	checkpointModeCopy = "copy"
+	checkpointModeLazy = "lazy"
+)
 
 // Values of checkpoint.on_restore_failure.
 const (
@@ -147,6 +161,7 @@ type taskRequest struct {
 	pullTimeout time.Duration
 	mounts      []spec.Mount
 	restoreWait time.Duration
+	lazyTimeout time.Duration
 }
 
 // validateTask checks a task config against the node and Nomad's task,
@@ -222,6 +237,20 @@ func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig, platform 
 			errs = append(errs, fmt.Errorf("checkpoint.restore_wait: %q is not a positive duration; use a value such as \"2m\"", wait))
 		} else {
 			req.restoreWait = d
+		}
+		switch tc.Checkpoint.Mode {
+		case "", checkpointModeCopy, checkpointModeLazy:
+		default:
+			errs = append(errs, fmt.Errorf("checkpoint.mode: %q is not supported; use \"copy\" (the default) or \"lazy\"", tc.Checkpoint.Mode))
+		}
+		timeout := tc.Checkpoint.LazyTimeout
+		if timeout == "" {
+			timeout = "10m"
+		}
+		if d, err := time.ParseDuration(timeout); err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("checkpoint.lazy_timeout: %q is not a positive duration; use a value such as \"10m\"", timeout))
+		} else {
+			req.lazyTimeout = d
 		}
 	}
 	return req, errors.Join(errs...)
