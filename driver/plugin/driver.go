@@ -300,6 +300,8 @@ func (d *Driver) launch(cfg *drivers.TaskConfig, conf *Config, env *environment,
 		Checkpoint:     req.Checkpoint.Enabled,
 		TCPEstablished: req.Checkpoint.TCPEstablished,
 		FileLocks:      req.Checkpoint.FileLocks,
+		Lazy:           req.Checkpoint.Mode == checkpointModeLazy,
+		LazyTimeout:    req.lazyTimeout,
 	}
 	started := false
 	defer func() {

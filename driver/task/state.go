@@ -22,6 +22,10 @@ type State struct {
 	Checkpoint     bool
 	TCPEstablished bool
 	FileLocks      bool
+	// Lazy: the task asked for lazy (post-copy) moves, its source serving
+	// its memory for at most LazyTimeout.
+	Lazy        bool
+	LazyTimeout time.Duration
 	// RestoredFrom is the allocation whose checkpoint this task was restored from.
 	RestoredFrom string
 }
