@@ -23,17 +23,23 @@ type Handle struct {
 	mu          sync.RWMutex
 	exit        *drivers.ExitResult
 	completedAt time.Time
+
+	// vacated: Done was closed by Vacate, before the container's exit;
+	// gone is closed at that exit.
+	vacateOnce sync.Once
+	vacated    bool
+	gone       chan struct{}
 }
 
 // NewHandle starts waiting on proc; Done is closed when the task has exited.
 func NewHandle(cfg *drivers.TaskConfig, st State, proc *shim.Process, logger hclog.Logger) *Handle {
-	h := &Handle{Config: cfg, State: st, proc: proc, logger: logger, done: make(chan struct{})}
+	h := &Handle{Config: cfg, State: st, proc: proc, logger: logger, done: make(chan struct{}), gone: make(chan struct{})}
 	go h.wait()
 	return h
 }
 
 func (h *Handle) wait() {
-	defer close(h.done)
+	defer close(h.gone)
 	st, err := h.proc.Wait(context.Background())
 	res := &drivers.ExitResult{}
 	switch {
@@ -49,11 +55,46 @@ func (h *Handle) wait() {
 		}
 	}
 	h.logger.Debug("task exited", "container", h.State.ContainerID, "exit_code", res.ExitCode, "signal", res.Signal, "oom", res.OOMKilled, "error", res.Err)
-	h.mu.Lock()
-	h.exit = res
-	h.completedAt = time.Now()
-	h.mu.Unlock()
+	h.end(res)
 }
+
+// end records res as how the task ended and closes Done, once: the first
+// of the container's exit and Vacate wins.
+func (h *Handle) end(res *drivers.ExitResult) {
+	h.vacateOnce.Do(func() {
+		h.mu.Lock()
+		h.exit = res
+		h.completedAt = time.Now()
+		h.mu.Unlock()
+		close(h.done)
+	})
+}
+
+// Vacate reports the task ended with res now, for Nomad (Done, ExitResult),
+// while its container lives on: the source of a lazy move, paused, whose
+// memory its CRIU still serves. Gone is closed when the container has
+// really exited; remove nothing of it before.
+func (h *Handle) Vacate(res *drivers.ExitResult) {
+	h.vacateOnce.Do(func() {
+		h.mu.Lock()
+		h.exit = res
+		h.completedAt = time.Now()
+		h.vacated = true
+		h.mu.Unlock()
+		close(h.done)
+	})
+}
+
+// Vacated reports whether Vacate ended the task before its container
+// exited.
+func (h *Handle) Vacated() bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.vacated
+}
+
+// Gone is closed once the container has exited (its shim reported it).
+func (h *Handle) Gone() <-chan struct{} { return h.gone }
 
 type exitError struct{ msg string }
 
