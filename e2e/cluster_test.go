@@ -269,6 +269,18 @@ func (c *cluster) events(t testing.TB, allocID string) taskEventList {
 	return nil
 }
 
+// waitEvent waits up to timeout for the task event of allocID's counter
+// whose message starts with prefix (the client sends events to the servers
+// in batches), and returns it, or nil.
+func (c *cluster) waitEvent(t testing.TB, allocID, prefix string, timeout time.Duration) *nomad.TaskEvent {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); ; time.Sleep(200 * time.Millisecond) {
+		if e := c.events(t, allocID).find(prefix); e != nil || time.Now().After(deadline) {
+			return e
+		}
+	}
+}
+
 // assertReceived checks how the restored task on allocID got its
 // checkpoint: "pushed" while it was dumped, "fetched", "shared" or "local".
 func (c *cluster) assertReceived(t testing.TB, allocID, kind string) {

@@ -11,6 +11,7 @@
 #                                         --config: first write its config again from the
 #                                         environment (as up does)
 #   scripts/cluster.sh kill-client K      SIGKILL client K's agent and plugins (tasks go on)
+#   scripts/cluster.sh crash-client K     SIGKILL client K whole, its tasks too, as at a power loss
 #   scripts/cluster.sh companion          resubmit the ferry-companion system job
 #   scripts/cluster.sh down [--purge]     stop everything `up` started; --purge also
 #                                         removes /var/lib/ferry-dev and the runtime state
@@ -56,7 +57,7 @@
 #   nodes.sh      the clients' nodes as the server sees them: stale, ineligible
 #   companion.sh  the ferry-companion system job
 #   teardown.sh   what `down` removes besides daemons: containers, addresses, mounts
-#   commands.sh   up, env, status, restart-client, kill-client, companion, down
+#   commands.sh   up, env, status, restart-client, kill-client, crash-client, companion, down
 #
 # Environment:
 #   FERRY_DRIVER_BIN         driver binary to install (default <repo>/bin/nomad-driver-ferry)
@@ -172,6 +173,7 @@ main() {
     status) cmd_status ;;
     restart-client) cmd_restart_client "$@" ;;
     kill-client) cmd_kill_client "$@" ;;
+    crash-client) cmd_crash_client "$@" ;;
     companion) cmd_companion ;;
     -h | --help | help) usage ;;
     *)

@@ -9,7 +9,10 @@
 //
 //	checkpointing -> ready -> restoring -> restored
 //
-// with failed and cold_start as the other ends. Transition changes a record
+// (a lazy move passes through restoring_lazy before restored, while the
+// memory follows the restored task: its record's lazy names the source's
+// page server and the pages left), with failed and cold_start as the
+// other ends. Transition changes a record
 // with a check-and-set on Consul's modify index, so that of two nodes racing
 // to claim a ready checkpoint exactly one wins; WaitState follows a record
 // with blocking queries.

@@ -34,7 +34,8 @@ type LazyDump struct {
 // starts its page server at pageServer ("host:port"; CRIU listens at that
 // port on every address). Once the page server is ready the container is
 // paused, then the rootfs and the spec are packed and the manifest
-// (Options.LazyPages set) written. With tls, the page server takes only a
+// (Options.LazyPages set) written; with sink set, every file is handed to
+// it as it is read, and the manifest last, as Create does. With tls, the page server takes only a
 // client with a certificate of tls.CA: tls goes into the task's CRIU
 // configuration file (taskDir/criu.conf, which its spec names from its
 // creation: runc.CriuConfigAnnotation), removed once the page server is
@@ -45,7 +46,7 @@ type LazyDump struct {
 // is removed. A failure after the page server was ready ends the dump
 // (CRIU resumes the task, which stays paused: the caller resumes it to
 // stop it normally) and wraps ErrDumped.
-func CreateLazy(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Meta, opts Options, pageServer string, tls *runc.CriuTLS, logger hclog.Logger) (*LazyDump, error) {
+func CreateLazy(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Meta, opts Options, sink Sink, pageServer string, tls *runc.CriuTLS, logger hclog.Logger) (*LazyDump, error) {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
@@ -106,7 +107,7 @@ func CreateLazy(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta
 	logger.Info("container dumped lazily; serving its memory", "duration", m.DumpDuration)
 
 	start = time.Now()
-	fw := newFollower(dir, nil, logger)
+	fw := newFollower(dir, sink, logger)
 	defer fw.close()
 	if err := pack(ctx, m, taskDir, dir, fw); err != nil {
 		dump.Stop()
@@ -119,7 +120,7 @@ func CreateLazy(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta
 		dump.Stop()
 		return nil, fmt.Errorf("lazy checkpoint %s: %w: %w", id, err, ErrDumped)
 	}
-	l.Created = &Created{Manifest: m, Raw: raw, Digest: Digest(raw)}
+	l.Created = &Created{Manifest: m, Raw: raw, Digest: Digest(raw), SinkErr: fw.sinkErr}
 	logger.Info("lazy checkpoint created", "files", len(m.Files), "bytes", m.Bytes, "pack_duration", m.PackDuration)
 	return l, nil
 }

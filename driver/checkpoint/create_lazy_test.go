@@ -80,7 +80,7 @@ func TestCreateLazyRoundTrip(t *testing.T) {
 	src, dst := ca.Node(t, "source", "127.0.0.1"), ca.Node(t, "destination", "127.0.0.1")
 	addr := freePort(t)
 	dir := filepath.Join(t.TempDir(), "ckpt")
-	ld, err := CreateLazy(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, addr,
+	ld, err := CreateLazy(ctx, r, tk.id, tk.dir, dir, testMeta(), Options{}, nil, addr,
 		&runc.CriuTLS{CA: ca.File, Cert: src.CertFile, Key: src.KeyFile}, testutil.Logger(t, hclog.Debug))
 	must.NoError(t, err)
 	t.Cleanup(ld.Abort)

@@ -89,7 +89,15 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 		Network:        network,
 		Reap:           &reap,
 	}
-	dest, secret := d.pushTarget(ctx, env, cfg.NodeID, alloc, rec, logger)
+	next := d.replacementOf(ctx, env, alloc, logger)
+	if h.State.Lazy {
+		plan, why := d.planLazy(ctx, conf, env, cfg.NodeID, next)
+		if plan != nil {
+			return d.checkpointLazily(ctx, conf, env, h, rec, dir, plan, next, logger)
+		}
+		d.emit(cfg, "Moving by copy, not lazily: "+why, nil)
+	}
+	dest, secret := d.pushTarget(ctx, env, cfg.NodeID, next, rec, logger)
 	// Consul unreachable for a while is retried, up to recordTimeout: the
 	// task still runs and Nomad waits for it to stop.
 	pctx, pcancel := context.WithTimeout(ctx, recordTimeout)
@@ -108,8 +116,6 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 	}
 	d.emit(cfg, msg, nil)
 
-	runcVersion, _ := env.runc.Version(ctx)
-	criuVersion, _, _ := env.criu.get(ctx, conf.CriuPath)
 	var sink checkpoint.Sink
 	if push != nil {
 		sink = push
@@ -117,17 +123,8 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 	// Should the task be restored in place, its log FIFOs must not have
 	// lost every writer meanwhile, or Nomad stops reading them.
 	defer holdLogs(cfg)()
-	created, err := checkpoint.Create(ctx, env.runc, h.State.ContainerID, h.State.Dir, dir, checkpoint.Meta{
-		AllocID:     cfg.AllocID,
-		Task:        cfg.Name,
-		NodeID:      cfg.NodeID,
-		NodeName:    cfg.NodeName,
-		ImageRef:    h.State.ImageRef,
-		ImageDigest: h.State.ImageDigest,
-		Platform:    h.State.Platform,
-		RuncVersion: runcVersion,
-		CriuVersion: criuVersion,
-	}, checkpoint.Options{TCPEstablished: h.State.TCPEstablished, FileLocks: h.State.FileLocks}, sink, logger)
+	created, err := checkpoint.Create(ctx, env.runc, h.State.ContainerID, h.State.Dir, dir, d.checkpointMeta(ctx, conf, env, h),
+		checkpointOptions(h), sink, logger)
 	if err != nil {
 		if push != nil {
 			push.Abort(err)
@@ -207,25 +204,57 @@ func (d *Driver) recordCheckpointFailed(ctx context.Context, env *environment, c
 	}
 }
 
-// pushTarget decides whether the checkpoint is pushed while it is dumped:
-// when Nomad placed the replacement already (NextAllocation) on another
-// node whose driver records a transfer endpoint, and the checkpoint is not
-// on shared storage. It then grants that node the push in rec, and returns
-// its endpoint and the push's secret; nil when the destination will fetch.
-func (d *Driver) pushTarget(ctx context.Context, env *environment, self string, alloc *nomadapi.Allocation, rec *catalog.Record, logger hclog.Logger) (*catalog.Endpoint, string) {
-	if env.transfer == nil || rec.Shared || alloc.NextAllocation == "" {
-		return nil, ""
+// checkpointMeta is what a checkpoint of h's task records of where and
+// how it was taken.
+func (d *Driver) checkpointMeta(ctx context.Context, conf *Config, env *environment, h *task.Handle) checkpoint.Meta {
+	runcVersion, _ := env.runc.Version(ctx)
+	criuVersion, _, _ := env.criu.get(ctx, conf.CriuPath)
+	cfg := h.Config
+	return checkpoint.Meta{
+		AllocID:     cfg.AllocID,
+		Task:        cfg.Name,
+		NodeID:      cfg.NodeID,
+		NodeName:    cfg.NodeName,
+		ImageRef:    h.State.ImageRef,
+		ImageDigest: h.State.ImageDigest,
+		Platform:    h.State.Platform,
+		RuncVersion: runcVersion,
+		CriuVersion: criuVersion,
+	}
+}
+
+// checkpointOptions are the CRIU options h's task asked for.
+func checkpointOptions(h *task.Handle) checkpoint.Options {
+	return checkpoint.Options{TCPEstablished: h.State.TCPEstablished, FileLocks: h.State.FileLocks}
+}
+
+// replacementOf reads the allocation Nomad placed to replace alloc; nil
+// when it has placed none yet, or it cannot be read (logged).
+func (d *Driver) replacementOf(ctx context.Context, env *environment, alloc *nomadapi.Allocation, logger hclog.Logger) *nomadapi.Allocation {
+	if alloc.NextAllocation == "" {
+		return nil
 	}
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	next, _, err := env.nomad.Allocations().Info(alloc.NextAllocation, (&nomadapi.QueryOptions{Namespace: alloc.Namespace}).WithContext(qctx))
 	if err != nil {
-		logger.Warn("cannot read the replacement allocation; the destination will fetch the checkpoint", "next_alloc_id", alloc.NextAllocation, "error", err)
+		logger.Warn("cannot read the replacement allocation", "next_alloc_id", alloc.NextAllocation, "error", err)
+		return nil
+	}
+	return next
+}
+
+// pushTarget decides whether the checkpoint is pushed while it is dumped:
+// when Nomad placed the replacement (next) already on another node whose
+// driver records a transfer endpoint, and the checkpoint is not on shared
+// storage. It then grants that node the push in rec, and returns its
+// endpoint and the push's secret; nil when the destination will fetch.
+func (d *Driver) pushTarget(ctx context.Context, env *environment, self string, next *nomadapi.Allocation, rec *catalog.Record, logger hclog.Logger) (*catalog.Endpoint, string) {
+	if env.transfer == nil || rec.Shared || next == nil || next.NodeID == self {
 		return nil, ""
 	}
-	if next.NodeID == self {
-		return nil, ""
-	}
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	ep, err := endpointOf(qctx, env, next.NodeID, next.NodeName)
 	if err != nil {
 		logger.Warn("cannot push the checkpoint; the destination will fetch it", "error", err)

@@ -62,6 +62,7 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"max_connections":     hclspec.NewAttr("max_connections", "number", false),
 		"max_checkpoint_size": hclspec.NewAttr("max_checkpoint_size", "string", false),
 		"min_free_space":      hclspec.NewAttr("min_free_space", "string", false),
+		"page_server_ports":   hclspec.NewDefault(hclspec.NewAttr("page_server_ports", "string", false), hclspec.NewLiteral(`"`+defaultPageServerPorts+`"`)),
 	})), hclspec.NewLiteral(`{ listen = "`+defaultTransferListen+`" }`)),
 	// What an image may take of the node's disk.
 	"images": hclspec.NewBlock("images", false, hclspec.NewObject(map[string]*hclspec.Spec{
@@ -151,6 +152,11 @@ var defaultAllowCaps = `["` + strings.Join(spec.DefaultCaps(), `", "`) + `"]`
 // may stall, max_connections the connections served at once, and the sizes
 // max_checkpoint_size and min_free_space what a checkpoint received here
 // may be and must leave free; empty or 0 keeps transfer's defaults.
+//
+// page_server_ports are the TCP ports where a lazy move's source serves the
+// task's memory to its destination (CRIU's page server, on every address
+// of the node, over mutual TLS with the same files): one port per move
+// under way.
 type Transfer struct {
 	Listen            string `codec:"listen"`
 	Advertise         string `codec:"advertise"`
@@ -162,8 +168,10 @@ type Transfer struct {
 	MaxConnections    int    `codec:"max_connections"`
 	MaxCheckpointSize string `codec:"max_checkpoint_size"`
 	MinFreeSpace      string `codec:"min_free_space"`
+	PageServerPorts   string `codec:"page_server_ports"`
 
-	limits transfer.Limits
+	limits    transfer.Limits
+	pagePorts portRange
 }
 
 // enabled reports whether the TLS files are configured.
@@ -187,6 +195,13 @@ func (t *Transfer) validate() []error {
 		}
 	}
 	errs = append(errs, t.validateLimits()...)
+	if t.PageServerPorts == "" {
+		t.PageServerPorts = defaultPageServerPorts
+	}
+	var err error
+	if t.pagePorts, err = parsePortRange("transfer.page_server_ports", t.PageServerPorts); err != nil {
+		errs = append(errs, err)
+	}
 	if !t.enabled() {
 		return errs
 	}

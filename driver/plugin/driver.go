@@ -46,6 +46,9 @@ type Driver struct {
 	reconciler sync.Once
 	// cleanups are the cleanups of destroyed tasks still running.
 	cleanups sync.WaitGroup
+	// serving holds "alloc/task" of the lazy moves whose source this
+	// driver is (serveLazily), whose records the reaper leaves to them.
+	serving sync.Map
 
 	// set by SetConfig
 	mu     sync.RWMutex
@@ -356,6 +359,18 @@ func (d *Driver) launch(cfg *drivers.TaskConfig, conf *Config, env *environment,
 
 	ctx, cancel := context.WithTimeout(d.ctx, 2*time.Minute)
 	defer cancel()
+	if from != nil && from.options.LazyPages {
+		// Its daemon listens before the restore hands it the memory.
+		if from.lazy, err = startLazyPages(conf, env, from, sc.WorkPath); err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
+		}
+		defer func() {
+			if !started {
+				from.lazy.Stop()
+				from.lazy = nil
+			}
+		}()
+	}
 	proc, err := shim.Start(ctx, env.self, st.ShimDir, sc)
 	if err != nil {
 		if from != nil {
@@ -370,6 +385,14 @@ func (d *Driver) launch(cfg *drivers.TaskConfig, conf *Config, env *environment,
 		// The restore options must not apply to the task's next dump.
 		if err := checkpoint.RemoveCriuConfig(st.Dir); err != nil {
 			logger.Warn("remove restore options", "error", err)
+		}
+	}
+	if from != nil && from.lazy != nil {
+		// From now on the task waits for a missing page rather than
+		// read it as zeros, should the daemon die.
+		if _, err := from.lazy.Guard(); err != nil {
+			_ = env.runc.Kill(ctx, cid, unix.SIGKILL, true)
+			return nil, fmt.Errorf("restore: %w", err)
 		}
 	}
 	st.StartedAt = time.Now()
@@ -500,16 +523,33 @@ func (d *Driver) DestroyTask(taskID string, force bool) error {
 			return err
 		}
 	}
-	h.Release()
 	// Unmounting the rootfs waits for the kernel (a few hundred ms), and
 	// Nomad tells the allocation's replacement that it may start only
 	// once this returns: clean up after, the container tracked meanwhile
 	// so that the dangling containers reconciler leaves it alone.
 	done := d.tracked.begin(h.State.ContainerID)
 	d.tasks.Delete(taskID)
+	logger := d.logger.With("task", h.Config.Name, "alloc_id", h.Config.AllocID)
+	if h.Vacated() {
+		// The source of a lazy move: its container serves the task's
+		// memory until the move ends (serveLazily), however long the
+		// driver's shutdown waits for its cleanups.
+		go func() {
+			defer done()
+			select {
+			case <-h.Gone():
+			case <-d.ctx.Done():
+				return
+			}
+			h.Release()
+			d.cleanup(env, h.State, logger)
+		}()
+		return nil
+	}
+	h.Release()
 	d.cleanups.Go(func() {
 		defer done()
-		d.cleanup(env, h.State, d.logger.With("task", h.Config.Name, "alloc_id", h.Config.AllocID))
+		d.cleanup(env, h.State, logger)
 	})
 	return nil
 }

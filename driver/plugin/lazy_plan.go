@@ -3,6 +3,8 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/sdk"
@@ -18,6 +20,7 @@ type lazyNodes struct {
 	tls               bool
 	dest              *nomadapi.Node // nil: not placed yet, or unknown
 	destErr           error
+	sameNode          bool // the replacement is placed on this node
 }
 
 // lazyRefusal is why a task that asked for a lazy move is moved by copy
@@ -32,6 +35,8 @@ func lazyRefusal(n lazyNodes) string {
 		return fmt.Sprintf("cannot tell whether the destination can take it: %v", n.destErr)
 	case n.dest == nil:
 		return "Nomad has not placed the replacement yet: only a placed destination can fetch the memory as the task runs"
+	case n.sameNode:
+		return "the replacement is placed on this node, where the memory need not travel"
 	}
 	d, ok := n.dest.Drivers[sdk.DriverName]
 	if !ok || !d.Detected {
@@ -43,9 +48,9 @@ func lazyRefusal(n lazyNodes) string {
 	return ""
 }
 
-// lazyNodesOf gathers lazyNodes for a move of the task to the replacement
-// next (nil when not placed).
-func (d *Driver) lazyNodesOf(ctx context.Context, env *environment, next *nomadapi.Allocation) lazyNodes {
+// lazyNodesOf gathers lazyNodes for a move of the task from node self to
+// the replacement next (nil when not placed).
+func (d *Driver) lazyNodesOf(ctx context.Context, env *environment, self string, next *nomadapi.Allocation) lazyNodes {
 	var n lazyNodes
 	ok, why := env.criu.lazySupport()
 	n.source, n.sourceWhy = fmt.Sprint(ok), why
@@ -53,8 +58,37 @@ func (d *Driver) lazyNodesOf(ctx context.Context, env *environment, next *nomada
 	if next == nil {
 		return n
 	}
+	n.sameNode = next.NodeID == self
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	n.dest, _, n.destErr = env.nomad.Nodes().Info(next.NodeID, (&nomadapi.QueryOptions{}).WithContext(qctx))
 	return n
+}
+
+// lazyPlan is where a lazy move's source serves the task's memory: its
+// page server's address, at a port held until release.
+type lazyPlan struct {
+	pageServer string
+	release    func()
+}
+
+// planLazy decides whether the task moves lazily to the replacement next
+// and, if it does, where its page server listens; otherwise it says why
+// the task moves by copy.
+func (d *Driver) planLazy(ctx context.Context, conf *Config, env *environment, self string, next *nomadapi.Allocation) (*lazyPlan, string) {
+	if why := lazyRefusal(d.lazyNodesOf(ctx, env, self, next)); why != "" {
+		return nil, why
+	}
+	host := env.node.ip
+	if conf.Transfer.Advertise != "" {
+		host, _, _ = net.SplitHostPort(conf.Transfer.Advertise)
+	}
+	if host == "" {
+		return nil, "this node's address is unknown (no unique.network.ip-address): set transfer.advertise"
+	}
+	port, release, err := env.transfer.pagePorts.take()
+	if err != nil {
+		return nil, err.Error() + ": widen it, or wait for the moves under way to end"
+	}
+	return &lazyPlan{pageServer: net.JoinHostPort(host, strconv.Itoa(port)), release: release}, ""
 }

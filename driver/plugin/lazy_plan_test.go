@@ -30,6 +30,7 @@ func TestLazyRefusal(t *testing.T) {
 		{"not placed", func(n *lazyNodes) { n.dest = nil }, "Nomad has not placed the replacement yet"},
 		{"destination unknown", func(n *lazyNodes) { n.dest, n.destErr = nil, errors.New("node not found") },
 			"cannot tell whether the destination can take it: node not found"},
+		{"same node", func(n *lazyNodes) { n.sameNode = true }, "the replacement is placed on this node"},
 		{"destination without ferry", func(n *lazyNodes) { n.dest = node("true", false) }, "the destination dest-1 has no ferry driver"},
 		{"destination cannot", func(n *lazyNodes) { n.dest = node("false", true) },
 			"the destination dest-1 cannot take it (its driver.ferry.checkpoint.lazy is not true"},

@@ -94,7 +94,10 @@ func (d *Driver) reapPass(ctx context.Context, env *environment, policy checkpoi
 		mine := self != "" && r.SourceNodeID == self
 		switch {
 		case mine && (r.State == catalog.StateRestored || r.State == catalog.StateColdStart):
-			d.removeCheckpoint(ctx, env, r, logger)
+			if _, ok := d.serving.Load(key); !ok {
+				// A lazy move's source reads the outcome first.
+				d.removeCheckpoint(ctx, env, r, logger)
+			}
 			continue
 		case mine && r.Due(now):
 			if why, ok := d.reapByAge(ctx, env, r, now, logger); ok {

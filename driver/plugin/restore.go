@@ -29,6 +29,9 @@ type restoreSource struct {
 	dir     string
 	record  *catalog.Record
 	options runc.RestoreOptions
+	// lazy is the lazy-pages daemon that brings a lazy checkpoint's
+	// memory, once launch has started it.
+	lazy *checkpoint.LazyPages
 }
 
 // errNoCheckpoint means the task starts fresh: there is no checkpoint to
@@ -53,6 +56,11 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 		d.emit(cfg, fmt.Sprintf("Restoring from checkpoint of %s on %s", shortID(rec.AllocID), rec.SourceNodeName), nil)
 		var got *obtained
 		handle, got, err = d.restoreFrom(ctx, cfg, conf, env, req, rec, secret, logger)
+		if err == nil && got.lazy != nil {
+			announceMove(cfg, logger)
+			d.restoredLazily(ctx, env, cfg, rec, got, logger)
+			return handle, true, nil
+		}
 		if err == nil {
 			announceMove(cfg, logger)
 			d.finishRestore(ctx, env, cfg, rec, catalog.StateRestored, "", logger)
@@ -283,6 +291,11 @@ type obtained struct {
 	// fetch is how long fetching it took, if it was fetched; restore how
 	// long restoring the container took.
 	fetch, restore time.Duration
+	// lazy is the daemon bringing the memory of a lazy checkpoint, the
+	// checkpoint in dir, to be removed once it is done if received.
+	lazy     *checkpoint.LazyPages
+	dir      string
+	received bool
 }
 
 // restoreFrom gets the checkpoint, then restores it. The image the
@@ -311,13 +324,15 @@ func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf 
 	if err != nil {
 		return nil, nil, err
 	}
-	if got.kind == "pushed" || got.kind == "fetched" {
-		defer func() {
+	got.dir, got.received = dir, got.kind == "pushed" || got.kind == "fetched"
+	defer func() {
+		// A lazy restore's daemon reads the checkpoint until it is done.
+		if got.received && got.lazy == nil {
 			if err := checkpoint.Remove(dir); err != nil {
 				logger.Warn("remove received checkpoint", "error", err)
 			}
-		}()
-	}
+		}
+	}()
 	if err := d.checkVersions(ctx, conf, env, m); err != nil {
 		return nil, nil, err
 	}
@@ -331,7 +346,12 @@ func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf 
 	if res.img.Digest.String() != m.ImageDigest {
 		return nil, nil, fmt.Errorf("image %s is now %s, the checkpoint was taken from %s", req.ref, res.img.Digest, m.ImageDigest)
 	}
-	opts := runc.RestoreOptions{TCPEstablished: m.Options.TCPEstablished, FileLocks: m.Options.FileLocks}
+	opts := m.RestoreOptions(false)
+	if opts.LazyPages {
+		if err := lazyRestorable(env, rec); err != nil {
+			return nil, nil, err
+		}
+	}
 	if m.Options.TCPEstablished && !sameAddresses(rec, cfg) {
 		// Connections cannot follow to another address: restore them
 		// closed. CRIU binds each socket back to its old address first,
@@ -344,8 +364,12 @@ func (d *Driver) restoreFrom(ctx context.Context, cfg *drivers.TaskConfig, conf 
 		defer undo()
 	}
 	start := time.Now()
-	handle, err := d.launch(cfg, conf, env, req, res.img, &restoreSource{dir: dir, record: rec, options: opts}, logger)
+	from := &restoreSource{dir: dir, record: rec, options: opts}
+	handle, err := d.launch(cfg, conf, env, req, res.img, from, logger)
 	got.restore = time.Since(start)
+	if err == nil {
+		got.lazy = from.lazy
+	}
 	return handle, got, err
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/runc"
 	"github.com/ferry-nomad/ferry/driver/transfer"
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
@@ -94,6 +95,10 @@ type transferEnv struct {
 	client    *http.Client
 	// limits are the plugin's transfer limits, for pushes and fetches.
 	limits transfer.Option
+	// criuTLS is the same TLS for CRIU's page transfer of a lazy move;
+	// pagePorts the ports its page server may take here.
+	criuTLS   runc.CriuTLS
+	pagePorts *pagePorts
 }
 
 // startNode starts what the driver runs for the node as a whole, in the
@@ -181,6 +186,8 @@ func (d *Driver) newTransfer(conf *Config, env *environment) (*transferEnv, erro
 			Logger:      d.logger.Named("transfer"),
 		},
 		limits:    transfer.WithLimits(conf.Transfer.limits),
+		criuTLS:   runc.CriuTLS{CA: conf.Transfer.CAFile, Cert: conf.Transfer.CertFile, Key: conf.Transfer.KeyFile, AnyName: true},
+		pagePorts: newPagePorts(conf.Transfer.pagePorts),
 		serverTLS: serverTLS,
 		client:    transfer.NewClient(clientTLS),
 	}, nil

@@ -179,6 +179,13 @@ func CriuConfig(opts RestoreOptions) []byte {
 // CriuConfigAnnotation); CRIU reads the files when the client connects.
 type CriuTLS struct {
 	CA, Cert, Key string
+	// AnyName: the page client checks only that the page server's
+	// certificate is signed by CA, not that it names the address dialled
+	// (--tls-no-cn-verify). Node certificates often name their node by a
+	// DNS name alone; and a client that refuses the server's certificate
+	// hangs up cleanly, which the source's CRIU takes for a finished
+	// transfer.
+	AnyName bool
 }
 
 // Config is the lines of a CRIU configuration file that turn TLS on.
@@ -188,7 +195,11 @@ func (t CriuTLS) Config() []byte {
 
 // Args are CRIU's command-line flags that turn TLS on.
 func (t CriuTLS) Args() []string {
-	return []string{"--tls", "--tls-cacert", t.CA, "--tls-cert", t.Cert, "--tls-key", t.Key}
+	args := []string{"--tls", "--tls-cacert", t.CA, "--tls-cert", t.Cert, "--tls-key", t.Key}
+	if t.AnyName {
+		args = append(args, "--tls-no-cn-verify")
+	}
+	return args
 }
 
 // checkCgroupsMode returns an error unless mode is a --manage-cgroups-mode

@@ -102,6 +102,16 @@ const (
 	EventDumpMs = "ferry_dump_ms"
 	// EventTransferMs is the source's part of the transfer after the dump.
 	EventTransferMs = "ferry_transfer_ms"
+	// EventLazy is set ("true") on the events of a lazy (post-copy)
+	// move: the task ran on the destination before its memory arrived.
+	EventLazy = "ferry_lazy"
+	// EventLazyPages is how many pages of memory a lazy move brought;
+	// EventLazyOnDemand how many of them the task faulted on (the rest
+	// came in the background).
+	EventLazyPages    = "ferry_lazy_pages"
+	EventLazyOnDemand = "ferry_lazy_on_demand"
+	// EventLazyMs is how long after the restore the last page arrived.
+	EventLazyMs = "ferry_lazy_ms"
 )
 
 // Consul KV keys (see the package comment for the layout).

@@ -39,7 +39,10 @@ type logCopier struct {
 	buf     []byte
 	eof     bool
 	stopped bool
-	dropped int64 // bytes dropped since the last report
+	// detached: the destination is closed and no longer written; the
+	// source is still read (the container never blocks on a full pipe).
+	detached bool
+	dropped  int64 // bytes dropped since the last report
 
 	stop      chan struct{}
 	readDone  chan struct{}
@@ -80,6 +83,24 @@ func (c *logCopier) close() {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	_ = c.src.Close()
+}
+
+// detach closes the destination and stops writing to it, waiting at most
+// timeout for the write in flight; the source is still read, and what it
+// brings dropped beyond the bounded buffer. The destination's reader then
+// sees its end once its other writers are gone: Nomad's log collector
+// stops waiting for a task that ended for Nomad while its container lives
+// on (the source of a lazy move).
+func (c *logCopier) detach(timeout time.Duration) {
+	c.mu.Lock()
+	c.detached = true
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	select {
+	case <-c.writeDone:
+	case <-time.After(timeout):
+		c.log.Warn("log destination still being written after detach", "timeout", timeout)
+	}
 }
 
 func (c *logCopier) readLoop() {
@@ -124,10 +145,10 @@ func (c *logCopier) push(p []byte) {
 func (c *logCopier) take(into []byte) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for len(c.buf) == 0 && !c.eof && !c.stopped {
+	for len(c.buf) == 0 && !c.eof && !c.stopped && !c.detached {
 		c.cond.Wait()
 	}
-	if c.stopped || len(c.buf) == 0 {
+	if c.stopped || c.detached || len(c.buf) == 0 {
 		return nil
 	}
 	data := append(into[:0], c.buf...)
@@ -154,7 +175,7 @@ func (c *logCopier) unread(data []byte) {
 func (c *logCopier) finished() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.stopped || (c.eof && len(c.buf) == 0)
+	return c.stopped || c.detached || (c.eof && len(c.buf) == 0)
 }
 
 func (c *logCopier) writeLoop() {

@@ -27,6 +27,9 @@ const (
 	drainTimeout = 10 * time.Second
 	// startFailDrain bounds flushing runc's output after a failed start.
 	startFailDrain = 2 * time.Second
+	// detachTimeout bounds the write in flight when the logs are
+	// detached.
+	detachTimeout = time.Second
 	// ackPoll is how often the ack file is looked for.
 	ackPoll = 500 * time.Millisecond
 	// initPoll is how often the init pid is checked in case it is not a
@@ -152,6 +155,10 @@ func (s *shim) run(ctx context.Context) error {
 		return s.startFailed(fmt.Errorf("listen on shim socket: %w", err))
 	}
 	defer srv.close()
+	srv.detachLogs = func() {
+		stdout.detach(detachTimeout)
+		stderr.detach(detachTimeout)
+	}
 	go srv.serve()
 	log.Info("container started")
 

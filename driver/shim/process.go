@@ -124,6 +124,34 @@ func (p *Process) AckAndWait(ctx context.Context) error {
 	return nil
 }
 
+// DetachLogs has the shim close the task's log paths and write no more
+// of the container's output to them, while the container lives on: Nomad's
+// log collector then sees the task's output end. It returns once the shim
+// says so.
+func (p *Process) DetachLogs(ctx context.Context) error {
+	conn, err := p.dial(ctx)
+	if err != nil {
+		return fmt.Errorf("detach logs of shim %s: %w", p.StateDir, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if _, err := conn.Write([]byte(cmdDetachLogs + "\n")); err != nil {
+		return fmt.Errorf("detach logs of shim %s: %w", p.StateDir, err)
+	}
+	r := bufio.NewReader(conn)
+	for {
+		line, err := r.ReadString('\n')
+		if strings.TrimSpace(line) == replyLogsDetached {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("detach logs of shim %s: %w", p.StateDir, err)
+		}
+	}
+}
+
 func (p *Process) dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(ctx, "unix", statePath(p.StateDir, socketFile))

@@ -29,7 +29,20 @@ type server struct {
 
 	ackOnce sync.Once
 	acked   chan struct{}
+
+	// detachLogs, set before serve, closes the task's log destinations
+	// (cmdDetachLogs).
+	detachLogs func()
 }
+
+// The commands a client sends on the socket, one per line, besides "ack",
+// and their replies.
+const (
+	// cmdDetachLogs: stop writing the container's output to its log
+	// paths, and close them; replied replyLogsDetached.
+	cmdDetachLogs     = "detach-logs"
+	replyLogsDetached = "logs-detached"
+)
 
 // listen creates the socket at path, replacing a stale one.
 func listen(path string, log hclog.Logger) (*server, error) {
@@ -87,8 +100,14 @@ func (s *server) handle(conn net.Conn) {
 	r := bufio.NewReader(conn)
 	for {
 		line, err := r.ReadString('\n')
-		if strings.TrimSpace(line) == "ack" {
+		switch strings.TrimSpace(line) {
+		case "ack":
 			s.ack("socket")
+		case cmdDetachLogs:
+			if s.detachLogs != nil {
+				s.detachLogs()
+			}
+			s.send(conn, []byte(replyLogsDetached+"\n"))
 		}
 		if err != nil {
 			return

@@ -72,9 +72,16 @@ func (h *Handle) end(res *drivers.ExitResult) {
 
 // Vacate reports the task ended with res now, for Nomad (Done, ExitResult),
 // while its container lives on: the source of a lazy move, paused, whose
-// memory its CRIU still serves. Gone is closed when the container has
-// really exited; remove nothing of it before.
+// memory its CRIU still serves. The shim first closes the task's log
+// FIFOs, whose reader, Nomad's log collector, would otherwise wait for
+// them to end. Gone is closed when the container has really exited;
+// remove nothing of it before.
 func (h *Handle) Vacate(res *drivers.ExitResult) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.proc.DetachLogs(ctx); err != nil {
+		h.logger.Warn("detach the task's logs", "error", err)
+	}
 	h.vacateOnce.Do(func() {
 		h.mu.Lock()
 		h.exit = res

@@ -191,6 +191,36 @@ cmd_kill_client() {
   rm -f "$PIDS/$name.pid"
 }
 
+# cmd_crash_client K: client K as at a power loss: its agent (and its
+# process group), its driver plugin, the shims of its tasks and every
+# process of its containers are SIGKILLed at once, and nothing is cleaned
+# up. Nomad's server marks the node down once its heartbeat lapses.
+# 'restart-client K' starts it again (its runc root still lists the dead
+# containers; the dangling containers reconciler removes them).
+cmd_crash_client() {
+  local k=${1:-} name pid root id
+  [[ $k =~ ^[0-9]+$ ]] || die "usage: $0 crash-client K"
+  require_root
+  name=$(client_name "$k")
+  pid=$(running "$name") || die "client $name is not running"
+  root="$RUN/c$k/runc"
+  local -a procs=() tasks=()
+  # The agent, its plugins and log collectors, the shims, and tasks on the
+  # host network: all in the client's namespace.
+  mapfile -t procs < <(pids_in_netns "$(client_ns "$k")")
+  # Tasks in network namespaces of their own.
+  if command -v "$RUNC_BIN" >/dev/null; then
+    while read -r id; do
+      [[ -n $id ]] || continue
+      mapfile -t -O "${#tasks[@]}" tasks < <("$RUNC_BIN" --root "$root" ps --format json "$id" 2>/dev/null | tr -d '[] ' | tr ',' '\n')
+    done < <("$RUNC_BIN" --root "$root" list -q 2>/dev/null || true)
+  fi
+  log "crashing $name (pid $pid): ${#procs[@]} process(es) in its namespace, ${#tasks[@]} of its containers"
+  kill -KILL -- "-$pid" "${procs[@]}" "${tasks[@]}" 2>/dev/null || true
+  wait_gone "$pid" 10 || die "$name (pid $pid) is still alive"
+  rm -f "$PIDS/$name.pid"
+}
+
 # status_client K: one line about client K.
 status_client() {
   local k=$1 name pid info st det hl was
