@@ -115,14 +115,7 @@ func benchSizes(b *testing.B) []int {
 // moves, with its phases and its ratio to the floor. Run it with `make
 // bench-migrate`.
 func BenchmarkMigrate(b *testing.B) {
-	if b.N > 1 {
-		b.Skip("runs once: use -benchtime 1x")
-	}
-	if err := runctest.Subreaper(); err != nil {
-		b.Fatal(err)
-	}
-	image := dev.memtickImage(b)
-	bin := buildGo(b, "memtick", runtime.GOARCH)
+	image, bin := benchSetup(b)
 	type row struct {
 		size, path string
 		m          move
@@ -262,12 +255,10 @@ func waitTicks(b *testing.B, what string, log func() string, n int) {
 	}
 }
 
-// floorMove checkpoints a memtick container with `runc checkpoint` and
-// restores it with `runc restore` on this node: the least any move of it
-// costs with this runc and CRIU.
-func floorMove(b *testing.B, bin string, mib int) move {
+// memtickBundle is a runc root of its own and a bundle that runs memtick
+// (the binary bin) holding mib MiB and ticking every 10 ms.
+func memtickBundle(b *testing.B, bin string, mib int) (string, *runctest.Bundle) {
 	b.Helper()
-	runc := runctest.RuncPath()
 	root := b.TempDir()
 	bundle := runctest.NewBundle(b, "/memtick", "-mib", strconv.Itoa(mib), "-every", "10ms")
 	data, err := os.ReadFile(bin)
@@ -278,6 +269,30 @@ func floorMove(b *testing.B, bin string, mib int) move {
 		b.Fatal(err)
 	}
 	runctest.Cleanup(b, root, bundle.ID)
+	return root, bundle
+}
+
+// benchSetup is what a benchmark moving memtick needs: it runs once, as
+// the subreaper of the containers it runs itself; it returns the memtick
+// image the dev cluster pulls and the binary for this machine.
+func benchSetup(b *testing.B) (image, bin string) {
+	b.Helper()
+	if b.N > 1 {
+		b.Skip("runs once: use -benchtime 1x")
+	}
+	if err := runctest.Subreaper(); err != nil {
+		b.Fatal(err)
+	}
+	return dev.memtickImage(b), buildGo(b, "memtick", runtime.GOARCH)
+}
+
+// floorMove checkpoints a memtick container with `runc checkpoint` and
+// restores it with `runc restore` on this node: the least any move of it
+// costs with this runc and CRIU.
+func floorMove(b *testing.B, bin string, mib int) move {
+	b.Helper()
+	runc := runctest.RuncPath()
+	root, bundle := memtickBundle(b, bin, mib)
 	images := filepath.Join(b.TempDir(), "images")
 	runcLog := filepath.Join(b.TempDir(), "runc.log")
 	// start runs runc with the container's stdio the write end of l.

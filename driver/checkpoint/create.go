@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/runc"
@@ -49,6 +50,25 @@ type Created struct {
 // is removed and the error carries the end of CRIU's log. A failure after
 // the dump wraps ErrDumped.
 func Create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Meta, opts Options, sink Sink, logger hclog.Logger) (*Created, error) {
+	return create(ctx, r, id, taskDir, dir, meta, opts, sink, nil, logger)
+}
+
+// CreateRunning checkpoints container id as Create does, for a task that
+// runs on (a periodic checkpoint: opts.LeaveRunning is set), which the
+// caller has paused: CRIU dumps it and leaves it paused, its rootfs and
+// spec are packed, and then resume is called, before CRIU's files are read
+// and hashed. The task is so frozen only for the dump and the rootfs, both
+// of one moment. resume is called whatever happens after the dump began.
+func CreateRunning(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Meta, opts Options, resume func(), logger hclog.Logger) (*Created, error) {
+	opts.LeaveRunning = true
+	return create(ctx, r, id, taskDir, dir, meta, opts, nil, sync.OnceFunc(resume), logger)
+}
+
+// create is Create, and with resume set CreateRunning.
+func create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Meta, opts Options, sink Sink, resume func(), logger hclog.Logger) (*Created, error) {
+	if resume != nil {
+		defer resume()
+	}
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
@@ -76,7 +96,11 @@ func Create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Met
 	following := make(chan struct{})
 	go func() {
 		defer close(following)
-		fw.follow(dumped)
+		if resume == nil {
+			// A paused task waits for nothing but CRIU: its files
+			// are read once it runs again.
+			fw.follow(dumped)
+		}
 	}()
 	start := time.Now()
 	err := r.Checkpoint(ctx, id, runc.CheckpointOptions{
@@ -84,6 +108,7 @@ func Create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Met
 		WorkPath:       work,
 		TCPEstablished: opts.TCPEstablished,
 		FileLocks:      opts.FileLocks,
+		LeaveRunning:   opts.LeaveRunning,
 	})
 	m.DumpDuration = time.Since(start)
 	// The rest is the pack: what the follower has still to read of the
@@ -99,7 +124,7 @@ func Create(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta Met
 	}
 	logger.Info("container dumped", "duration", m.DumpDuration)
 
-	if err := pack(ctx, m, taskDir, dir, fw); err != nil {
+	if err := pack(ctx, m, taskDir, dir, fw, resume); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w: %w", id, err, ErrDumped)
 	}
 	m.PackDuration = time.Since(start)
@@ -135,9 +160,10 @@ func newManifest(ctx context.Context, r *runc.Runc, id string, meta Meta, opts O
 }
 
 // pack completes a checkpoint after the dump: it drops CRIU's work
-// directory, packs the rootfs changes, copies the spec, and reads what the
-// follower has not read yet, filling in m.Files and m.Bytes.
-func pack(ctx context.Context, m *Manifest, taskDir, dir string, fw *follower) error {
+// directory, packs the rootfs changes, copies the spec, calls packed (if
+// set), and reads what the follower has not read yet, filling in m.Files
+// and m.Bytes.
+func pack(ctx context.Context, m *Manifest, taskDir, dir string, fw *follower, packed func()) error {
 	if err := os.RemoveAll(filepath.Join(dir, workName)); err != nil {
 		return fmt.Errorf("remove CRIU work dir: %w", err)
 	}
@@ -146,6 +172,9 @@ func pack(ctx context.Context, m *Manifest, taskDir, dir string, fw *follower) e
 	}
 	if err := copyFile(filepath.Join(taskDir, SpecName), filepath.Join(dir, SpecName), fileMode); err != nil {
 		return fmt.Errorf("copy %s: %w", SpecName, err)
+	}
+	if packed != nil {
+		packed()
 	}
 	files, err := fw.finish(ctx)
 	if err != nil {

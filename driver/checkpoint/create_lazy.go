@@ -109,7 +109,7 @@ func CreateLazy(ctx context.Context, r *runc.Runc, id, taskDir, dir string, meta
 	start = time.Now()
 	fw := newFollower(dir, sink, logger)
 	defer fw.close()
-	if err := pack(ctx, m, taskDir, dir, fw); err != nil {
+	if err := pack(ctx, m, taskDir, dir, fw, nil); err != nil {
 		dump.Stop()
 		return nil, fmt.Errorf("lazy checkpoint %s: %w: %w", id, err, ErrDumped)
 	}

@@ -55,6 +55,9 @@ type Options struct {
 	// source's CRIU serves it (CreateLazy), and the destination restores
 	// with a lazy-pages daemon (StartLazyPages, runc.RestoreOptions).
 	LazyPages bool `json:"lazy_pages,omitempty"`
+	// LeaveRunning: the task ran on after the dump (a periodic
+	// checkpoint, runc checkpoint --leave-running).
+	LeaveRunning bool `json:"leave_running,omitempty"`
 }
 
 // File is one file of a checkpoint directory.

@@ -63,6 +63,8 @@ func (d *Driver) checkpointForMigration(conf *Config, env *environment, h *task.
 	if !alloc.DesiredTransition.ShouldMigrate() {
 		return false
 	}
+	// A periodic checkpoint under way ends first.
+	defer h.LockDump()()
 	dir, err := env.writeDir(cfg.AllocID, cfg.Name)
 	if err != nil {
 		d.emit(cfg, "Not checkpointed: "+err.Error(), nil)

@@ -305,6 +305,8 @@ func (d *Driver) launch(cfg *drivers.TaskConfig, conf *Config, env *environment,
 		FileLocks:      req.Checkpoint.FileLocks,
 		Lazy:           req.Checkpoint.Mode == checkpointModeLazy,
 		LazyTimeout:    req.lazyTimeout,
+		Periodic:       req.interval,
+		PeriodicKeep:   req.Checkpoint.Keep,
 	}
 	started := false
 	defer func() {
@@ -406,8 +408,15 @@ func (d *Driver) launch(cfg *drivers.TaskConfig, conf *Config, env *environment,
 		return nil, fmt.Errorf("store task state: %w", err)
 	}
 	started = true
-	d.tasks.Set(cfg.ID, task.NewHandle(cfg, st, proc, logger))
+	h := task.NewHandle(cfg, st, proc, logger)
+	d.tasks.Set(cfg.ID, h)
 	logger.Info("task started", "container", cid, "image", st.ImageRef, "digest", st.ImageDigest, "pid", proc.ContainerPID, "mode", sc.Mode)
+	if st.Periodic > 0 {
+		if len(req.mounts) > 0 || len(cfg.Mounts) > 0 {
+			d.emit(cfg, "Periodic checkpoints hold the task's memory and rootfs, not its volumes: files it writes there move on after each checkpoint, and a task resumed from one finds them as they are then", nil)
+		}
+		go d.checkpointPeriodically(conf, env, h)
+	}
 	return handle, nil
 }
 
@@ -550,6 +559,9 @@ func (d *Driver) DestroyTask(taskID string, force bool) error {
 	d.cleanups.Go(func() {
 		defer done()
 		d.cleanup(env, h.State, logger)
+		if h.State.Periodic > 0 {
+			removePeriodic(env, h.Config, logger)
+		}
 	})
 	return nil
 }

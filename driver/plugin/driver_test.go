@@ -338,3 +338,53 @@ func TestDriver_BadInputs(t *testing.T) {
 		})
 	}
 }
+
+// A task with checkpoint.interval is checkpointed while it runs, paused
+// only for the dump and the pack, keeping the newest checkpoint.keep; it
+// runs on, counting, and its checkpoints go with it.
+func TestDriver_PeriodicCheckpoints(t *testing.T) {
+	h, _ := newHarness(t, nil)
+	tc := TaskConfig{Image: setupRegistry(t).image, Command: "/bin/sh", Args: []string{"-c", `i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done`}}
+	tc.Checkpoint = Checkpoint{Enabled: true, Interval: "10s", Keep: 1}
+	cfg := newTask(t, tc)
+	events, err := h.TaskEvents(context.Background())
+	must.NoError(t, err)
+	startTask(t, h, cfg)
+	d := h.Impl().(*Driver)
+	root := filepath.Join(d.env.layout.periodic(), cfg.AllocID, cfg.Name)
+
+	var taken []string
+	deadline := time.After(40 * time.Second)
+	for len(taken) < 2 {
+		select {
+		case ev := <-events:
+			if strings.HasPrefix(ev.Message, "Periodic checkpoint failed") {
+				t.Fatalf("periodic checkpoint: %s", ev.Message)
+			}
+			if strings.HasPrefix(ev.Message, "Periodic checkpoint:") {
+				taken = append(taken, ev.Message)
+				entries, err := os.ReadDir(root)
+				must.NoError(t, err)
+				must.Len(t, 1, entries, must.Sprint("checkpoint.keep = 1"))
+				_, err = os.Stat(filepath.Join(root, entries[0].Name(), "manifest.json"))
+				must.NoError(t, err)
+			}
+		case <-deadline:
+			t.Fatalf("periodic checkpoints taken: %v", taken)
+		}
+	}
+	t.Logf("%v", taken)
+	status, err := h.InspectTask(cfg.ID)
+	must.NoError(t, err)
+	must.Eq(t, drivers.TaskStateRunning, status.State)
+	before := strings.Count(readLog(t, cfg, "stdout"), "tick")
+	time.Sleep(time.Second)
+	must.Greater(t, before, strings.Count(readLog(t, cfg, "stdout"), "tick"), must.Sprint("the task runs on after its checkpoints"))
+
+	must.NoError(t, h.StopTask(cfg.ID, 5*time.Second, "SIGKILL"))
+	waitExit(t, h, cfg.ID, 10*time.Second)
+	must.NoError(t, h.DestroyTask(cfg.ID, false))
+	d.cleanups.Wait()
+	_, err = os.Stat(root)
+	must.True(t, os.IsNotExist(err), must.Sprintf("periodic checkpoints %s left after the task", root))
+}

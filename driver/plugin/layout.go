@@ -12,7 +12,8 @@ import (
 )
 
 // layout names the driver's directories. data_dir holds what must survive a
-// reboot (images, task rootfs changes, checkpoints kept for later);
+// reboot (images, task rootfs changes, checkpoints kept for later, periodic
+// checkpoints: periodic/<alloc>/<task>/<time>);
 // state_dir holds runtime state (runc's root, the shims' sockets and pid
 // files, and the checkpoints of moves in flight, which on a tmpfs never
 // wait for the disk nor make Nomad's own writes wait for it).
@@ -29,6 +30,7 @@ func (l layout) runcRoot() string          { return filepath.Join(l.stateDir, "r
 func (l layout) checkpoints() string       { return filepath.Join(l.dataDir, "checkpoints") }
 func (l layout) scratch() string           { return filepath.Join(l.stateDir, "checkpoints") }
 func (l layout) incoming() string          { return filepath.Join(l.stateDir, "incoming") }
+func (l layout) periodic() string          { return filepath.Join(l.dataDir, "periodic") }
 
 // shimDir is short whatever the task's name: it holds the shim's unix socket,
 // whose path may not exceed 107 bytes.
@@ -38,7 +40,7 @@ func (l layout) shimDir(cid string) string {
 }
 
 func (l layout) create() error {
-	for _, dir := range []string{l.images(), l.tasks(), l.checkpoints(), l.scratch(), l.incoming(), l.runcRoot(), l.shims()} {
+	for _, dir := range []string{l.images(), l.tasks(), l.checkpoints(), l.scratch(), l.incoming(), l.periodic(), l.runcRoot(), l.shims()} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}

@@ -19,7 +19,7 @@ func (d *Driver) RecoverTask(handle *drivers.TaskHandle) error {
 	if _, ok := d.tasks.Get(handle.Config.ID); ok {
 		return nil
 	}
-	_, env, err := d.current()
+	conf, env, err := d.current()
 	if err != nil {
 		return err
 	}
@@ -43,7 +43,11 @@ func (d *Driver) RecoverTask(handle *drivers.TaskHandle) error {
 	if h, err := parseDigest(st.ImageDigest); err == nil {
 		env.images.Acquire(h)
 	}
-	d.tasks.Set(handle.Config.ID, task.NewHandle(handle.Config, st, proc, logger))
+	h := task.NewHandle(handle.Config, st, proc, logger)
+	d.tasks.Set(handle.Config.ID, h)
 	logger.Info("task recovered", "container", st.ContainerID, "pid", st.ContainerPID)
+	if st.Periodic > 0 {
+		go d.checkpointPeriodically(conf, env, h)
+	}
 	return nil
 }

@@ -39,11 +39,31 @@ func TestValidateCheckpointConfig(t *testing.T) {
 	_, err = conf.validateTask(tc, task, "linux/amd64")
 	must.ErrorContains(t, err, `checkpoint.lazy_timeout: "0s" is not a positive duration`)
 
+	for _, bad := range []struct {
+		c    Checkpoint
+		want string
+	}{
+		{Checkpoint{Enabled: true, Interval: "often", Keep: 2}, `checkpoint.interval: "often" is not a positive duration`},
+		{Checkpoint{Enabled: true, Interval: "5s", Keep: 2}, `checkpoint.interval: "5s" is shorter than 10s`},
+		{Checkpoint{Enabled: true, Interval: "30m", Keep: 0}, `checkpoint.keep: 0 must be at least 1`},
+		{Checkpoint{Interval: "30m", Keep: 2}, `checkpoint.interval: periodic checkpoints need checkpoint.enabled = true`},
+	} {
+		tc.Checkpoint = bad.c
+		_, err = conf.validateTask(tc, task, "linux/amd64")
+		must.ErrorContains(t, err, bad.want)
+	}
+
 	tc.Checkpoint = Checkpoint{Enabled: true}
 	req, err := conf.validateTask(tc, task, "linux/amd64")
 	must.NoError(t, err)
 	must.Eq(t, "2m0s", req.restoreWait.String())
 	must.Eq(t, "10m0s", req.lazyTimeout.String())
+	must.Eq(t, 0, req.interval, must.Sprint("no periodic checkpoints unless asked"))
+
+	tc.Checkpoint = Checkpoint{Enabled: true, Interval: "30m", Keep: 3}
+	req, err = conf.validateTask(tc, task, "linux/amd64")
+	must.NoError(t, err)
+	must.Eq(t, "30m0s", req.interval.String())
 }
 
 func TestImagesMap(t *testing.T) {

@@ -63,6 +63,8 @@ const everyTaskField = `config {
     restore_wait       = "1m"
     mode               = "lazy"
     lazy_timeout       = "5m"
+    interval           = "30m"
+    keep               = 3
   }
 }`
 
@@ -118,6 +120,7 @@ const everyPluginField = `config {
     max_connections     = 16
     max_checkpoint_size = "64GiB"
     min_free_space      = "1GiB"
+    page_server_ports   = "5710-5719"
   }
   images {
     max_layer_size = "4GiB"

@@ -50,6 +50,8 @@ var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"restore_wait":       hclspec.NewDefault(hclspec.NewAttr("restore_wait", "string", false), hclspec.NewLiteral(`"2m"`)),
 		"mode":               hclspec.NewDefault(hclspec.NewAttr("mode", "string", false), hclspec.NewLiteral(`"copy"`)),
 		"lazy_timeout":       hclspec.NewDefault(hclspec.NewAttr("lazy_timeout", "string", false), hclspec.NewLiteral(`"10m"`)),
+		"interval":           hclspec.NewAttr("interval", "string", false),
+		"keep":               hclspec.NewDefault(hclspec.NewAttr("keep", "number", false), hclspec.NewLiteral("2")),
 	})),
 })
 
@@ -116,7 +118,15 @@ type Checkpoint struct {
 	// LazyTimeout bounds how long a lazy move's source keeps serving the
 	// task's memory.
 	LazyTimeout string `codec:"lazy_timeout"`
+	// Interval, when set, checkpoints the running task that often (it is
+	// frozen only for the dump), keeping the newest Keep.
+	Interval string `codec:"interval"`
+	Keep     int    `codec:"keep"`
 }
+
+// minPeriodicInterval is the shortest checkpoint.interval: a task is
+// frozen for every periodic checkpoint.
+const minPeriodicInterval = 10 * time.Second
 
 // Values of checkpoint.mode.
 const (
@@ -162,6 +172,7 @@ type taskRequest struct {
 	mounts      []spec.Mount
 	restoreWait time.Duration
 	lazyTimeout time.Duration
+	interval    time.Duration // periodic checkpoints; 0: none
 }
 
 // validateTask checks a task config against the node and Nomad's task,
@@ -252,8 +263,34 @@ func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig, platform 
 		} else {
 			req.lazyTimeout = d
 		}
+		errs = append(errs, req.validatePeriodic()...)
+	} else if tc.Checkpoint.Interval != "" {
+		errs = append(errs, errors.New("checkpoint.interval: periodic checkpoints need checkpoint.enabled = true"))
 	}
 	return req, errors.Join(errs...)
+}
+
+// validatePeriodic reads checkpoint.interval and keep; errors name the
+// field.
+func (req *taskRequest) validatePeriodic() []error {
+	c := req.Checkpoint
+	if c.Interval == "" {
+		return nil
+	}
+	var errs []error
+	d, err := time.ParseDuration(c.Interval)
+	switch {
+	case err != nil || d <= 0:
+		errs = append(errs, fmt.Errorf("checkpoint.interval: %q is not a positive duration; use a value such as \"30m\"", c.Interval))
+	case d < minPeriodicInterval:
+		errs = append(errs, fmt.Errorf("checkpoint.interval: %q is shorter than %s: the task is frozen for every checkpoint", c.Interval, minPeriodicInterval))
+	default:
+		req.interval = d
+	}
+	if c.Keep < 1 {
+		errs = append(errs, fmt.Errorf("checkpoint.keep: %d must be at least 1 (the default is 2)", c.Keep))
+	}
+	return errs
 }
 
 // layoutAllowed reports whether an OCI layout at dir is under one of the

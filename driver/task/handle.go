@@ -24,6 +24,10 @@ type Handle struct {
 	exit        *drivers.ExitResult
 	completedAt time.Time
 
+	// dumping is held by whoever checkpoints the task (a move, a periodic
+	// checkpoint): one dump at a time.
+	dumping sync.Mutex
+
 	// vacated: Done was closed by Vacate, before the container's exit;
 	// gone is closed at that exit.
 	vacateOnce sync.Once
@@ -98,6 +102,13 @@ func (h *Handle) Vacated() bool {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	return h.vacated
+}
+
+// LockDump waits until no other checkpoint of the task runs, and holds
+// that until the returned function is called.
+func (h *Handle) LockDump() (unlock func()) {
+	h.dumping.Lock()
+	return h.dumping.Unlock
 }
 
 // Gone is closed once the container has exited (its shim reported it).

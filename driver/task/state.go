@@ -26,6 +26,10 @@ type State struct {
 	// its memory for at most LazyTimeout.
 	Lazy        bool
 	LazyTimeout time.Duration
+	// Periodic, when set, checkpoints the running task that often,
+	// keeping the newest PeriodicKeep checkpoints.
+	Periodic     time.Duration
+	PeriodicKeep int
 	// RestoredFrom is the allocation whose checkpoint this task was restored from.
 	RestoredFrom string
 }
