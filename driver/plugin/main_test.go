@@ -10,9 +10,7 @@ import (
 // TestMain lets the test binary serve as the task shim, as the driver binary
 // does: the driver re-executes itself with "shim DIR".
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == "shim" {
-		os.Exit(shim.Main(os.Args[2:]))
-	}
+	shim.RunIfShim()
 	code := m.Run()
 	if archBinaries.dir != "" {
 		_ = os.RemoveAll(archBinaries.dir)

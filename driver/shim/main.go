@@ -50,6 +50,20 @@ type shim struct {
 	term     chan struct{}
 }
 
+// Command is the first argument of a shim process, started as
+// `<driver> shim <stateDir>` (Start): the driver's binary, or a test
+// binary that starts tasks, runs as the shim when given it (RunIfShim).
+const Command = "shim"
+
+// RunIfShim runs the shim and exits when this process was started as one;
+// otherwise it returns at once. The driver's binary and the test binaries
+// that start tasks call it first thing.
+func RunIfShim() {
+	if len(os.Args) > 1 && os.Args[1] == Command {
+		os.Exit(Main(os.Args[2:]))
+	}
+}
+
 // Main is the body of the shim process, started as
 // `<driver> shim <stateDir>`. It returns the process exit code.
 func Main(args []string) int {

@@ -16,9 +16,7 @@ import (
 const starterEnv = "FERRY_SHIM_TEST_STARTER"
 
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == "shim" {
-		os.Exit(Main(os.Args[2:]))
-	}
+	RunIfShim()
 	if spec := os.Getenv(starterEnv); spec != "" {
 		os.Exit(starterMain(spec))
 	}

@@ -204,5 +204,5 @@ func shimAlive(pid int, stateDir string) bool {
 	}
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
 	n := len(args)
-	return n >= 3 && args[n-2] == "shim" && args[n-1] == stateDir
+	return n >= 3 && args[n-2] == Command && args[n-1] == stateDir
 }

@@ -65,7 +65,7 @@ func Start(ctx context.Context, self, stateDir string, cfg Config) (*Process, er
 	}
 	defer devNull.Close()
 
-	cmd := exec.Command(self, "shim", stateDir)
+	cmd := exec.Command(self, Command, stateDir)
 	cmd.Stdin = devNull
 	cmd.Stdout = logf
 	cmd.Stderr = logf

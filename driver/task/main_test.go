@@ -12,9 +12,7 @@ import (
 func TestMain(m *testing.M) {
 	// The tests start their containers under the real shim: this binary
 	// re-executed as `<test binary> shim <stateDir>`.
-	if len(os.Args) > 1 && os.Args[1] == "shim" {
-		os.Exit(shim.Main(os.Args[2:]))
-	}
+	shim.RunIfShim()
 	if err := runctest.Subreaper(); err != nil {
 		fmt.Fprintln(os.Stderr, "set child subreaper:", err)
 	}

@@ -22,10 +22,9 @@ func main() {
 		cni.Main(plugin.Version)
 		return
 	}
+	shim.RunIfShim()
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
-		case "shim":
-			os.Exit(shim.Main(os.Args[2:]))
 		case "version", "--version":
 			fmt.Println("nomad-driver-ferry", plugin.Version)
 			return
