@@ -36,6 +36,23 @@ func annotate(t *testing.T, taskDir, conf string) {
 	must.NoError(t, os.WriteFile(filepath.Join(taskDir, SpecName), data, 0o600))
 }
 
+// copyTaskDir lays out a task directory restoring checkpoint dir with
+// opts over lower, as the driver does, but in a cgroup of its own: the
+// task it copies still holds its cgroup on this machine.
+func copyTaskDir(t *testing.T, dir, lower string, opts runc.RestoreOptions) string {
+	t.Helper()
+	taskDir := filepath.Join(t.TempDir(), "task")
+	must.NoError(t, PrepareTaskDir(dir, taskDir))
+	mountOverlay(t, lower, taskDir)
+	must.NoError(t, RebaseSpec(taskDir, opts))
+	s := readSpec(t, taskDir)
+	s.Linux.CgroupsPath = "/ferry-test/" + runctest.RandomID("copy-")
+	data, err := json.Marshal(s)
+	must.NoError(t, err)
+	must.NoError(t, os.WriteFile(filepath.Join(taskDir, SpecName), data, 0o600))
+	return taskDir
+}
+
 // waitLinePrefix waits for a line of tk's output starting with prefix and
 // returns the rest of it.
 func (tk *task) waitLinePrefix(prefix string) string {
@@ -96,20 +113,12 @@ func TestCreateLazyRoundTrip(t *testing.T) {
 	must.NoError(t, err)
 	must.True(t, read.Options.LazyPages)
 
-	// The destination, as the driver lays it out.
-	taskDir2 := filepath.Join(t.TempDir(), "task")
-	must.NoError(t, PrepareTaskDir(dir, taskDir2))
-	mountOverlay(t, lower, taskDir2)
+	// The destination, as the driver lays it out. Another node would use
+	// the same cgroup; here the source holds it until every page is
+	// served.
 	opts := m.RestoreOptions(false)
 	must.True(t, opts.LazyPages)
-	must.NoError(t, RebaseSpec(taskDir2, opts))
-	// Another node would use the same cgroup; here the source holds it
-	// until every page is served.
-	s2 := readSpec(t, taskDir2)
-	s2.Linux.CgroupsPath = "/ferry-test/" + runctest.RandomID("lazy-dst-")
-	data, err := json.Marshal(s2)
-	must.NoError(t, err)
-	must.NoError(t, os.WriteFile(filepath.Join(taskDir2, SpecName), data, 0o600))
+	taskDir2 := copyTaskDir(t, dir, lower, opts)
 	work := filepath.Join(taskDir2, "restore")
 	must.NoError(t, os.Mkdir(work, 0o700))
 	d, err := StartLazyPages(ctx, LazyPagesOptions{

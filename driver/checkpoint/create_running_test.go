@@ -2,7 +2,6 @@ package checkpoint
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -56,22 +55,13 @@ func TestCreateRunningRoundTrip(t *testing.T) {
 	tk.waitCounts(before + 5)
 	tk.running()
 
-	// A copy restored from it, as the driver lays it out, in a cgroup of
-	// its own: the source still runs.
-	taskDir2 := filepath.Join(t.TempDir(), "task")
-	must.NoError(t, PrepareTaskDir(dir, taskDir2))
+	// A copy restored from it, beside the task, which still runs.
+	opts := created.RestoreOptions(false)
+	taskDir2 := copyTaskDir(t, dir, lower, opts)
 	data, err := os.ReadFile(filepath.Join(taskDir2, "upper", "count"))
 	must.NoError(t, err)
 	atCheckpoint, err := strconv.Atoi(strings.TrimSpace(string(data)))
 	must.NoError(t, err)
-	mountOverlay(t, lower, taskDir2)
-	opts := created.RestoreOptions(false)
-	must.NoError(t, RebaseSpec(taskDir2, opts))
-	s2 := readSpec(t, taskDir2)
-	s2.Linux.CgroupsPath = "/ferry-test/" + runctest.RandomID("running-copy-")
-	spec, err := json.Marshal(s2)
-	must.NoError(t, err)
-	must.NoError(t, os.WriteFile(filepath.Join(taskDir2, SpecName), spec, 0o600))
 	second := newTask(t, r, taskDir2)
 	second.start(ImagesDir(dir), runc.RestoreArgs(opts))
 	got := second.waitCounts(3)

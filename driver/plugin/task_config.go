@@ -240,34 +240,36 @@ func (c *Config) validateTask(tc TaskConfig, task *drivers.TaskConfig, platform 
 		default:
 			errs = append(errs, fmt.Errorf("checkpoint.on_restore_failure: %q is not supported; use \"cold_start\" or \"fail\"", tc.Checkpoint.OnRestoreFailure))
 		}
-		wait := tc.Checkpoint.RestoreWait
-		if wait == "" {
-			wait = "2m"
-		}
-		if d, err := time.ParseDuration(wait); err != nil || d <= 0 {
-			errs = append(errs, fmt.Errorf("checkpoint.restore_wait: %q is not a positive duration; use a value such as \"2m\"", wait))
-		} else {
-			req.restoreWait = d
+		var err error
+		if req.restoreWait, err = positiveDuration("checkpoint.restore_wait", tc.Checkpoint.RestoreWait, "2m"); err != nil {
+			errs = append(errs, err)
 		}
 		switch tc.Checkpoint.Mode {
 		case "", checkpointModeCopy, checkpointModeLazy:
 		default:
 			errs = append(errs, fmt.Errorf("checkpoint.mode: %q is not supported; use \"copy\" (the default) or \"lazy\"", tc.Checkpoint.Mode))
 		}
-		timeout := tc.Checkpoint.LazyTimeout
-		if timeout == "" {
-			timeout = "10m"
-		}
-		if d, err := time.ParseDuration(timeout); err != nil || d <= 0 {
-			errs = append(errs, fmt.Errorf("checkpoint.lazy_timeout: %q is not a positive duration; use a value such as \"10m\"", timeout))
-		} else {
-			req.lazyTimeout = d
+		if req.lazyTimeout, err = positiveDuration("checkpoint.lazy_timeout", tc.Checkpoint.LazyTimeout, "10m"); err != nil {
+			errs = append(errs, err)
 		}
 		errs = append(errs, req.validatePeriodic()...)
 	} else if tc.Checkpoint.Interval != "" {
 		errs = append(errs, errors.New("checkpoint.interval: periodic checkpoints need checkpoint.enabled = true"))
 	}
 	return req, errors.Join(errs...)
+}
+
+// positiveDuration reads field's value, def when empty; the error names
+// the field and gives def as an example.
+func positiveDuration(field, value, def string) (time.Duration, error) {
+	if value == "" {
+		value = def
+	}
+	d, err := time.ParseDuration(value)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s: %q is not a positive duration; use a value such as %q", field, value, def)
+	}
+	return d, nil
 }
 
 // validatePeriodic reads checkpoint.interval and keep; errors name the
