@@ -12,6 +12,14 @@ variable "job" {
   default = "stateful"
 }
 
+# Periodic checkpoints ("30m", at least "10s"; none by default): with the
+# plugin's checkpoint_dir on storage every client shares, a task whose node
+# is lost resumes on another from its last one.
+variable "interval" {
+  type    = string
+  default = ""
+}
+
 # Nomad's node drain never replaces a batch allocation that stopped cleanly,
 # even a migrated one: move batch jobs with `nomad alloc stop` or
 # `ferry-companion migrate`, or run them as "service" to move them by drain.
@@ -59,6 +67,7 @@ job "stateful" {
         checkpoint {
           enabled            = true
           on_restore_failure = "cold_start"
+          interval           = var.interval
         }
       }
 

@@ -115,13 +115,19 @@ func (c *Catalog) Key(allocID, task string) string {
 }
 
 func (c *Catalog) checkedKey(allocID, task string) (string, error) {
+	return taskKey(c.prefix, allocID, task)
+}
+
+// taskKey is the KV key under prefix of allocID's task, once both are
+// names a key may hold.
+func taskKey(prefix, allocID, task string) (string, error) {
 	if err := CheckName("allocation ID", allocID); err != nil {
 		return "", fmt.Errorf("catalog: %w", err)
 	}
 	if err := CheckName("task name", task); err != nil {
 		return "", fmt.Errorf("catalog: %w", err)
 	}
-	return c.Key(allocID, task), nil
+	return prefix + allocID + "/" + task, nil
 }
 
 // Put creates or overwrites r's record. It sets r.UpdatedAt (and

@@ -17,6 +17,11 @@
 // to claim a ready checkpoint exactly one wins; WaitState follows a record
 // with blocking queries.
 //
+// A task with periodic checkpoints has a record of its own
+// (<sdk.PrefixPeriodic><alloc ID>/<task>, Periodic): the node that runs it
+// adds each checkpoint with its copies off the node; the replacement of an
+// allocation lost with its node resumes the newest one copied.
+//
 // Each driver also records where its transfer server listens (Endpoint,
 // under sdk.PrefixDrivers), held by a Consul session; the session helpers
 // serve the companion's own session-bound records too.

@@ -128,7 +128,11 @@ type Record struct {
 	ManifestSHA256 string `json:"manifest_sha256,omitempty"`
 	// Shared: the checkpoint lives in a checkpoint_dir every node mounts,
 	// so the destination reads it in place instead of transferring it.
-	Shared       bool          `json:"shared,omitempty"`
+	Shared bool `json:"shared,omitempty"`
+	// Periodic names the periodic checkpoint (in the shared
+	// checkpoint_dir) a replacement resumes from, on the record it builds
+	// for that (Periodic.Restorable), which is never stored.
+	Periodic     string        `json:"-"`
 	DumpDuration time.Duration `json:"dump_duration,omitempty"`
 
 	// Push lets the source push the checkpoint to Push.NodeID while it

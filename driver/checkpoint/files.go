@@ -96,13 +96,48 @@ func Move(src, dst string) error {
 		}
 		return nil
 	}
+	if err := copyTo(src, dst, false); err != nil {
+		return fmt.Errorf("move checkpoint to %s: %w", dst, err)
+	}
+	return Remove(src)
+}
+
+// Copy copies the complete checkpoint src to dst, which must not exist,
+// so that readers of dst see a whole checkpoint or none: every file the
+// manifest lists is copied, the copy synced, read back and checked against
+// the manifest, and the manifest written (and synced) last. It is how a
+// periodic checkpoint leaves its node for the shared checkpoint_dir. A
+// copy that fails is removed.
+func Copy(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), dirMode); err != nil {
+		return fmt.Errorf("copy checkpoint: %w", err)
+	}
+	if err := copyTo(src, dst, true); err != nil {
+		return fmt.Errorf("copy checkpoint to %s: %w", dst, err)
+	}
+	return nil
+}
+
+// copyTo copies checkpoint src to the new directory dst, syncs the copy,
+// checks it against the manifest when verify is set, and writes the
+// manifest last; it removes dst when it fails.
+func copyTo(src, dst string, verify bool) (err error) {
 	raw, err := ReadRaw(src)
 	if err != nil {
 		return err
 	}
-	if err := os.Mkdir(dst, dirMode); err != nil {
-		return fmt.Errorf("move checkpoint: %w", err)
+	m, err := ParseManifest(raw)
+	if err != nil {
+		return fmt.Errorf("checkpoint %s: %w", src, err)
 	}
+	if err := os.Mkdir(dst, dirMode); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = os.RemoveAll(dst)
+		}
+	}()
 	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -117,15 +152,21 @@ func Move(src, dst string) error {
 		}
 		return copyFile(p, target, fileMode)
 	})
-	if err == nil {
-		err = syncFS(dst)
-	}
-	if err == nil {
-		err = atomicfile.Write(filepath.Join(dst, ManifestName), raw, fileMode)
-	}
 	if err != nil {
-		_ = os.RemoveAll(dst)
-		return fmt.Errorf("move checkpoint to %s: %w", dst, err)
+		return err
 	}
-	return Remove(src)
+	if err := syncFS(dst); err != nil {
+		return err
+	}
+	if verify {
+		if err := check(dst, m); err != nil {
+			return err
+		}
+		for _, f := range m.Files {
+			if err := checkFile(dst, f, true); err != nil {
+				return err
+			}
+		}
+	}
+	return atomicfile.Write(filepath.Join(dst, ManifestName), raw, fileMode)
 }

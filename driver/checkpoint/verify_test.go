@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -242,4 +244,42 @@ func TestDir(t *testing.T) {
 		_, err := Dir("/root", tc.alloc, tc.task)
 		must.Error(t, err, must.Sprintf("%q/%q", tc.alloc, tc.task))
 	}
+}
+
+// TestCopy: a copy is the whole checkpoint, its manifest the same; a source
+// file that no longer matches its manifest, or a destination with no room,
+// leaves no copy at all (no manifest, no directory).
+func TestCopy(t *testing.T) {
+	src := fakeCheckpoint(t)
+	raw, err := ReadRaw(src)
+	must.NoError(t, err)
+
+	dst := filepath.Join(t.TempDir(), "periodic", "a", "t")
+	must.NoError(t, Copy(src, dst))
+	_, err = Open(dst, Digest(raw), true)
+	must.NoError(t, err)
+	copied, err := ReadRaw(dst)
+	must.NoError(t, err)
+	must.Eq(t, string(raw), string(copied))
+	must.Error(t, Copy(src, dst), must.Sprint("a copy over an existing one"))
+
+	flipByte(t, filepath.Join(src, "images", "pages-1.img"))
+	bad := filepath.Join(t.TempDir(), "bad")
+	err = Copy(src, bad)
+	must.ErrorIs(t, err, ErrCorrupt)
+	_, err = os.Stat(bad)
+	must.True(t, os.IsNotExist(err), must.Sprint("a copy that failed verification is left"))
+
+	if os.Geteuid() != 0 {
+		t.Skip("a full file system needs root to mount")
+	}
+	full := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", full).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", full).Run() })
+	err = Copy(fakeCheckpoint(t), filepath.Join(full, "c"))
+	must.ErrorIs(t, err, syscall.ENOSPC)
+	entries, _ := os.ReadDir(full)
+	must.SliceEmpty(t, entries, must.Sprint("a copy cut short by a full file system is left"))
 }

@@ -205,6 +205,21 @@ func (env *environment) writeDir(alloc, task string) (string, error) {
 	return checkpoint.Dir(env.layout.scratch(), alloc, task)
 }
 
+// periodicCopies is where the copies of the periodic checkpoints of alloc's
+// task are kept off this node: <checkpoint_dir>/periodic/<alloc>/<task>
+// when checkpoint_dir is shared, else "".
+func (env *environment) periodicCopies(alloc, task string) (string, error) {
+	if !env.shared {
+		return "", nil
+	}
+	return checkpoint.Dir(filepath.Join(env.checkpoints, periodicCopiesDir), alloc, task)
+}
+
+// periodicCopiesDir is the directory of the shared checkpoint_dir that
+// holds the copies of periodic checkpoints, beside the checkpoints of
+// moves (<alloc>/<task>).
+const periodicCopiesDir = "periodic"
+
 // checkpointRoots are where this node's checkpoints may be: written for a
 // move, then kept for later.
 func (env *environment) checkpointRoots() []string {
@@ -415,7 +430,7 @@ func (d *Driver) launch(cfg *drivers.TaskConfig, conf *Config, env *environment,
 		if len(req.mounts) > 0 || len(cfg.Mounts) > 0 {
 			d.emit(cfg, "Periodic checkpoints hold the task's memory and rootfs, not its volumes: files it writes there move on after each checkpoint, and a task resumed from one finds them as they are then", nil)
 		}
-		go d.checkpointPeriodically(conf, env, h)
+		h.Background.Go(func() { d.checkpointPeriodically(conf, env, h) })
 	}
 	return handle, nil
 }
@@ -559,8 +574,9 @@ func (d *Driver) DestroyTask(taskID string, force bool) error {
 	d.cleanups.Go(func() {
 		defer done()
 		d.cleanup(env, h.State, logger)
+		h.Background.Wait()
 		if h.State.Periodic > 0 {
-			removePeriodic(env, h.Config, logger)
+			d.removePeriodic(env, h.Config.AllocID, h.Config.Name, logger)
 		}
 	})
 	return nil

@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/catalog"
+	"github.com/ferry-nomad/ferry/driver/catalog/catalogtest"
+	"github.com/ferry-nomad/ferry/driver/checkpoint"
 	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/ferry-nomad/ferry/driver/task"
 	"github.com/ferry-nomad/ferry/driver/testutil"
@@ -343,7 +346,12 @@ func TestDriver_BadInputs(t *testing.T) {
 // only for the dump and the pack, keeping the newest checkpoint.keep; it
 // runs on, counting, and its checkpoints go with it.
 func TestDriver_PeriodicCheckpoints(t *testing.T) {
-	h, _ := newHarness(t, nil)
+	shared := t.TempDir()
+	consulAddr := catalogtest.StartConsul(t)
+	h, _ := newHarness(t, func(c *Config) {
+		c.CheckpointDir = shared
+		c.Consul.Address = consulAddr
+	})
 	tc := TaskConfig{Image: setupRegistry(t).image, Command: "/bin/sh", Args: []string{"-c", `i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done`}}
 	tc.Checkpoint = Checkpoint{Enabled: true, Interval: "10s", Keep: 1}
 	cfg := newTask(t, tc)
@@ -352,6 +360,8 @@ func TestDriver_PeriodicCheckpoints(t *testing.T) {
 	startTask(t, h, cfg)
 	d := h.Impl().(*Driver)
 	root := filepath.Join(d.env.layout.periodic(), cfg.AllocID, cfg.Name)
+	copies := filepath.Join(shared, periodicCopiesDir, cfg.AllocID, cfg.Name)
+	ctx := context.Background()
 
 	var taken []string
 	deadline := time.After(40 * time.Second)
@@ -362,11 +372,26 @@ func TestDriver_PeriodicCheckpoints(t *testing.T) {
 				t.Fatalf("periodic checkpoint: %s", ev.Message)
 			}
 			if strings.HasPrefix(ev.Message, "Periodic checkpoint:") {
+				must.StrContains(t, ev.Message, "copied to the shared checkpoint_dir")
 				taken = append(taken, ev.Message)
-				entries, err := os.ReadDir(root)
+				// keep = 1 on the node, off it and in the record.
+				for _, dir := range []string{root, copies} {
+					entries, err := os.ReadDir(dir)
+					must.NoError(t, err)
+					must.Len(t, 1, entries, must.Sprintf("checkpoint.keep = 1 in %s", dir))
+					_, err = os.Stat(filepath.Join(dir, entries[0].Name(), "manifest.json"))
+					must.NoError(t, err)
+				}
+				rec, err := d.env.catalog.GetPeriodic(ctx, cfg.AllocID, cfg.Name)
 				must.NoError(t, err)
-				must.Len(t, 1, entries, must.Sprint("checkpoint.keep = 1"))
-				_, err = os.Stat(filepath.Join(root, entries[0].Name(), "manifest.json"))
+				must.Len(t, 1, rec.Checkpoints)
+				c := rec.Checkpoints[0]
+				must.Eq(t, []catalog.Copy{{Where: catalog.CopySharedDir, Took: c.Copies[0].Took, CompletedAt: c.Copies[0].CompletedAt}}, c.Copies)
+				copied, err := os.ReadDir(copies)
+				must.NoError(t, err)
+				must.Eq(t, c.Name, copied[0].Name())
+				// The copy is the checkpoint the record names.
+				_, err = checkpoint.Open(filepath.Join(copies, c.Name), c.ManifestSHA256, true)
 				must.NoError(t, err)
 			}
 		case <-deadline:
@@ -385,6 +410,10 @@ func TestDriver_PeriodicCheckpoints(t *testing.T) {
 	waitExit(t, h, cfg.ID, 10*time.Second)
 	must.NoError(t, h.DestroyTask(cfg.ID, false))
 	d.cleanups.Wait()
-	_, err = os.Stat(root)
-	must.True(t, os.IsNotExist(err), must.Sprintf("periodic checkpoints %s left after the task", root))
+	for _, dir := range []string{root, copies} {
+		_, err = os.Stat(dir)
+		must.True(t, os.IsNotExist(err), must.Sprintf("periodic checkpoints %s left after the task", dir))
+	}
+	_, err = d.env.catalog.GetPeriodic(ctx, cfg.AllocID, cfg.Name)
+	must.ErrorIs(t, err, catalog.ErrNotFound, must.Sprint("the periodic record left after the task"))
 }

@@ -56,6 +56,12 @@ func containerID(cfg *drivers.TaskConfig) string {
 	return unsafeID.ReplaceAllString(cfg.ID, ".")
 }
 
+// containerPrefix is what the container IDs of every start of alloc's task
+// begin with.
+func containerPrefix(alloc, task string) string {
+	return containerID(&drivers.TaskConfig{ID: alloc + "/" + task + "/"})
+}
+
 // cgroupsPath puts a task's cgroups under Nomad's own "/nomad" hierarchy.
 func cgroupsPath(cfg *drivers.TaskConfig) string {
 	return "/nomad/ferry/" + containerID(cfg)

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,11 +10,11 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/checkpoint"
 	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/ferry-nomad/ferry/driver/task"
 	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/nomad/plugins/drivers"
 )
 
 // periodicStamp names a periodic checkpoint's directory by when it was
@@ -22,9 +23,9 @@ const periodicStamp = "20060102T150405.000Z"
 
 // checkpointPeriodically checkpoints h's task every h.State.Periodic while
 // it runs (checkpoint.interval), keeping the newest h.State.PeriodicKeep in
-// data_dir/periodic/<alloc>/<task>/<time>. A checkpoint that fails is
-// reported in a task event and tried again at the next interval; the task
-// runs on either way.
+// data_dir/periodic/<alloc>/<task>/<time>, and as many copies of them off
+// the node (keepOffNode). A checkpoint that fails is reported in a task
+// event and tried again at the next interval; the task runs on either way.
 func (d *Driver) checkpointPeriodically(conf *Config, env *environment, h *task.Handle) {
 	cfg := h.Config
 	logger := d.logger.With("task", cfg.Name, "alloc_id", cfg.AllocID)
@@ -38,47 +39,57 @@ func (d *Driver) checkpointPeriodically(conf *Config, env *environment, h *task.
 			return
 		case <-t.C:
 		}
-		created, frozen, err := d.checkpointRunning(conf, env, h, logger)
+		taken, err := d.checkpointRunning(conf, env, h, logger)
 		if err != nil {
 			logger.Warn("periodic checkpoint failed; the task runs on", "error", err)
 			d.emit(cfg, fmt.Sprintf("Periodic checkpoint failed, the task runs on (next in %s): %v", h.State.Periodic, err), nil)
 			continue
 		}
-		if created == nil {
+		if taken == nil {
 			return // the task ended meanwhile
 		}
-		d.emit(cfg, fmt.Sprintf("Periodic checkpoint: %s, the task frozen %s", humanBytes(created.Bytes),
-			frozen.Round(time.Millisecond)), map[string]string{
-			sdk.EventBytes:  strconv.FormatInt(created.Bytes, 10),
-			sdk.EventDumpMs: strconv.FormatInt(created.DumpDuration.Milliseconds(), 10),
+		where := d.keepOffNode(env, h, taken, logger)
+		d.emit(cfg, fmt.Sprintf("Periodic checkpoint: %s, the task frozen %s; %s", humanBytes(taken.Bytes),
+			taken.Frozen.Round(time.Millisecond), where), map[string]string{
+			sdk.EventBytes:  strconv.FormatInt(taken.Bytes, 10),
+			sdk.EventDumpMs: strconv.FormatInt(taken.created.DumpDuration.Milliseconds(), 10),
 		})
 	}
+}
+
+// periodicTaken is a periodic checkpoint just taken, in dir.
+type periodicTaken struct {
+	catalog.PeriodicCheckpoint
+	dir     string
+	created *checkpoint.Created
 }
 
 // checkpointRunning takes one periodic checkpoint of h's running task and
 // removes the ones beyond its keep. The task is paused across CRIU's dump
 // (which leaves it paused) and the pack of its rootfs, so that the rootfs
 // is the one its memory was dumped with, and runs again before the dump's
-// files are hashed (checkpoint.CreateRunning). It returns the checkpoint
-// and how long the task was paused; nil when the task is no longer
+// files are hashed (checkpoint.CreateRunning). It returns the checkpoint,
+// with how long the task was paused; nil when the task is no longer
 // running.
-func (d *Driver) checkpointRunning(conf *Config, env *environment, h *task.Handle, logger hclog.Logger) (*checkpoint.Created, time.Duration, error) {
+func (d *Driver) checkpointRunning(conf *Config, env *environment, h *task.Handle, logger hclog.Logger) (*periodicTaken, error) {
 	defer h.LockDump()()
 	if !h.Running() {
-		return nil, 0, nil
+		return nil, nil
 	}
 	cfg, cid := h.Config, h.State.ContainerID
 	root, err := checkpoint.Dir(env.layout.periodic(), cfg.AllocID, cfg.Name)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	dir := filepath.Join(root, time.Now().UTC().Format(periodicStamp))
+	now := time.Now().UTC()
+	name := now.Format(periodicStamp)
+	dir := filepath.Join(root, name)
 	ctx, cancel := context.WithTimeout(d.ctx, checkpointTimeout)
 	defer cancel()
 	meta := d.checkpointMeta(ctx, conf, env, h)
 	paused := time.Now()
 	if err := env.runc.Pause(ctx, cid); err != nil {
-		return nil, 0, fmt.Errorf("pause: %w", err)
+		return nil, fmt.Errorf("pause: %w", err)
 	}
 	var resumeErr error
 	var frozen time.Duration
@@ -94,14 +105,102 @@ func (d *Driver) checkpointRunning(conf *Config, env *environment, h *task.Handl
 	}
 	if err != nil {
 		_ = checkpoint.Remove(dir)
-		return nil, 0, err
+		return nil, err
 	}
 	if err := checkpoint.Sync(dir); err != nil {
 		_ = checkpoint.Remove(dir)
-		return nil, 0, err
+		return nil, err
 	}
 	keepNewest(root, h.State.PeriodicKeep, logger)
-	return created, frozen, nil
+	return &periodicTaken{
+		PeriodicCheckpoint: catalog.PeriodicCheckpoint{
+			Name: name, TakenAt: now, Bytes: created.Bytes, ManifestSHA256: created.Digest, Frozen: frozen,
+		},
+		dir: dir, created: created,
+	}, nil
+}
+
+// keepOffNode copies the periodic checkpoint just taken off this node,
+// into the shared checkpoint_dir (periodic/<alloc>/<task>/<time>, the
+// newest h.State.PeriodicKeep kept), and records it in the task's periodic
+// record in Consul with its copy, or why it has none: a replacement
+// resumes only from a checkpoint with a copy. It returns where the
+// checkpoint is kept, for the task event.
+func (d *Driver) keepOffNode(env *environment, h *task.Handle, taken *periodicTaken, logger hclog.Logger) string {
+	cfg := h.Config
+	where := "kept on this node only: set the plugin's checkpoint_dir to storage every client shares for the task to resume after a loss of this node"
+	root, err := env.periodicCopies(cfg.AllocID, cfg.Name)
+	switch {
+	case err != nil:
+		taken.CopyError = err.Error()
+	case root == "":
+		taken.CopyError = "no shared checkpoint_dir"
+	default:
+		start := time.Now()
+		if err := checkpoint.Copy(taken.dir, filepath.Join(root, taken.Name)); err != nil {
+			logger.Warn("copy a periodic checkpoint to the shared checkpoint_dir", "error", err)
+			taken.CopyError = err.Error()
+			where = "kept on this node only, its copy failed: " + err.Error()
+			break
+		}
+		took := time.Since(start)
+		taken.Copies = []catalog.Copy{{Where: catalog.CopySharedDir, Took: took, CompletedAt: time.Now().UTC()}}
+		where = fmt.Sprintf("copied to the shared checkpoint_dir in %s", took.Round(10*time.Millisecond))
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, recordTimeout)
+	defer cancel()
+	if err := d.recordPeriodic(ctx, env, h, taken.PeriodicCheckpoint); err != nil {
+		logger.Warn("record a periodic checkpoint in Consul", "error", err)
+		return where + "; not recorded in Consul, so no replacement can resume from it: " + err.Error()
+	}
+	if len(taken.Copies) > 0 {
+		// Only now: until the record names the new copy, the older ones
+		// are what a replacement would resume.
+		keepNewest(root, h.State.PeriodicKeep, logger)
+	}
+	return where
+}
+
+// recordPeriodic adds c to the periodic record of h's task, which keeps
+// the newest h.State.PeriodicKeep.
+func (d *Driver) recordPeriodic(ctx context.Context, env *environment, h *task.Handle, c catalog.PeriodicCheckpoint) error {
+	cfg := h.Config
+	p, err := env.catalog.GetPeriodic(ctx, cfg.AllocID, cfg.Name)
+	if errors.Is(err, catalog.ErrNotFound) {
+		network, nerr := networkOf(cfg)
+		if nerr != nil {
+			d.logger.Warn("network configuration incomplete in the periodic record", "alloc_id", cfg.AllocID, "task", cfg.Name, "error", nerr)
+		}
+		p, err = &catalog.Periodic{
+			AllocID: cfg.AllocID, Task: cfg.Name, JobID: cfg.JobID, Namespace: cfg.Namespace,
+			NodeID: cfg.NodeID, NodeName: cfg.NodeName,
+			ImageRef: h.State.ImageRef, ImageDigest: h.State.ImageDigest, Platform: h.State.Platform,
+			Network: network,
+		}, nil
+	}
+	if err != nil {
+		return err
+	}
+	p.Checkpoints = keepRecorded(append(p.Checkpoints, c), h.State.PeriodicKeep)
+	return env.catalog.PutPeriodic(ctx, p)
+}
+
+// keepRecorded is the newest keep of a task's recorded periodic
+// checkpoints (oldest first), and the newest one copied off the node when
+// none of those was: the copy a replacement would resume stays recorded
+// until a newer one is copied.
+func keepRecorded(all []catalog.PeriodicCheckpoint, keep int) []catalog.PeriodicCheckpoint {
+	kept := all[max(0, len(all)-keep):]
+	if slices.ContainsFunc(kept, func(c catalog.PeriodicCheckpoint) bool { return len(c.Copies) > 0 }) {
+		return kept
+	}
+	dropped := all[:len(all)-len(kept)]
+	for i := len(dropped) - 1; i >= 0; i-- {
+		if len(dropped[i].Copies) > 0 {
+			return append([]catalog.PeriodicCheckpoint{dropped[i]}, kept...)
+		}
+	}
+	return kept
 }
 
 // keepNewest removes all but the newest keep periodic checkpoints in root.
@@ -125,16 +224,29 @@ func keepNewest(root string, keep int, logger hclog.Logger) {
 	}
 }
 
-// removePeriodic removes the periodic checkpoints of cfg's task, once the
-// task is destroyed.
-func removePeriodic(env *environment, cfg *drivers.TaskConfig, logger hclog.Logger) {
-	root, err := checkpoint.Dir(env.layout.periodic(), cfg.AllocID, cfg.Name)
+// removePeriodic removes the periodic checkpoints of allocID's task: this
+// node's, their copies in the shared checkpoint_dir, and their record. It
+// runs when the task is destroyed, and when a replacement resumed from them
+// (or could not) after their node was lost.
+func (d *Driver) removePeriodic(env *environment, allocID, task string, logger hclog.Logger) {
+	local, err := checkpoint.Dir(env.layout.periodic(), allocID, task)
 	if err != nil {
-		return
+		return // names no task of this driver's
 	}
-	if err := os.RemoveAll(root); err != nil {
-		logger.Warn("remove periodic checkpoints", "dir", root, "error", err)
-		return
+	copies, _ := env.periodicCopies(allocID, task)
+	for _, root := range []string{local, copies} {
+		if root == "" {
+			continue
+		}
+		if err := os.RemoveAll(root); err != nil {
+			logger.Warn("remove periodic checkpoints", "dir", root, "error", err)
+			return
+		}
+		_ = os.Remove(filepath.Dir(root)) // the allocation's directory, once empty
 	}
-	_ = os.Remove(filepath.Dir(root)) // the allocation's directory, once empty
+	ctx, cancel := context.WithTimeout(d.ctx, recordTimeout)
+	defer cancel()
+	if err := env.catalog.DeletePeriodic(ctx, allocID, task); err != nil {
+		logger.Warn("delete the periodic checkpoints record", "error", err)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
@@ -14,12 +15,14 @@ import (
 )
 
 // reap removes, until ctx ends, what live moves leave on this node once no
-// restore needs it. It runs a reapPass at start (what a crash left behind
+// restore needs it, and every periodicSweepEvery the periodic records no
+// replacement will resume. It runs a reapPass at start (what a crash left behind
 // goes then), on every change of the catalogue, when the next record is
 // due, and at least every few minutes (Consul's blocking wait).
 func (d *Driver) reap(ctx context.Context, env *environment, policy checkpointReap, logger hclog.Logger) {
 	var index uint64
-	var next time.Time // when the next record is due; zero: none is
+	var next time.Time  // when the next record is due; zero: none is
+	var swept time.Time // when periodic records were last looked at
 	for ctx.Err() == nil {
 		wctx, cancel := ctx, context.CancelFunc(func() {})
 		if !next.IsZero() {
@@ -46,6 +49,10 @@ func (d *Driver) reap(ctx context.Context, env *environment, policy checkpointRe
 		now := time.Now()
 		d.reapPass(ctx, env, policy, recs, now, logger)
 		next = nextDue(recs, now)
+		if now.Sub(swept) >= periodicSweepEvery {
+			d.sweepPeriodicRecords(ctx, env, logger)
+			swept = now
+		}
 	}
 }
 
@@ -112,6 +119,7 @@ func (d *Driver) reapPass(ctx context.Context, env *environment, policy checkpoi
 	}
 	d.sweepIncoming(env, live, logger)
 	d.sweepOwn(env, policy, named, now, logger)
+	d.sweepPeriodic(env, policy, now, logger)
 	if len(reaped) > 0 && self != "" {
 		if err := catalog.AppendReaped(ctx, env.catalog.Client(), self, env.node.name, reaped, now); err != nil {
 			logger.Debug("record what was reaped", "error", err)
@@ -191,33 +199,16 @@ func reapReason(s catalog.State, age time.Duration) string {
 // in live (alloc/task of records still needed) still needs, whether
 // complete or cut short, unless a push into them is being received.
 func (d *Driver) sweepIncoming(env *environment, live map[string]bool, logger hclog.Logger) {
-	root := env.layout.incoming()
-	allocs, err := os.ReadDir(root)
-	if err != nil {
-		return
-	}
-	for _, a := range allocs {
-		tasks, err := os.ReadDir(filepath.Join(root, a.Name()))
-		if err != nil {
-			continue
+	eachTaskDir(env.layout.incoming(), func(alloc, task, dir string) {
+		if live[alloc+"/"+task] || (env.transfer != nil && env.transfer.server.Receiving(dir)) {
+			return
 		}
-		for _, t := range tasks {
-			dir, err := checkpoint.Dir(root, a.Name(), t.Name())
-			if err != nil || live[a.Name()+"/"+t.Name()] {
-				continue
-			}
-			if env.transfer != nil && env.transfer.server.Receiving(dir) {
-				continue
-			}
-			if err := checkpoint.Remove(dir); err != nil {
-				logger.Warn("remove pushed checkpoint no restore needs", "dir", dir, "error", err)
-				continue
-			}
-			logger.Debug("pushed checkpoint removed", "dir", dir)
+		if err := checkpoint.Remove(dir); err != nil {
+			logger.Warn("remove pushed checkpoint no restore needs", "dir", dir, "error", err)
+			return
 		}
-		// Removed once its tasks are; a directory not empty stays.
-		_ = os.Remove(filepath.Join(root, a.Name()))
-	}
+		logger.Debug("pushed checkpoint removed", "dir", dir)
+	})
 }
 
 // sweepOwn looks at this node's checkpoint directories, given the records
@@ -229,47 +220,88 @@ func (d *Driver) sweepOwn(env *environment, policy checkpointReap, named map[str
 	self := env.node.ID()
 	scratch := env.layout.scratch()
 	for _, root := range env.checkpointRoots() {
-		allocs, err := os.ReadDir(root)
+		eachTaskDir(root, func(alloc, task, dir string) {
+			r := named[alloc+"/"+task]
+			switch {
+			case r == nil:
+				fi, err := os.Stat(dir)
+				if err != nil || now.Sub(fi.ModTime()) < policy.OrphanGrace {
+					return
+				}
+				if err := checkpoint.Remove(dir); err != nil {
+					logger.Warn("remove checkpoint no record names", "dir", dir, "error", err)
+					return
+				}
+				logger.Info("checkpoint no record names removed", "dir", dir, "unchanged_for", now.Sub(fi.ModTime()).Round(time.Second))
+			case root == scratch && !env.shared && self != "" && r.SourceNodeID == self &&
+				(r.State == catalog.StateReady || r.State == catalog.StateFailed) && now.Sub(r.Changed()) >= policy.KeepAfter:
+				if err := keepScratch(env, dir, r); err != nil {
+					logger.Warn("keep checkpoint left in state_dir", "dir", dir, "error", err)
+					return
+				}
+				logger.Info("checkpoint left in state_dir kept in data_dir", "alloc_id", r.AllocID, "task", r.Task, "state", r.State)
+			}
+		})
+	}
+}
+
+// sweepPeriodic removes this node's periodic checkpoints of tasks it no
+// longer runs, once unchanged for policy.OrphanGrace: a task's go when it
+// is destroyed, but not those of a task that died with its node, whose
+// driver recovers no handle for it once the node is back.
+func (d *Driver) sweepPeriodic(env *environment, policy checkpointReap, now time.Time, logger hclog.Logger) {
+	running := d.tasks.ContainerIDs()
+	eachTaskDir(env.layout.periodic(), func(alloc, task, dir string) {
+		if runs(running, containerPrefix(alloc, task)) {
+			return
+		}
+		fi, err := os.Stat(dir)
+		if err != nil || now.Sub(fi.ModTime()) < policy.OrphanGrace {
+			return
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			logger.Warn("remove periodic checkpoints of a task this node no longer runs", "dir", dir, "error", err)
+			return
+		}
+		logger.Info("periodic checkpoints of a task this node no longer runs removed", "dir", dir)
+	})
+}
+
+// eachTaskDir calls fn with each task's directory under root,
+// <root>/<alloc>/<task> as checkpoint.Dir names them (nothing else there
+// is looked at: the shared checkpoint_dir's periodic/, say), then removes
+// the allocations' directories left empty.
+func eachTaskDir(root string, fn func(alloc, task, dir string)) {
+	allocs, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, a := range allocs {
+		if _, err := checkpoint.Dir(root, a.Name(), "task"); err != nil || !a.IsDir() {
+			continue
+		}
+		tasks, err := os.ReadDir(filepath.Join(root, a.Name()))
 		if err != nil {
 			continue
 		}
-		for _, a := range allocs {
-			if !a.IsDir() {
-				continue
+		for _, t := range tasks {
+			if dir, err := checkpoint.Dir(root, a.Name(), t.Name()); err == nil {
+				fn(a.Name(), t.Name(), dir)
 			}
-			tasks, err := os.ReadDir(filepath.Join(root, a.Name()))
-			if err != nil {
-				continue
-			}
-			for _, t := range tasks {
-				dir, err := checkpoint.Dir(root, a.Name(), t.Name())
-				if err != nil {
-					continue
-				}
-				r := named[a.Name()+"/"+t.Name()]
-				switch {
-				case r == nil:
-					fi, err := os.Stat(dir)
-					if err != nil || now.Sub(fi.ModTime()) < policy.OrphanGrace {
-						continue
-					}
-					if err := checkpoint.Remove(dir); err != nil {
-						logger.Warn("remove checkpoint no record names", "dir", dir, "error", err)
-						continue
-					}
-					logger.Info("checkpoint no record names removed", "dir", dir, "unchanged_for", now.Sub(fi.ModTime()).Round(time.Second))
-				case root == scratch && !env.shared && self != "" && r.SourceNodeID == self &&
-					(r.State == catalog.StateReady || r.State == catalog.StateFailed) && now.Sub(r.Changed()) >= policy.KeepAfter:
-					if err := keepScratch(env, dir, r); err != nil {
-						logger.Warn("keep checkpoint left in state_dir", "dir", dir, "error", err)
-						continue
-					}
-					logger.Info("checkpoint left in state_dir kept in data_dir", "alloc_id", r.AllocID, "task", r.Task, "state", r.State)
-				}
-			}
-			_ = os.Remove(filepath.Join(root, a.Name()))
+		}
+		// Removed once its tasks are; a directory not empty stays.
+		_ = os.Remove(filepath.Join(root, a.Name()))
+	}
+}
+
+// runs reports whether one of the containers ids has prefix.
+func runs(ids map[string]bool, prefix string) bool {
+	for id := range ids {
+		if strings.HasPrefix(id, prefix) {
+			return true
 		}
 	}
+	return false
 }
 
 // keepScratch moves the checkpoint at dir, in state_dir, to data_dir: a

@@ -12,6 +12,7 @@ import (
 	"github.com/ferry-nomad/ferry/driver/catalog"
 	"github.com/ferry-nomad/ferry/driver/catalog/catalogtest"
 	"github.com/ferry-nomad/ferry/driver/checkpoint"
+	"github.com/ferry-nomad/ferry/driver/task"
 	"github.com/ferry-nomad/ferry/driver/testutil"
 	consul "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
@@ -25,6 +26,7 @@ type reapWorld struct {
 	client *consul.Client
 	ctx    context.Context
 	n      int
+	tasks  *task.Store // the tasks the driver runs
 }
 
 const reapSelf = "node-self"
@@ -87,7 +89,10 @@ func (w *reapWorld) pass(t *testing.T) []catalog.Reaped {
 	t.Helper()
 	recs, err := w.env.catalog.List(w.ctx)
 	must.NoError(t, err)
-	return (&Driver{}).reapPass(w.ctx, w.env, defaultCheckpointReap(), recs, time.Now(), testutil.Logger(t, hclog.Debug))
+	if w.tasks == nil {
+		w.tasks = task.NewStore()
+	}
+	return (&Driver{tasks: w.tasks}).reapPass(w.ctx, w.env, defaultCheckpointReap(), recs, time.Now(), testutil.Logger(t, hclog.Debug))
 }
 
 func (w *reapWorld) exists(t *testing.T, r *catalog.Record) bool {
@@ -198,7 +203,19 @@ func TestReapLeftByCrash(t *testing.T) {
 	keptDir, err := checkpoint.Dir(kept, left.AllocID, left.Task)
 	must.NoError(t, err)
 
+	// Periodic checkpoints of a task that died with this node: old ones
+	// go, recent ones stay, and so do those of a task this node runs.
+	periodic := w.env.layout.periodic()
+	lostPeriodic := checkpointAt(t, periodic, &catalog.Record{AllocID: "0000dead-0000-4000-8000-000000000000", Task: "work"}, true, 2*time.Hour)
+	newPeriodic := checkpointAt(t, periodic, &catalog.Record{AllocID: "0000f00d-0000-4000-8000-000000000000", Task: "work"}, true, time.Minute)
+	runningPeriodic := checkpointAt(t, periodic, &catalog.Record{AllocID: "0000abba-0000-4000-8000-000000000000", Task: "work"}, true, 2*time.Hour)
+	w.tasks = task.NewStore()
+	w.tasks.Set("t1", &task.Handle{State: task.State{ContainerID: containerPrefix("0000abba-0000-4000-8000-000000000000", "work") + "1a2b3c4d"}})
+
 	must.SliceEmpty(t, w.pass(t))
+	must.False(t, present(lostPeriodic))
+	must.True(t, present(newPeriodic))
+	must.True(t, present(runningPeriodic))
 	must.True(t, present(liveIn))
 	for _, dir := range []string{failedIn, staleIn, claimedIn, cutIn, oldOrphan} {
 		must.False(t, present(dir), must.Sprint(dir))
@@ -224,7 +241,7 @@ func TestReapRecordChangedMeanwhile(t *testing.T) {
 	})
 	must.NoError(t, err)
 
-	reaped := (&Driver{}).reapPass(w.ctx, w.env, defaultCheckpointReap(), recs, time.Now(), testutil.Logger(t, hclog.Debug))
+	reaped := (&Driver{tasks: task.NewStore()}).reapPass(w.ctx, w.env, defaultCheckpointReap(), recs, time.Now(), testutil.Logger(t, hclog.Debug))
 	must.SliceEmpty(t, reaped)
 	must.True(t, w.exists(t, r))
 	must.True(t, present(dir))
@@ -259,7 +276,7 @@ func TestReapByRecordsOwnAges(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(w.ctx)
 	defer cancel()
-	go (&Driver{}).reap(ctx, w.env, defaultCheckpointReap(), testutil.Logger(t, hclog.Debug))
+	go (&Driver{tasks: task.NewStore()}).reap(ctx, w.env, defaultCheckpointReap(), testutil.Logger(t, hclog.Debug))
 
 	deadline := time.Now().Add(20 * time.Second)
 	for (w.exists(t, own) || w.exists(t, fresh)) && time.Now().Before(deadline) {

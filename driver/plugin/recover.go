@@ -47,7 +47,7 @@ func (d *Driver) RecoverTask(handle *drivers.TaskHandle) error {
 	d.tasks.Set(handle.Config.ID, h)
 	logger.Info("task recovered", "container", st.ContainerID, "pid", st.ContainerPID)
 	if st.Periodic > 0 {
-		go d.checkpointPeriodically(conf, env, h)
+		h.Background.Go(func() { d.checkpointPeriodically(conf, env, h) })
 	}
 	return nil
 }

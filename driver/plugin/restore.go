@@ -47,13 +47,22 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 	defer cancel()
 
 	rec, secret, err := d.awaitCheckpoint(ctx, env, cfg, req.restoreWait)
+	var lost *predecessorLost
+	if errors.As(err, &lost) {
+		// Its node is gone, and with it any move: its last periodic
+		// checkpoint is all there is, and once tried, its copies go.
+		rec, err = d.periodicCheckpoint(ctx, env, cfg, req, lost)
+		defer d.removePeriodic(env, lost.alloc.ID, cfg.Name, logger)
+	}
 	if errors.Is(err, errNoCheckpoint) {
 		logger.Debug("starting fresh", "reason", err)
 		return nil, false, nil
 	}
 	var handle *drivers.TaskHandle
 	if err == nil {
-		d.emit(cfg, fmt.Sprintf("Restoring from checkpoint of %s on %s", shortID(rec.AllocID), rec.SourceNodeName), nil)
+		if lost == nil {
+			d.emit(cfg, fmt.Sprintf("Restoring from checkpoint of %s on %s", shortID(rec.AllocID), rec.SourceNodeName), nil)
+		}
 		var got *obtained
 		handle, got, err = d.restoreFrom(ctx, cfg, conf, env, req, rec, secret, logger)
 		if err == nil && got.lazy != nil {
@@ -63,14 +72,20 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 		}
 		if err == nil {
 			announceMove(cfg, logger)
+			details := map[string]string{
+				sdk.EventRestoredFrom: rec.AllocID, sdk.EventSourceNode: rec.SourceNodeName, sdk.EventRestore: string(catalog.StateRestored),
+				sdk.EventReceived: got.kind, sdk.EventRestoreMs: strconv.FormatInt(got.restore.Milliseconds(), 10),
+				sdk.EventFetchMs: strconv.FormatInt(got.fetch.Milliseconds(), 10),
+			}
+			if lost != nil {
+				details[sdk.EventPeriodic] = rec.CreatedAt.Format(time.RFC3339)
+				d.emit(cfg, lost.resumed(rec, got), details)
+				return handle, true, nil
+			}
 			d.finishRestore(ctx, env, cfg, rec, catalog.StateRestored, "", logger)
 			d.emit(cfg, fmt.Sprintf("Restored from checkpoint of %s on %s: %s %s, restored in %s",
 				shortID(rec.AllocID), rec.SourceNodeName, humanBytes(rec.Bytes), got.how, got.restore.Round(10*time.Millisecond)),
-				map[string]string{
-					sdk.EventRestoredFrom: rec.AllocID, sdk.EventSourceNode: rec.SourceNodeName, sdk.EventRestore: string(catalog.StateRestored),
-					sdk.EventReceived: got.kind, sdk.EventRestoreMs: strconv.FormatInt(got.restore.Milliseconds(), 10),
-					sdk.EventFetchMs: strconv.FormatInt(got.fetch.Milliseconds(), 10),
-				})
+				details)
 			return handle, true, nil
 		}
 		var cross *crossArchError
@@ -152,6 +167,9 @@ func (d *Driver) readyCheckpoint(ctx context.Context, env *environment, cfg *dri
 		if perr != nil {
 			return nil, fmt.Errorf("read previous allocation %s from Nomad: %w", prevID, perr)
 		}
+		if nodeLost(prev) {
+			return nil, &predecessorLost{alloc: prev}
+		}
 		if !prev.DesiredTransition.ShouldMigrate() {
 			return nil, fmt.Errorf("%w: previous allocation %s did not migrate", errNoCheckpoint, shortID(prevID))
 		}
@@ -231,7 +249,7 @@ func (d *Driver) removeEarlierAttempts(ctx context.Context, env *environment, cf
 		d.logger.Warn("cannot look for containers of an interrupted restore", "alloc_id", cfg.AllocID, "error", err)
 		return
 	}
-	prefix := containerID(&drivers.TaskConfig{ID: cfg.AllocID + "/" + cfg.Name + "/"})
+	prefix := containerPrefix(cfg.AllocID, cfg.Name)
 	for _, c := range found {
 		if !strings.HasPrefix(c.id, prefix) || c.id == containerID(cfg) {
 			continue
@@ -386,6 +404,10 @@ func (d *Driver) obtain(ctx context.Context, cfg *drivers.TaskConfig, env *envir
 			return "", nil, nil, fmt.Errorf("the checkpoint is in the shared checkpoint_dir of %s, and this node has no checkpoint_dir: set it to the same shared storage", rec.SourceNodeName)
 		}
 		dir, err := checkpoint.Dir(env.checkpoints, rec.AllocID, rec.Task)
+		if rec.Periodic != "" {
+			dir, err = env.periodicCopies(rec.AllocID, rec.Task)
+			dir = filepath.Join(dir, rec.Periodic)
+		}
 		if err != nil {
 			return "", nil, nil, err
 		}
@@ -488,6 +510,9 @@ func sameArch(a, b string) bool {
 
 // finishRestore records the outcome of a restore.
 func (d *Driver) finishRestore(ctx context.Context, env *environment, cfg *drivers.TaskConfig, rec *catalog.Record, state catalog.State, reason string, logger hclog.Logger) {
+	if rec.Periodic != "" {
+		return // a periodic checkpoint's record is never stored
+	}
 	_, err := env.catalog.Transition(ctx, rec.AllocID, rec.Task, []catalog.State{catalog.StateRestoring}, func(r *catalog.Record) error {
 		r.State, r.Reason = state, reason
 		return nil

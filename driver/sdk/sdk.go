@@ -19,6 +19,7 @@
 // The Consul KV layout, every key under "ferry/":
 //
 //	ferry/checkpoints/<alloc ID>/<task>  driver: a task's checkpoint record (catalog.Record)
+//	ferry/periodic/<alloc ID>/<task>     driver: a task's periodic checkpoints and their copies (catalog.Periodic)
 //	ferry/drivers/<node ID>              driver: where its transfer server listens (catalog.Endpoint), held by a session
 //	ferry/net/<network>/...              the Ferry CNI plugin: address leases (driver/lease)
 //	ferry/nodes/<node ID>                companion agent: the node's load record, held by a session
@@ -84,9 +85,13 @@ const (
 	EventRestore = "ferry_restore"
 	// EventRestoredFrom is the allocation whose checkpoint was restored.
 	EventRestoredFrom = "restored_from"
+	// EventPeriodic is when the periodic checkpoint a task resumed from
+	// was taken (RFC 3339), once its node was lost.
+	EventPeriodic = "ferry_periodic"
 	// EventSourceNode is the name of the node the checkpoint came from.
 	EventSourceNode = "source_node"
-	// EventColdStart says why the task started fresh ("cross_arch").
+	// EventColdStart says why the task started fresh: "cross_arch", or
+	// "periodic" (its node was lost with no periodic checkpoint to resume).
 	EventColdStart = "cold_start"
 	// EventReceived is how the destination got the checkpoint:
 	// "shared" (a shared checkpoint_dir), "local", "pushed" or "fetched".
@@ -117,6 +122,7 @@ const (
 // Consul KV keys (see the package comment for the layout).
 const (
 	PrefixCheckpoints = "ferry/checkpoints/"
+	PrefixPeriodic    = "ferry/periodic/"
 	PrefixDrivers     = "ferry/drivers/"
 	PrefixNetworks    = "ferry/net/"
 	PrefixNodes       = "ferry/nodes/"
@@ -130,4 +136,4 @@ const (
 // FixedPrefixes are the KV prefixes no setting moves: keys an operator
 // configures (the companion's sample.prefix, lock_key, state_key) must stay
 // out of them.
-var FixedPrefixes = []string{PrefixCheckpoints, PrefixDrivers, PrefixNetworks, PrefixMigrations, PrefixReaped}
+var FixedPrefixes = []string{PrefixCheckpoints, PrefixPeriodic, PrefixDrivers, PrefixNetworks, PrefixMigrations, PrefixReaped}

@@ -33,6 +33,11 @@ type Handle struct {
 	vacateOnce sync.Once
 	vacated    bool
 	gone       chan struct{}
+
+	// Background is the driver's work on the task that runs beside it
+	// and ends once the task has exited (periodic checkpoints): what it
+	// leaves is removed only after it ended.
+	Background sync.WaitGroup
 }
 
 // NewHandle starts waiting on proc; Done is closed when the task has exited.

@@ -4,10 +4,13 @@
 #   consul acl policy create -name nomad-driver-ferry -rules @driver.consul.hcl
 #   consul acl token create -description nomad-driver-ferry -policy-name nomad-driver-ferry
 
-# The checkpoint catalogue, the drivers' transfer endpoints, the Ferry
-# network's address leases, and the log of the checkpoints each driver
-# reaped.
+# The checkpoint catalogue, the tasks' periodic checkpoints, the drivers'
+# transfer endpoints, the Ferry network's address leases, and the log of
+# the checkpoints each driver reaped.
 key_prefix "ferry/checkpoints/" {
+  policy = "write"
+}
+key_prefix "ferry/periodic/" {
   policy = "write"
 }
 key_prefix "ferry/drivers/" {
