@@ -63,11 +63,11 @@ func TestPeriodicResumeAfterNodeLoss(t *testing.T) {
 		}
 		return &rec.Checkpoints[len(rec.Checkpoints)-1]
 	}
-	last := newest()
 	before := lastCount(dev.logs(t, a.ID))
-	deadline := time.Now().Add(45 * time.Second)
+	since := time.Now()
+	deadline := since.Add(45 * time.Second)
 	c := newest()
-	for ; c == nil || (last != nil && c.Name == last.Name); c = newest() {
+	for ; c == nil || !c.TakenAt.After(since); c = newest() {
 		if time.Now().After(deadline) {
 			t.Fatalf("no periodic checkpoint of periodic-a recorded within 45s:\n%s", dev.events(t, a.ID))
 		}
@@ -128,10 +128,13 @@ func TestPeriodicResumeAfterNodeLoss(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(copies, next.ID, "counter")); err != nil {
 		t.Fatalf("the replacement's copies: %v", err)
 	}
-	if out, err := dev.nomadCLI(t, "job", "stop", "-purge", "periodic-a"); err != nil {
-		t.Fatalf("job stop -purge: %v\n%s", err, out)
+	for _, job := range []string{"periodic-a", "periodic-b"} {
+		if out, err := dev.nomadCLI(t, "job", "stop", "-purge", job); err != nil {
+			t.Fatalf("job stop -purge %s: %v\n%s", job, err, out)
+		}
 	}
 	dev.waitPeriodicGone(t, copies, next.ID)
+	dev.waitPeriodicGone(t, copies, nextB.ID)
 }
 
 // logs is the stdout of allocID's counter.

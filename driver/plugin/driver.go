@@ -573,10 +573,10 @@ func (d *Driver) DestroyTask(taskID string, force bool) error {
 	h.Release()
 	d.cleanups.Go(func() {
 		defer done()
-		d.cleanup(env, h.State, logger)
 		h.Background.Wait()
+		d.cleanup(env, h.State, logger)
 		if h.State.Periodic > 0 {
-			d.removePeriodic(env, h.Config.AllocID, h.Config.Name, logger)
+			d.destroyPeriodic(env, h.Config, logger)
 		}
 	})
 	return nil

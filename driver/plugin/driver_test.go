@@ -373,6 +373,9 @@ func TestDriver_PeriodicCheckpoints(t *testing.T) {
 			}
 			if strings.HasPrefix(ev.Message, "Periodic checkpoint:") {
 				must.StrContains(t, ev.Message, "copied to the shared checkpoint_dir")
+				for _, k := range []string{sdk.EventBytes, sdk.EventDumpMs, sdk.EventFrozenMs, sdk.EventCopyMs} {
+					must.MapContainsKey(t, ev.Annotations, k)
+				}
 				taken = append(taken, ev.Message)
 				// keep = 1 on the node, off it and in the record.
 				for _, dir := range []string{root, copies} {

@@ -15,6 +15,8 @@ import (
 	"github.com/ferry-nomad/ferry/driver/sdk"
 	"github.com/ferry-nomad/ferry/driver/task"
 	"github.com/hashicorp/go-hclog"
+	nomadapi "github.com/hashicorp/nomad/api"
+	"github.com/hashicorp/nomad/plugins/drivers"
 )
 
 // periodicStamp names a periodic checkpoint's directory by when it was
@@ -29,6 +31,9 @@ const periodicStamp = "20060102T150405.000Z"
 func (d *Driver) checkpointPeriodically(conf *Config, env *environment, h *task.Handle) {
 	cfg := h.Config
 	logger := d.logger.With("task", cfg.Name, "alloc_id", cfg.AllocID)
+	if !env.shared {
+		d.emit(cfg, "Periodic checkpoints stay on this node: set the plugin's checkpoint_dir to storage every client shares for the task to resume from one after a loss of this node", nil)
+	}
 	t := time.NewTicker(h.State.Periodic)
 	defer t.Stop()
 	for {
@@ -49,11 +54,16 @@ func (d *Driver) checkpointPeriodically(conf *Config, env *environment, h *task.
 			return // the task ended meanwhile
 		}
 		where := d.keepOffNode(env, h, taken, logger)
+		details := map[string]string{
+			sdk.EventBytes:    strconv.FormatInt(taken.Bytes, 10),
+			sdk.EventDumpMs:   strconv.FormatInt(taken.created.DumpDuration.Milliseconds(), 10),
+			sdk.EventFrozenMs: strconv.FormatInt(taken.Frozen.Milliseconds(), 10),
+		}
+		for _, c := range taken.Copies {
+			details[sdk.EventCopyMs] = strconv.FormatInt(c.Took.Milliseconds(), 10)
+		}
 		d.emit(cfg, fmt.Sprintf("Periodic checkpoint: %s, the task frozen %s; %s", humanBytes(taken.Bytes),
-			taken.Frozen.Round(time.Millisecond), where), map[string]string{
-			sdk.EventBytes:  strconv.FormatInt(taken.Bytes, 10),
-			sdk.EventDumpMs: strconv.FormatInt(taken.created.DumpDuration.Milliseconds(), 10),
-		})
+			taken.Frozen.Round(time.Millisecond), where), details)
 	}
 }
 
@@ -128,7 +138,7 @@ func (d *Driver) checkpointRunning(conf *Config, env *environment, h *task.Handl
 // checkpoint is kept, for the task event.
 func (d *Driver) keepOffNode(env *environment, h *task.Handle, taken *periodicTaken, logger hclog.Logger) string {
 	cfg := h.Config
-	where := "kept on this node only: set the plugin's checkpoint_dir to storage every client shares for the task to resume after a loss of this node"
+	where := "kept on this node only"
 	root, err := env.periodicCopies(cfg.AllocID, cfg.Name)
 	switch {
 	case err != nil:
@@ -224,29 +234,62 @@ func keepNewest(root string, keep int, logger hclog.Logger) {
 	}
 }
 
+// destroyPeriodic removes the periodic checkpoints of cfg's task, once the
+// task is destroyed, unless Nomad holds its allocation lost: this node was
+// cut off, and a replacement elsewhere may be resuming one of them (it
+// removes them then). This node's own go either way.
+func (d *Driver) destroyPeriodic(env *environment, cfg *drivers.TaskConfig, logger hclog.Logger) {
+	ctx, cancel := context.WithTimeout(d.ctx, recordTimeout)
+	defer cancel()
+	a, _, err := env.nomad.Allocations().Info(cfg.AllocID, (&nomadapi.QueryOptions{Namespace: cfg.Namespace}).WithContext(ctx))
+	if err == nil && nodeLost(a) {
+		if local, err := checkpoint.Dir(env.layout.periodic(), cfg.AllocID, cfg.Name); err == nil {
+			_ = os.RemoveAll(local)
+			_ = os.Remove(filepath.Dir(local))
+		}
+		logger.Info("periodic checkpoints of an allocation Nomad holds lost left to its replacement")
+		return
+	}
+	d.removePeriodic(env, cfg.AllocID, cfg.Name, logger)
+}
+
 // removePeriodic removes the periodic checkpoints of allocID's task: this
 // node's, their copies in the shared checkpoint_dir, and their record. It
-// runs when the task is destroyed, and when a replacement resumed from them
-// (or could not) after their node was lost.
-func (d *Driver) removePeriodic(env *environment, allocID, task string, logger hclog.Logger) {
+// runs when the task is destroyed, once a replacement resumed from them (or
+// started fresh for good), and when no replacement will resume them. It
+// reports whether all of it went: the record stays while it names copies
+// in a checkpoint_dir this node does not mount, for a node that does.
+func (d *Driver) removePeriodic(env *environment, allocID, task string, logger hclog.Logger) bool {
 	local, err := checkpoint.Dir(env.layout.periodic(), allocID, task)
 	if err != nil {
-		return // names no task of this driver's
+		return false // names no task of this driver's
 	}
-	copies, _ := env.periodicCopies(allocID, task)
-	for _, root := range []string{local, copies} {
-		if root == "" {
-			continue
-		}
+	remove := func(root string) bool {
 		if err := os.RemoveAll(root); err != nil {
 			logger.Warn("remove periodic checkpoints", "dir", root, "error", err)
-			return
+			return false
 		}
 		_ = os.Remove(filepath.Dir(root)) // the allocation's directory, once empty
+		return true
+	}
+	if !remove(local) {
+		return false
 	}
 	ctx, cancel := context.WithTimeout(d.ctx, recordTimeout)
 	defer cancel()
+	copies, _ := env.periodicCopies(allocID, task)
+	if copies == "" {
+		if p, err := env.catalog.GetPeriodic(ctx, allocID, task); err == nil {
+			if copied, _ := p.Newest(); copied != nil {
+				return false // in a checkpoint_dir this node does not mount
+			}
+		}
+	} else if !remove(copies) {
+		return false
+	}
 	if err := env.catalog.DeletePeriodic(ctx, allocID, task); err != nil {
 		logger.Warn("delete the periodic checkpoints record", "error", err)
+		return false
 	}
+	return true
 }

@@ -50,7 +50,7 @@ func (d *Driver) reap(ctx context.Context, env *environment, policy checkpointRe
 		d.reapPass(ctx, env, policy, recs, now, logger)
 		next = nextDue(recs, now)
 		if now.Sub(swept) >= periodicSweepEvery {
-			d.sweepPeriodicRecords(ctx, env, logger)
+			d.sweepPeriodicRecords(ctx, env, policy, logger)
 			swept = now
 		}
 	}

@@ -3,6 +3,8 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
@@ -20,7 +22,7 @@ const periodicSweepEvery = 5 * time.Minute
 // own go when it is destroyed, but not those of a task lost with its node
 // whose job was then stopped for good, nor those a crash kept the node from
 // removing. It returns how many it removed.
-func (d *Driver) sweepPeriodicRecords(ctx context.Context, env *environment, logger hclog.Logger) int {
+func (d *Driver) sweepPeriodicRecords(ctx context.Context, env *environment, policy checkpointReap, logger hclog.Logger) int {
 	if env.nomad == nil {
 		return 0
 	}
@@ -39,11 +41,38 @@ func (d *Driver) sweepPeriodicRecords(ctx context.Context, env *environment, log
 		if why == "" {
 			continue
 		}
-		d.removePeriodic(env, p.AllocID, p.Task, logger)
-		logger.Info("periodic checkpoints no replacement will resume removed", "alloc_id", p.AllocID, "task", p.Task, "why", why)
-		removed++
+		if d.removePeriodic(env, p.AllocID, p.Task, logger) {
+			logger.Info("periodic checkpoints no replacement will resume removed", "alloc_id", p.AllocID, "task", p.Task, "why", why)
+			removed++
+		}
 	}
+	d.sweepPeriodicCopies(env, recs, policy, time.Now(), logger)
 	return removed
+}
+
+// sweepPeriodicCopies removes the copies in the shared checkpoint_dir
+// that no periodic record (of recs, every one) names any more, once
+// unchanged for policy.OrphanGrace: what a removal cut short left, or a
+// copy whose record was never written.
+func (d *Driver) sweepPeriodicCopies(env *environment, recs []*catalog.Periodic, policy checkpointReap, now time.Time, logger hclog.Logger) {
+	if !env.shared {
+		return
+	}
+	named := make(map[string]bool, len(recs))
+	for _, p := range recs {
+		named[p.AllocID+"/"+p.Task] = true
+	}
+	eachTaskDir(filepath.Join(env.checkpoints, periodicCopiesDir), func(alloc, task, dir string) {
+		fi, err := os.Stat(dir)
+		if named[alloc+"/"+task] || err != nil || now.Sub(fi.ModTime()) < policy.OrphanGrace {
+			return
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			logger.Warn("remove periodic copies no record names", "dir", dir, "error", err)
+			return
+		}
+		logger.Info("periodic copies no record names removed", "dir", dir)
+	})
 }
 
 // periodicUnneeded says why no replacement will resume p's checkpoints,
@@ -58,7 +87,7 @@ func periodicUnneeded(ctx context.Context, nomad *nomadapi.Client, p *catalog.Pe
 	if err != nil {
 		return "", err
 	}
-	job, _, err := nomad.Jobs().Info(a.JobID, q)
+	job, _, err := nomad.Jobs().Info(a.JobID, (&nomadapi.QueryOptions{Namespace: a.Namespace}).WithContext(ctx))
 	switch {
 	case lease.NotFound(err):
 		return fmt.Sprintf("job %s was purged", a.JobID), nil

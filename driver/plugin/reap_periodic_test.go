@@ -20,7 +20,7 @@ import (
 // TestSweepPeriodicRecords: against a real Nomad agent, the periodic
 // records of an allocation that runs stay; those of a stopped job's
 // allocation, and of one Nomad does not know, go with their copies in the
-// shared checkpoint_dir.
+// shared checkpoint_dir; copies no record names go once old.
 func TestSweepPeriodicRecords(t *testing.T) {
 	w := newReapWorld(t)
 	agent := nomadtest.Start(t)
@@ -78,7 +78,20 @@ func TestSweepPeriodicRecords(t *testing.T) {
 	runningCopies, stoppedCopies := record(running.ID), record(stopped.ID)
 	unknownCopies := record("0000dead-0000-4000-8000-000000000000")
 
-	must.Eq(t, 2, d.sweepPeriodicRecords(w.ctx, w.env, testutil.Logger(t, hclog.Debug)))
+	// Copies no record names: an old one goes, a recent one stays (its
+	// record may not be written yet).
+	orphan := func(alloc string, age time.Duration) string {
+		dir, err := w.env.periodicCopies(alloc, "t")
+		must.NoError(t, err)
+		must.NoError(t, os.MkdirAll(filepath.Join(dir, "20261206T140211.000Z"), 0o700))
+		at := time.Now().Add(-age)
+		must.NoError(t, os.Chtimes(dir, at, at))
+		return dir
+	}
+	oldOrphan := orphan("0000beef-0000-4000-8000-000000000000", 2*time.Hour)
+	newOrphan := orphan("0000cafe-0000-4000-8000-000000000000", time.Minute)
+
+	must.Eq(t, 2, d.sweepPeriodicRecords(w.ctx, w.env, defaultCheckpointReap(), testutil.Logger(t, hclog.Debug)))
 	_, err = w.env.catalog.GetPeriodic(w.ctx, running.ID, "t")
 	must.NoError(t, err)
 	must.True(t, present(runningCopies))
@@ -86,6 +99,8 @@ func TestSweepPeriodicRecords(t *testing.T) {
 		_, err = w.env.catalog.GetPeriodic(w.ctx, id, "t")
 		must.ErrorIs(t, err, catalog.ErrNotFound)
 	}
+	must.False(t, present(oldOrphan))
+	must.True(t, present(newOrphan))
 	must.False(t, present(stoppedCopies))
 	must.False(t, present(unknownCopies))
 }

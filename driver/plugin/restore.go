@@ -43,6 +43,7 @@ var errNoCheckpoint = errors.New("no checkpoint")
 // checkpoint, or restoring failed and the task asked for a cold start (a task
 // event says why). An error means the task asked to fail instead.
 func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment, req *taskRequest, logger hclog.Logger) (*drivers.TaskHandle, bool, error) {
+	var keepPeriodic bool // the periodic checkpoints of a lost predecessor
 	ctx, cancel := context.WithTimeout(d.ctx, req.restoreWait+checkpointTimeout)
 	defer cancel()
 
@@ -50,9 +51,15 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 	var lost *predecessorLost
 	if errors.As(err, &lost) {
 		// Its node is gone, and with it any move: its last periodic
-		// checkpoint is all there is, and once tried, its copies go.
+		// checkpoint is all there is. Once resumed, or once the task
+		// started fresh instead, its checkpoints go; a task that asked to
+		// fail (on_restore_failure) finds them again at its next start.
 		rec, err = d.periodicCheckpoint(ctx, env, cfg, req, lost)
-		defer d.removePeriodic(env, lost.alloc.ID, cfg.Name, logger)
+		defer func() {
+			if !keepPeriodic {
+				d.cleanups.Go(func() { d.removePeriodic(env, lost.alloc.ID, cfg.Name, logger) })
+			}
+		}()
 	}
 	if errors.Is(err, errNoCheckpoint) {
 		logger.Debug("starting fresh", "reason", err)
@@ -103,6 +110,7 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 	logger.Warn("restore failed", "error", err)
 	failed := map[string]string{sdk.EventRestore: string(catalog.StateFailed)}
 	if req.Checkpoint.OnRestoreFailure == restoreFailureFail {
+		keepPeriodic = true
 		d.emit(cfg, "Restore failed: "+err.Error(), failed)
 		return nil, false, fmt.Errorf("restore from checkpoint: %w (checkpoint.on_restore_failure = \"fail\")", err)
 	}
@@ -161,24 +169,29 @@ func (d *Driver) readyCheckpoint(ctx context.Context, env *environment, cfg *dri
 	if prevID == "" {
 		return nil, fmt.Errorf("%w: allocation replaces none", errNoCheckpoint)
 	}
-	if _, err := env.catalog.Get(ctx, prevID, cfg.Name); errors.Is(err, catalog.ErrNotFound) {
-		// No record yet: one comes only if the previous allocation migrates.
-		prev, _, perr := env.nomad.Allocations().Info(prevID, q)
-		if perr != nil {
-			return nil, fmt.Errorf("read previous allocation %s from Nomad: %w", prevID, perr)
+	moved, err := env.catalog.Get(ctx, prevID, cfg.Name)
+	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
+		return nil, err
+	}
+	if recorded := err == nil; !recorded || !claimable(moved, cfg) {
+		prev, _, err := env.nomad.Allocations().Info(prevID, q)
+		if err != nil {
+			return nil, fmt.Errorf("read previous allocation %s from Nomad: %w", prevID, err)
 		}
-		if nodeLost(prev) {
+		switch {
+		case nodeLost(prev):
+			// Lost with its node, maybe in the middle of a move that will
+			// never end: its periodic checkpoints are all there is.
 			return nil, &predecessorLost{alloc: prev}
-		}
-		if !prev.DesiredTransition.ShouldMigrate() {
+		case recorded:
+			// A move under way: its record is waited for below.
+		case !prev.DesiredTransition.ShouldMigrate():
+			// No record yet: one comes only if the previous allocation migrates.
 			return nil, fmt.Errorf("%w: previous allocation %s did not migrate", errNoCheckpoint, shortID(prevID))
-		}
-		// The source records a checkpoint before its task exits.
-		if prev.ClientTerminalStatus() {
+		case prev.ClientTerminalStatus():
+			// The source records a checkpoint before its task exits.
 			return nil, fmt.Errorf("%w: previous allocation %s stopped without one", errNoCheckpoint, shortID(prevID))
 		}
-	} else if err != nil {
-		return nil, err
 	}
 	d.emit(cfg, fmt.Sprintf("Waiting for the checkpoint of %s", shortID(prevID)), nil)
 	wctx, cancel := context.WithTimeout(ctx, wait)
@@ -200,6 +213,12 @@ func (d *Driver) readyCheckpoint(ctx context.Context, env *environment, cfg *dri
 		return nil, fmt.Errorf("%w: allocation %s took the checkpoint of %s", errNoCheckpoint, shortID(rec.DestAllocID), shortID(prevID))
 	}
 	return rec, nil
+}
+
+// claimable reports whether cfg's allocation may restore the checkpoint
+// rec records: it is ready, or this allocation claimed it already.
+func claimable(rec *catalog.Record, cfg *drivers.TaskConfig) bool {
+	return rec.State == catalog.StateReady || rec.State == catalog.StateRestoring && rec.DestAllocID == cfg.AllocID
 }
 
 // dropIncoming removes the checkpoint of allocID's task pushed to this

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/ferry-nomad/ferry/driver/catalog"
@@ -23,10 +25,11 @@ func (e *predecessorLost) Error() string {
 	return fmt.Sprintf("allocation %s was lost with its node %s", shortID(e.alloc.ID), e.alloc.NodeName)
 }
 
-// nodeLost reports whether Nomad gave a up on a's node: a is lost, or
-// unknown (its node disconnected) while a replacement runs.
+// nodeLost reports whether Nomad gave up on a's node: a is lost. An
+// allocation unknown (its node disconnected, within the group's
+// disconnect.lost_after) may come back; it is lost once that ends.
 func nodeLost(a *nomadapi.Allocation) bool {
-	return a.ClientStatus == nomadapi.AllocClientStatusLost || a.ClientStatus == nomadapi.AllocClientStatusUnknown
+	return a.ClientStatus == nomadapi.AllocClientStatusLost
 }
 
 // lostAt is when Nomad marked the allocation lost (its last change).
@@ -36,9 +39,10 @@ func (e *predecessorLost) lostAt() time.Time {
 
 // periodicCheckpoint finds the newest periodic checkpoint of the lost
 // allocation's task that has a complete copy off its node, and returns the
-// record to restore it from (catalog.Periodic.Restorable). Without one it
-// returns errNoCheckpoint, with a task event saying why the task starts
-// fresh when it has periodic checkpoints configured.
+// record to restore it from (catalog.Periodic.Restorable), its copy
+// claimed for cfg's allocation (claimCopy). Without one it returns
+// errNoCheckpoint, with a task event saying why the task starts fresh
+// when it has periodic checkpoints configured.
 func (d *Driver) periodicCheckpoint(ctx context.Context, env *environment, cfg *drivers.TaskConfig, req *taskRequest, lost *predecessorLost) (*catalog.Record, error) {
 	fresh := func(why string) (*catalog.Record, error) {
 		if req.Checkpoint.Interval != "" {
@@ -51,7 +55,7 @@ func (d *Driver) periodicCheckpoint(ctx context.Context, env *environment, cfg *
 		return fresh(fmt.Sprintf("%v, and no periodic checkpoint of it was recorded", lost))
 	}
 	if err != nil {
-		return fresh(fmt.Sprintf("%v, and its periodic checkpoints cannot be read: %v", lost, err))
+		return nil, fmt.Errorf("%v, and its periodic checkpoints cannot be read: %w", lost, err)
 	}
 	copied, newest := p.Newest()
 	switch {
@@ -69,8 +73,35 @@ func (d *Driver) periodicCheckpoint(ctx context.Context, env *environment, cfg *
 			"alloc_id", cfg.AllocID, "task", cfg.Name, "newest", newest.Name, "why", newest.CopyError)
 	}
 	rec := p.Restorable(copied)
+	if rec.Periodic, err = claimCopy(env, rec, cfg.AllocID); err != nil {
+		return nil, err
+	}
 	d.emit(cfg, fmt.Sprintf("Resuming from the periodic checkpoint of %s (%s): %v", clock(copied.TakenAt), humanBytes(copied.Bytes), lost), nil)
 	return rec, nil
+}
+
+// claimCopy sets the copy of rec's periodic checkpoint in the shared
+// checkpoint_dir aside for allocID, renaming it <name>.claimed.<alloc>: a
+// lost node may yet be alive, cut off from Nomad but not from the storage,
+// and prune its old copies meanwhile (it prunes only names of times). It
+// returns the copy's name as claimed; a claim of allocID's own earlier
+// start is taken again.
+func claimCopy(env *environment, rec *catalog.Record, allocID string) (string, error) {
+	root, err := env.periodicCopies(rec.AllocID, rec.Task)
+	if err != nil {
+		return "", err
+	}
+	if root == "" {
+		return "", fmt.Errorf("the checkpoint is in the shared checkpoint_dir of %s, and this node has no checkpoint_dir: set it to the same shared storage", rec.SourceNodeName)
+	}
+	claimed := rec.Periodic + ".claimed." + allocID
+	if _, err := os.Stat(filepath.Join(root, claimed)); err == nil {
+		return claimed, nil
+	}
+	if err := os.Rename(filepath.Join(root, rec.Periodic), filepath.Join(root, claimed)); err != nil {
+		return "", fmt.Errorf("claim the copy of the periodic checkpoint %s: %w", rec.Periodic, err)
+	}
+	return claimed, nil
 }
 
 // resumed is the task event of a task resumed from rec, a periodic

@@ -105,6 +105,11 @@ const (
 	EventBytes = "checkpoint_bytes"
 	// EventDumpMs is CRIU's dump, on the source: the task is frozen.
 	EventDumpMs = "ferry_dump_ms"
+	// EventFrozenMs is how long a periodic checkpoint paused the task;
+	// EventCopyMs how long copying it off the node took (absent when it
+	// was not copied).
+	EventFrozenMs = "ferry_frozen_ms"
+	EventCopyMs   = "ferry_copy_ms"
 	// EventTransferMs is the source's part of the transfer after the dump.
 	EventTransferMs = "ferry_transfer_ms"
 	// EventLazy is set ("true") on the events of a lazy (post-copy)
