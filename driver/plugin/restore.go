@@ -53,8 +53,10 @@ func (d *Driver) restore(cfg *drivers.TaskConfig, conf *Config, env *environment
 		// Its node is gone, and with it any move: its last periodic
 		// checkpoint is all there is. Once resumed, or once the task
 		// started fresh instead, its checkpoints go; a task that asked to
-		// fail (on_restore_failure) finds them again at its next start.
+		// fail (on_restore_failure), or whose record could not be read,
+		// finds them again at its next start.
 		rec, err = d.periodicCheckpoint(ctx, env, cfg, req, lost)
+		keepPeriodic = errors.Is(err, errPeriodicUnread)
 		defer func() {
 			if !keepPeriodic {
 				d.cleanups.Go(func() { d.removePeriodic(env, lost.alloc.ID, cfg.Name, logger) })

@@ -37,6 +37,10 @@ func (e *predecessorLost) lostAt() time.Time {
 	return time.Unix(0, e.alloc.ModifyTime)
 }
 
+// errPeriodicUnread is a lost allocation's periodic record that could not
+// be read: its checkpoints are kept for a later start.
+var errPeriodicUnread = errors.New("the periodic checkpoints cannot be read")
+
 // periodicCheckpoint finds the newest periodic checkpoint of the lost
 // allocation's task that has a complete copy off its node, and returns the
 // record to restore it from (catalog.Periodic.Restorable), its copy
@@ -55,7 +59,7 @@ func (d *Driver) periodicCheckpoint(ctx context.Context, env *environment, cfg *
 		return fresh(fmt.Sprintf("%v, and no periodic checkpoint of it was recorded", lost))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%v, and its periodic checkpoints cannot be read: %w", lost, err)
+		return nil, fmt.Errorf("%w: %v: %w", errPeriodicUnread, lost, err)
 	}
 	copied, newest := p.Newest()
 	switch {
