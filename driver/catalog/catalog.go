@@ -474,14 +474,23 @@ func (c *Catalog) Delete(ctx context.Context, allocID, task string) error {
 	if err != nil {
 		return err
 	}
-	err = c.retry(ctx, "delete", key, func() error {
+	if err := c.deleteKey(ctx, key); err != nil {
+		return err
+	}
+	c.logger.Debug("record deleted", "alloc_id", allocID, "task", task)
+	return nil
+}
+
+// deleteKey deletes key, retrying while Consul is unreachable; a missing
+// key is not an error.
+func (c *Catalog) deleteKey(ctx context.Context, key string) error {
+	err := c.retry(ctx, "delete", key, func() error {
 		_, err := c.client.KV().Delete(key, (&api.WriteOptions{}).WithContext(ctx))
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("catalog: delete %s: %w", key, err)
 	}
-	c.logger.Debug("record deleted", "alloc_id", allocID, "task", task)
 	return nil
 }
 

@@ -3,7 +3,6 @@ package catalog
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -150,14 +149,7 @@ func (c *Catalog) DeletePeriodic(ctx context.Context, allocID, task string) erro
 	if err != nil {
 		return err
 	}
-	err = c.retry(ctx, "delete", key, func() error {
-		_, err := c.client.KV().Delete(key, (&api.WriteOptions{}).WithContext(ctx))
-		return err
-	})
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return fmt.Errorf("catalog: delete %s: %w", key, err)
-	}
-	return nil
+	return c.deleteKey(ctx, key)
 }
 
 // ListPeriodic returns every task's periodic record; entries that do not

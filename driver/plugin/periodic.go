@@ -244,8 +244,7 @@ func (d *Driver) destroyPeriodic(env *environment, cfg *drivers.TaskConfig, logg
 	a, _, err := env.nomad.Allocations().Info(cfg.AllocID, (&nomadapi.QueryOptions{Namespace: cfg.Namespace}).WithContext(ctx))
 	if err == nil && nodeLost(a) {
 		if local, err := checkpoint.Dir(env.layout.periodic(), cfg.AllocID, cfg.Name); err == nil {
-			_ = os.RemoveAll(local)
-			_ = os.Remove(filepath.Dir(local))
+			removeTaskDir(local, logger)
 		}
 		logger.Info("periodic checkpoints of an allocation Nomad holds lost left to its replacement")
 		return
@@ -264,15 +263,7 @@ func (d *Driver) removePeriodic(env *environment, allocID, task string, logger h
 	if err != nil {
 		return false // names no task of this driver's
 	}
-	remove := func(root string) bool {
-		if err := os.RemoveAll(root); err != nil {
-			logger.Warn("remove periodic checkpoints", "dir", root, "error", err)
-			return false
-		}
-		_ = os.Remove(filepath.Dir(root)) // the allocation's directory, once empty
-		return true
-	}
-	if !remove(local) {
+	if !removeTaskDir(local, logger) {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(d.ctx, recordTimeout)
@@ -284,12 +275,23 @@ func (d *Driver) removePeriodic(env *environment, allocID, task string, logger h
 				return false // in a checkpoint_dir this node does not mount
 			}
 		}
-	} else if !remove(copies) {
+	} else if !removeTaskDir(copies, logger) {
 		return false
 	}
 	if err := env.catalog.DeletePeriodic(ctx, allocID, task); err != nil {
 		logger.Warn("delete the periodic checkpoints record", "error", err)
 		return false
 	}
+	return true
+}
+
+// removeTaskDir removes a task's directory of periodic checkpoints,
+// <root>/<alloc>/<task>, and the allocation's once empty.
+func removeTaskDir(dir string, logger hclog.Logger) bool {
+	if err := os.RemoveAll(dir); err != nil {
+		logger.Warn("remove periodic checkpoints", "dir", dir, "error", err)
+		return false
+	}
+	_ = os.Remove(filepath.Dir(dir))
 	return true
 }

@@ -251,19 +251,28 @@ func (d *Driver) sweepOwn(env *environment, policy checkpointReap, named map[str
 // driver recovers no handle for it once the node is back.
 func (d *Driver) sweepPeriodic(env *environment, policy checkpointReap, now time.Time, logger hclog.Logger) {
 	running := d.tasks.ContainerIDs()
-	eachTaskDir(env.layout.periodic(), func(alloc, task, dir string) {
-		if runs(running, containerPrefix(alloc, task)) {
+	removeStale(env.layout.periodic(), policy.OrphanGrace, now, func(alloc, task string) bool {
+		return runs(running, containerPrefix(alloc, task))
+	}, "periodic checkpoints of a task this node no longer runs", logger)
+}
+
+// removeStale removes the task directories under root (see eachTaskDir)
+// that needed does not claim, once unchanged for grace; what names them
+// in the log.
+func removeStale(root string, grace time.Duration, now time.Time, needed func(alloc, task string) bool, what string, logger hclog.Logger) {
+	eachTaskDir(root, func(alloc, task, dir string) {
+		if needed(alloc, task) {
 			return
 		}
 		fi, err := os.Stat(dir)
-		if err != nil || now.Sub(fi.ModTime()) < policy.OrphanGrace {
+		if err != nil || now.Sub(fi.ModTime()) < grace {
 			return
 		}
 		if err := os.RemoveAll(dir); err != nil {
-			logger.Warn("remove periodic checkpoints of a task this node no longer runs", "dir", dir, "error", err)
+			logger.Warn("remove "+what, "dir", dir, "error", err)
 			return
 		}
-		logger.Info("periodic checkpoints of a task this node no longer runs removed", "dir", dir)
+		logger.Info(what+" removed", "dir", dir)
 	})
 }
 

@@ -3,7 +3,6 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -62,17 +61,9 @@ func (d *Driver) sweepPeriodicCopies(env *environment, recs []*catalog.Periodic,
 	for _, p := range recs {
 		named[p.AllocID+"/"+p.Task] = true
 	}
-	eachTaskDir(filepath.Join(env.checkpoints, periodicCopiesDir), func(alloc, task, dir string) {
-		fi, err := os.Stat(dir)
-		if named[alloc+"/"+task] || err != nil || now.Sub(fi.ModTime()) < policy.OrphanGrace {
-			return
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			logger.Warn("remove periodic copies no record names", "dir", dir, "error", err)
-			return
-		}
-		logger.Info("periodic copies no record names removed", "dir", dir)
-	})
+	removeStale(filepath.Join(env.checkpoints, periodicCopiesDir), policy.OrphanGrace, now, func(alloc, task string) bool {
+		return named[alloc+"/"+task]
+	}, "periodic copies no record names", logger)
 }
 
 // periodicUnneeded says why no replacement will resume p's checkpoints,
